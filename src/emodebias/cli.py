@@ -1,0 +1,31 @@
+"""The `emodebias` command line (typer). Each command group lives in `emodebias.commands.*`."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    help="Measure and reduce demographic bias in multi-label speech emotion recognition.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+# Modules that register their commands on `app` when imported; heavy imports stay inside commands.
+COMMAND_MODULES = ("data", "features", "groups", "training", "bench")
+
+for _name in COMMAND_MODULES:
+    try:
+        importlib.import_module(f"emodebias.commands.{_name}")
+    except ModuleNotFoundError as exc:  # a command module not written yet
+        if exc.name != f"emodebias.commands.{_name}":
+            raise
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""CLI command modules; each imports `app` from emodebias.cli and registers its commands."""
