@@ -1,4 +1,11 @@
-"""Read audio for the encoders: any soundfile-readable file -> mono float32 at 16 kHz (soxr)."""
+"""Read audio for the encoders: any soundfile-readable file -> mono float32 at 16 kHz (soxr).
+
+Policy (EMO-SUPERB, PAPERS.md §1.5): multi-channel audio is averaged to mono, any other rate is
+resampled with soxr ("HQ"), and long files are cropped to their first `max_seconds` (10 s in the
+benchmark). Padding is the batching code's job, not this module's. Anything unusable (missing,
+unreadable, empty, NaN/Inf, shorter than 0.1 s) raises `AudioError` naming the file, so callers
+can record the failure per file instead of crashing a whole extraction.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,23 @@ class AudioError(ValueError):
     """An audio file could not be used; the message names the file and the reason."""
 
 
+def _header(path: Path) -> tuple[int, int]:
+    """(frames, sample rate) from the header; AudioError if missing or not audio."""
+    if not path.is_file():
+        raise AudioError(f"{path}: file not found")
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises several types for corrupt headers
+        raise AudioError(f"{path}: unreadable audio ({exc})") from exc
+    return int(info.frames), int(info.samplerate)
+
+
+def audio_duration(path: str | Path) -> float:
+    """Duration in seconds from the header alone (cheap; used to batch files by length)."""
+    frames, sr = _header(Path(path))
+    return frames / sr
+
+
 def load_audio(
     path: str | Path,
     target_sr: int = TARGET_SR,
@@ -24,25 +48,31 @@ def load_audio(
 ) -> np.ndarray:
     """Return a mono float32 waveform at `target_sr`, cropped to the first `max_seconds`.
 
-    Stereo is averaged to mono; other rates are resampled with soxr (high quality). Empty,
-    unreadable, non-finite or shorter-than-`min_seconds` audio raises AudioError naming the file.
+    Raises AudioError naming the file when it is missing, unreadable, empty, non-finite or
+    shorter than `min_seconds` after cropping and resampling.
     """
+    if target_sr <= 0:
+        raise ValueError(f"target_sr must be positive, got {target_sr}")
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: file not found")
+    _header(path)
     try:
         wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises several types for corrupt files
+    except Exception as exc:  # truncated data can pass the header check and fail here
         raise AudioError(f"{path}: unreadable audio ({exc})") from exc
     if wav.size == 0:
         raise AudioError(f"{path}: empty audio (0 samples)")
-    wav = wav.mean(axis=1)
+    if not np.isfinite(wav).all():
+        bad = int((~np.isfinite(wav)).any(axis=1).sum())
+        raise AudioError(f"{path}: audio contains {bad} NaN or Inf sample(s)")
+    wav = wav.mean(axis=1, dtype=np.float32)
     if max_seconds is not None:
         wav = wav[: int(round(max_seconds * sr))]
     if sr != target_sr:
-        wav = soxr.resample(wav, sr, target_sr, quality="HQ").astype(np.float32)
-    if not np.isfinite(wav).all():
-        raise AudioError(f"{path}: audio contains NaN or Inf samples")
+        wav = soxr.resample(wav, sr, target_sr, quality="HQ")
     if len(wav) < min_seconds * target_sr:
-        raise AudioError(f"{path}: too short ({len(wav) / target_sr:.3f} s < {min_seconds} s)")
+        raise AudioError(
+            f"{path}: too short ({len(wav) / target_sr:.3f} s < {min_seconds} s minimum)"
+        )
     return np.ascontiguousarray(wav, dtype=np.float32)

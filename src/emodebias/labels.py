@@ -38,11 +38,18 @@ def soft_from_votes(votes: np.ndarray, ids: list[str] | None = None) -> np.ndarr
     return (1 - a) * votes / total + a / k
 
 
+TIE_TOL = 1e-9
+
+
 def binarize(soft: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """Multi-label targets/predictions: 1[y_k > threshold], threshold 1/K by default."""
+    """Multi-label targets/predictions: 1[y_k > threshold], threshold 1/K by default.
+
+    An exact tie (within 1e-9, i.e. float noise) counts as positive: the EMO-SUPERB files store
+    p = 1/K rounded up (0.166667 > 1/6), so labels computed from votes must agree with them.
+    """
     soft = np.asarray(soft)
     t = 1.0 / soft.shape[1] if threshold is None else threshold
-    return soft > t
+    return soft > t - TIE_TOL
 
 
 def unsmooth(soft: np.ndarray) -> np.ndarray:
@@ -54,12 +61,13 @@ def unsmooth(soft: np.ndarray) -> np.ndarray:
 
 
 def strict_majority(
-    dist: np.ndarray, share: float = 0.5, smoothed: bool = True, tol: float = 1e-5
+    dist: np.ndarray, share: float = 0.5, smoothed: bool = True, tol: float = 1e-3
 ) -> np.ndarray:
     """Index of the class holding more than `share` of the votes, else -1.
 
     `dist` is smoothed labels (default) or, with smoothed=False, votes or vote shares. `tol`
-    absorbs the 6-decimal rounding of published label files, so an exact 50% is never a majority.
+    absorbs the 3- to 6-decimal rounding of published label files, so an exact 50% is never a
+    majority; a real majority n/m exceeds 1/2 by at least 1/(2m), far above `tol` for m < 500.
     """
     dist = np.asarray(dist, dtype=np.float64)
     p = unsmooth(dist) if smoothed else dist / dist.sum(axis=1, keepdims=True)
@@ -80,3 +88,24 @@ def class_balanced_weights(binary: np.ndarray) -> np.ndarray:
     n_c = np.maximum(binary.sum(axis=0), 1).astype(np.float64)
     w = (1 - beta) / (1 - beta**n_c)
     return w * k / w.sum()
+
+
+def count_votes(item_ids: list[str] | np.ndarray, labels: list[str] | np.ndarray,
+                classes: list[str]) -> np.ndarray:
+    """Per-annotation rows (item id, class name) -> [n_items, K] vote counts.
+
+    Items come back in order of first appearance (``pandas.unique(item_ids)``); labels outside
+    `classes` (e.g. "other") must be removed by the caller, which decides how to report them.
+    """
+    import pandas as pd
+
+    ids = pd.Index(pd.unique(np.asarray(item_ids, dtype=object)))
+    rows = ids.get_indexer(np.asarray(item_ids, dtype=object))
+    pos = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({str(lab) for lab in labels if lab not in pos})
+    if unknown:
+        raise LabelError(f"labels {unknown[:5]} are not among the classes {list(classes)}")
+    cols = np.fromiter((pos[lab] for lab in labels), dtype=np.int64, count=len(rows))
+    votes = np.zeros((len(ids), len(classes)), dtype=np.float64)
+    np.add.at(votes, (rows, cols), 1.0)
+    return votes

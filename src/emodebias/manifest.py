@@ -76,7 +76,9 @@ class Manifest:
         for col in self.split_columns:
             vals = set(df[col].dropna().unique()) - SPLIT_VALUES
             if vals:
-                raise ManifestError(f"{col} has values {sorted(vals)}; allowed {sorted(SPLIT_VALUES)}")
+                raise ManifestError(
+                    f"{col} has values {sorted(vals)}; allowed {sorted(SPLIT_VALUES)}"
+                )
         if "gender" in df.columns:
             vals = set(df["gender"].dropna().unique()) - {"F", "M"}
             if vals:
@@ -131,7 +133,7 @@ class Manifest:
         """Row positions of `utt_ids`; unknown ids raise with their names."""
         pos = pd.Index(self.df["utt_id"].astype(str)).get_indexer(pd.Index(utt_ids).astype(str))
         if (pos < 0).any():
-            bad = [u for u, p in zip(utt_ids, pos) if p < 0][:5]
+            bad = [u for u, p in zip(utt_ids, pos, strict=True) if p < 0][:5]
             raise ManifestError(f"{int((pos < 0).sum())} utt_id(s) not in the manifest, e.g. {bad}")
         return pos
 

@@ -1,13 +1,47 @@
 """Speaker-independent folds and controlled gender-imbalance subsampling (IDI appendix rule).
 
 A `Split` is the saved, reloadable result: which utterances train, select and test one run.
+
+The imbalance rule (PAPERS.md §1.6, reproduces IDI Tables A2/A3 within 0-2 utterances):
+1. an utterance's emotion is its strict-majority class (vote share > 0.5), else it is dropped
+   from train and dev;
+2. each emotion has one majority gender, fixed across folds: the gender with more
+   strict-majority utterances over the whole manifest (``natural``), or forced
+   (``female-major`` / ``male-major``); a tie counts as female-major;
+3. per emotion, all majority-gender utterances are kept and floor(n_major / r) minority-gender
+   ones are sampled (capped by what exists, so 1:1 keeps every minority utterance);
+4. train and dev are subsampled independently; test is the full, untouched test split.
+
+Sampling is a seeded permutation per (seed, fold, part, emotion) whose first n_min entries are
+taken, so for one seed the minority subsets are nested across ratios (1:40 within 1:20 within
+1:10 ...) and differ between seeds.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from emodebias.labels import strict_majority
+
+if TYPE_CHECKING:
+    from emodebias.manifest import Manifest
+
+DIRECTIONS = ("natural", "female-major", "male-major")
+PARTS = ("train", "dev", "test")
+GENDERS = ("F", "M")
+
+
+class SplitError(ValueError):
+    """A split cannot be made as asked (unknown fold, bad ratio, no gender column, ...)."""
 
 
 @dataclass
@@ -45,3 +79,197 @@ class Split:
         if path.is_dir():
             path = path / "split.json"
         return cls(**json.loads(path.read_text()))
+
+
+# --------------------------------------------------------------------------- helpers
+def parse_ratio(value: str | float | int | None) -> float | None:
+    """'1:20', '1/20', '20' or 20 -> 20.0; None, 'none', 'full' -> None (no subsampling)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        r = float(value)
+    else:
+        text = str(value).strip().lower()
+        if text in {"", "none", "full"}:
+            return None
+        m = re.fullmatch(r"(?:([0-9.]+)\s*[:/-]\s*)?([0-9.]+)", text)
+        if not m:
+            raise SplitError(f"ratio {value!r} is not of the form 1:r (e.g. 1:20)")
+        a = float(m.group(1)) if m.group(1) else 1.0
+        r = float(m.group(2)) / a if a else float("nan")
+    if not math.isfinite(r) or r < 1:
+        raise SplitError(f"ratio 1:{r:g} must have r >= 1")
+    return r
+
+
+def majority_classes(manifest: Manifest) -> np.ndarray:
+    """Strict-majority class per utterance (-1 = none), from soft labels or else votes."""
+    if manifest.has_soft:
+        return strict_majority(manifest.soft_labels())
+    if manifest.has_votes:
+        return strict_majority(manifest.votes(), smoothed=False)
+    raise SplitError("manifest has neither soft_<class> nor votes_<class> columns")
+
+
+def _genders(manifest: Manifest) -> np.ndarray:
+    if "gender" not in manifest.df.columns:
+        raise SplitError("gender-imbalance splits need a 'gender' column in the manifest")
+    return manifest.df["gender"].astype(object).where(manifest.df["gender"].notna(), "").to_numpy()
+
+
+def majority_counts(manifest: Manifest, utt_ids: list[str] | None = None) -> pd.DataFrame:
+    """Strict-majority emotion x gender counts (rows: classes + 'none'; columns F, M, NA)."""
+    maj = majority_classes(manifest)
+    gen = _genders(manifest) if "gender" in manifest.df.columns else np.full(len(maj), "")
+    if utt_ids is not None:
+        idx = manifest.index_of(list(utt_ids))
+        maj, gen = maj[idx], gen[idx]
+    names = np.array([*manifest.classes, "none"], dtype=object)[maj]
+    tab = pd.crosstab(pd.Categorical(names, [*manifest.classes, "none"]),
+                      pd.Categorical(np.where(gen == "", "NA", gen), ["F", "M", "NA"]),
+                      dropna=False)
+    tab.index.name, tab.columns.name = "emotion", "gender"
+    return tab
+
+
+def majority_gender(manifest: Manifest, direction: str = "natural") -> dict[str, str]:
+    """Majority gender per emotion: dataset-wide trend over all rows, or forced by direction."""
+    if direction not in DIRECTIONS:
+        raise SplitError(f"direction {direction!r} not in {DIRECTIONS}")
+    if direction != "natural":
+        g = "F" if direction == "female-major" else "M"
+        return {c: g for c in manifest.classes}
+    tab = majority_counts(manifest)
+    return {c: ("M" if tab.loc[c, "M"] > tab.loc[c, "F"] else "F") for c in manifest.classes}
+
+
+def _seed_for(seed: int, *keys: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed), *(zlib.crc32(k.encode()) for k in keys)])
+
+
+def _subsample(eligible: np.ndarray, ids: np.ndarray, maj: np.ndarray, gen: np.ndarray,
+               classes: list[str], major: dict[str, str], r: float, seed: int, fold: str,
+               part: str) -> tuple[np.ndarray, dict]:
+    """Boolean row mask of the kept utterances among `eligible` rows, and counts per emotion."""
+    keep = np.zeros(len(ids), dtype=bool)
+    counts: dict[str, dict[str, int]] = {}
+    for k, c in enumerate(classes):
+        g_maj = major[c]
+        g_min = "F" if g_maj == "M" else "M"
+        in_c = eligible & (maj == k)
+        majority = np.flatnonzero(in_c & (gen == g_maj))
+        minority = np.flatnonzero(in_c & (gen == g_min))
+        minority = minority[np.argsort(ids[minority], kind="stable")]  # row-order independent
+        n_min = min(math.floor(len(majority) / r + 1e-9), len(minority))
+        order = _seed_for(seed, str(fold), part, c).permutation(len(minority))
+        keep[majority] = True
+        keep[minority[order[:n_min]]] = True
+        counts[c] = {g_maj: len(majority), g_min: n_min}
+    return keep, counts
+
+
+def _count(maj: np.ndarray, gen: np.ndarray, classes: list[str]) -> dict:
+    return {c: {g: int(((maj == k) & (gen == g)).sum()) for g in GENDERS}
+            for k, c in enumerate(classes)}
+
+
+# --------------------------------------------------------------------------- public API
+def make_split(manifest: Manifest, fold: str | int, ratio: str | float | None = None,
+               direction: str = "natural", seed: int = 0) -> Split:
+    """Train/dev/test ids of one fold; with `ratio` 1:r, the IDI gender-imbalance subsample.
+
+    ``ratio=None`` keeps the full train and dev parts (no majority filter). Split.info holds the
+    strict-majority counts per part x emotion x gender, gender totals, and what was dropped.
+    """
+    fold = str(fold)
+    r = parse_ratio(ratio)
+    if direction not in DIRECTIONS:
+        raise SplitError(f"direction {direction!r} not in {DIRECTIONS}")
+    col = f"split_{fold}"
+    if col not in manifest.df.columns:
+        raise SplitError(f"fold {fold!r} not in manifest; folds: {manifest.folds}")
+    ids = manifest.df["utt_id"].astype(str).to_numpy()
+    part_of = manifest.df[col].to_numpy(object)
+    maj = majority_classes(manifest)
+    if r is not None or "gender" in manifest.df.columns:
+        gen = _genders(manifest)  # raises when a ratio is asked for without a gender column
+    else:
+        gen = np.full(len(ids), "", dtype=object)
+    major = majority_gender(manifest, direction) if r is not None else {}
+    parts: dict[str, list[str]] = {}
+    info: dict = {"counts": {}, "selected": {}, "dropped": {}, "gender_totals": {}}
+    for part in PARTS:
+        m = part_of == part
+        if r is None or part == "test":
+            sel = m
+        else:
+            ok = m & (maj >= 0) & ((gen == "F") | (gen == "M"))
+            info["dropped"][part] = {"no_strict_majority": int((m & (maj < 0)).sum()),
+                                     "no_gender": int((m & (maj >= 0) & ~ok).sum())}
+            sel, info["selected"][part] = _subsample(
+                ok, ids, maj, gen, manifest.classes, major, r, seed, fold, part)
+        parts[part] = ids[sel].tolist()
+        info["counts"][part] = _count(maj[sel], gen[sel], manifest.classes)
+        info["gender_totals"][part] = {g: int((sel & (gen == g)).sum()) for g in GENDERS}
+        info["gender_totals"][part]["all"] = int(sel.sum())
+    if not parts["train"]:
+        raise SplitError(f"fold {fold}: the train part is empty")
+    return Split(fold=fold, train=parts["train"], dev=parts["dev"], test=parts["test"],
+                 ratio=r, direction=direction, seed=int(seed), majority_gender=major, info=info)
+
+
+def block_folds(speakers: pd.Series | np.ndarray, blocks: list[list[str]]) -> pd.DataFrame:
+    """Fold i: test = block i, dev = block i+1 (cyclic), train = the rest (EMO-SUPERB scheme).
+
+    Returns a DataFrame of ``split_1..split_k`` columns aligned with `speakers`; speakers in no
+    block get NA in every fold.
+    """
+    k = len(blocks)
+    if k < 3:
+        raise SplitError(f"need at least 3 speaker blocks for train/dev/test, got {k}")
+    block_of: dict[str, int] = {}
+    for b, spk in enumerate(blocks):
+        for s in spk:
+            if str(s) in block_of:
+                raise SplitError(f"speaker {s!r} is in blocks {block_of[str(s)]} and {b}")
+            block_of[str(s)] = b
+    blk = pd.Series(np.asarray(speakers, dtype=object)).astype(str).map(block_of)
+    out = {}
+    for i in range(k):
+        col = pd.Series(pd.NA, index=blk.index, dtype=object)
+        col[blk.notna()] = "train"
+        col[blk == i] = "test"
+        col[blk == (i + 1) % k] = "dev"
+        out[f"split_{i + 1}"] = col
+    return pd.DataFrame(out)
+
+
+def make_folds(manifest: Manifest, k: int = 5, seed: int = 0, overwrite: bool = False) -> Manifest:
+    """Add k speaker-independent folds (``split_1..split_k``), speakers dealt by gender.
+
+    Speakers of each gender (a speaker's most frequent gender; NA last) are shuffled with `seed`
+    and dealt round-robin into k blocks, the deal continuing across genders, so every block gets
+    about the same number of female and of male speakers. Then `block_folds`.
+    """
+    from emodebias.manifest import Manifest
+
+    if manifest.split_columns and not overwrite:
+        raise SplitError(f"manifest already has folds {manifest.folds}; pass overwrite=True")
+    df = manifest.df.drop(columns=manifest.split_columns)
+    gender = df["gender"] if "gender" in df.columns else pd.Series(pd.NA, index=df.index)
+    spk = df["speaker"].astype(str)
+    per_spk = gender.groupby(spk).agg(lambda g: g.mode().iloc[0] if g.notna().any() else "NA")
+    if per_spk.size < k:
+        raise SplitError(f"{per_spk.size} speaker(s) cannot fill {k} speaker-independent folds")
+    rng = np.random.default_rng(seed)
+    blocks: list[list[str]] = [[] for _ in range(k)]
+    pos = 0
+    for g in sorted(per_spk.unique(), key=lambda v: (v == "NA", v)):
+        members = sorted(per_spk.index[per_spk == g])
+        for s in rng.permutation(np.array(members, dtype=object)):
+            blocks[pos % k].append(str(s))
+            pos += 1
+    df = pd.concat([df, block_folds(spk, blocks).set_index(df.index)], axis=1)
+    info = {**manifest.info, "folds": {"method": "make_folds", "k": k, "seed": seed,
+                                       "blocks": blocks}}
+    return Manifest(df, manifest.classes, manifest.corpus, info)

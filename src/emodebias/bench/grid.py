@@ -1,0 +1,375 @@
+"""Benchmark grids: a YAML file (or a shipped preset) -> a validated list of `RunSpec`s.
+
+A grid names the shared axes once (corpus, encoders, folds, ratios, directions, seeds) and lists
+`runs:` entries, each a method (or list of methods) with its group sources and hyperparameters;
+an entry may override any shared axis. Every combination becomes one `RunSpec` with a readable
+`name` and a content `hash` (sha256 of the canonical spec), which is the run's identity on disk:
+the same spec always maps to the same record, so a grid can be resumed or extended safely.
+
+Grid file reference (every key optional unless marked)::
+
+    name: my-grid
+    description: free text
+    variables: {data: /path}          # defaults for ${data} placeholders (CLI: --var data=...)
+    corpus: synthetic                 # or {name: emo_superb, root: ${data}/..., make_folds: 5}
+    encoder: acoustic                 # or a list; or {name: wavlm-base-plus, layers: ...}
+    folds: [1, 2, 3, 4, 5]            # required
+    ratios: ["1:20"]                  # "1:r", r, or "full" (no imbalance subsampling)
+    directions: [natural]             # natural | female-major | male-major | both
+    seeds: [0]                        # training seeds
+    split_seed: 0                     # seed of the minority-gender sampling (one per fold)
+    pseudo_model: path-or-name        # what bare `pseudo` group sources use
+    cluster_encoder: resemblyzer      # what bare `cluster:k=K` group sources embed with
+    train: {epochs: 50, batch_size: 32, lr: 1.0e-4}
+    evaluation: {attributes: [gender, age_group, race], n_boot: 0}
+    runs:                             # required
+      - method: erm
+      - {method: [rw, gdro], groups: [truth, pseudo, "cluster:k=16"]}
+      - {method: adv, groups: truth, hparams: {lambda_adv: [0.1, 1.0]}}   # lists = sweep
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DIRECTIONS = ("natural", "female-major", "male-major")
+# Methods of DESIGN.md; used to validate names when the method registry is not importable.
+KNOWN_METHODS = (
+    "erm", "random", "rw", "ds", "gdro", "gadro", "pgdro", "adv", "madv", "lff", "disent",
+    "sih", "gr", "mmd", "jtt", "eo_thresh",
+)
+# Methods that run without any training groups (and reject them).
+GROUP_FREE = {"erm", "random", "lff", "disent", "sih", "jtt"}
+SHARED_KEYS = {
+    "name", "description", "variables", "corpus", "encoder", "folds", "ratios", "directions",
+    "seeds", "split_seed", "pseudo_model", "cluster_encoder", "train", "evaluation", "runs",
+}
+ENTRY_AXES = {"corpus", "encoder", "folds", "ratios", "directions", "seeds", "split_seed", "train",
+              "evaluation"}
+ENTRY_KEYS = {"method", "groups", "hparams"} | ENTRY_AXES
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class GridError(ValueError):
+    """A grid file is malformed; the message names the file, the entry and the key."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines one run's numbers; its hash is the run's identity."""
+
+    corpus: str
+    corpus_opts: dict = field(default_factory=dict)
+    encoder: str = "acoustic"
+    encoder_opts: dict = field(default_factory=dict)
+    fold: str = "1"
+    ratio: float | None = None
+    direction: str = "natural"
+    split_seed: int = 0
+    groups: str = "none"
+    method: str = "erm"
+    hparams: dict = field(default_factory=dict)
+    seed: int = 0
+    train: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return copy.deepcopy(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSpec:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise GridError(f"run spec has unknown field(s) {sorted(unknown)}")
+        return cls(**d)
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the canonical JSON spec (12 hex digits): the run's directory name."""
+        return content_hash(self.to_dict())
+
+    @property
+    def ratio_label(self) -> str:
+        return "full" if self.ratio is None else f"1:{self.ratio:g}"
+
+    @property
+    def name(self) -> str:
+        """Readable identity, e.g. ``synthetic.acoustic.f1.1-20.natural.truth-gender.rw.s0``."""
+        hp = ",".join(f"{k}={v}" for k, v in sorted(self.hparams.items()))
+        parts = [self.corpus, self.encoder, f"f{self.fold}", self.ratio_label.replace(":", "-"),
+                 self.direction, self.groups.replace(":", "-"),
+                 self.method + (f"[{hp}]" if hp else ""), f"s{self.seed}"]
+        return ".".join(parts)
+
+    # Keys of the stages a grid shares: runs with equal keys reuse the same cached object.
+    @property
+    def corpus_key(self) -> str:
+        return content_hash({"corpus": self.corpus, "opts": self.corpus_opts})
+
+    @property
+    def split_key(self) -> str:
+        return content_hash({"c": self.corpus_key, "fold": self.fold, "ratio": self.ratio,
+                             "direction": self.direction, "seed": self.split_seed})
+
+    @property
+    def batch_key(self) -> str:
+        """Runs with equal batch keys share features, split and groups: trainable together."""
+        return content_hash({"s": self.split_key, "enc": self.encoder, "eo": self.encoder_opts,
+                             "g": self.groups, "t": self.train, "e": self.evaluation})
+
+
+def content_hash(obj: Any, n: int = 12) -> str:
+    """Stable short hash of a JSON-able object (sorted keys, no whitespace)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+# ----------------------------------------------------------------------------- parsing helpers
+def parse_ratio(value: Any, where: str = "") -> float | None:
+    """'1:20' | 20 | 'full' | None -> r (float >= 1) or None."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"full", "none"}):
+        return None
+    try:
+        if isinstance(value, str) and ":" in value:
+            a, b = (float(x) for x in value.split(":"))
+            r = b / a
+        else:
+            r = float(value)
+    except ValueError:
+        raise GridError(f"{where}bad ratio {value!r}; write '1:20', 20 or 'full'") from None
+    if not r >= 1:
+        raise GridError(f"{where}ratio {value!r} must be 1:r with r >= 1")
+    return r
+
+
+def parse_directions(value: Any, where: str = "") -> list[str]:
+    out: list[str] = []
+    for d in _as_list(value):
+        d = str(d).strip().lower()
+        if d == "both":
+            out += ["female-major", "male-major"]
+        elif d in DIRECTIONS:
+            out.append(d)
+        else:
+            raise GridError(f"{where}unknown direction {d!r}; use one of {DIRECTIONS} or 'both'")
+    return out
+
+
+def normalize_groups(value: Any, grid: dict, where: str = "") -> str:
+    """Expand short group sources: truth -> truth:gender, pseudo -> pseudo:<pseudo_model>,
+    cluster:k=16 -> cluster:<cluster_encoder>:k=16."""
+    s = "none" if value is None else str(value).strip()
+    kind, _, rest = s.partition(":")
+    if kind == "none" and not rest:
+        return "none"
+    if kind == "truth":
+        cols = rest or "gender"
+        return f"truth:{cols}"
+    if kind == "pseudo":
+        model = rest or grid.get("pseudo_model")
+        if not model:
+            raise GridError(f"{where}groups 'pseudo' needs a model: write pseudo:<model> or set "
+                            "pseudo_model at the top of the grid")
+        return f"pseudo:{model}"
+    if kind == "cluster":
+        m = re.fullmatch(r"(?:(?P<enc>[^:]+):)?k=(?P<k>\d+)", rest)
+        if not m:
+            raise GridError(f"{where}bad cluster source {s!r}; write cluster:k=16 or "
+                            "cluster:<encoder>:k=16")
+        enc = m.group("enc") or grid.get("cluster_encoder")
+        if not enc:
+            raise GridError(f"{where}{s!r} needs an encoder: write cluster:<encoder>:k=K or set "
+                            "cluster_encoder at the top of the grid")
+        k = int(m.group("k"))
+        if k < 2:
+            raise GridError(f"{where}cluster k must be >= 2, got {k}")
+        return f"cluster:{enc}:k={k}"
+    raise GridError(f"{where}unknown group source {s!r}; use none, truth[:col+col], "
+                    "pseudo[:model] or cluster[:encoder]:k=K")
+
+
+def group_kind(groups: str) -> str:
+    """'truth' | 'pseudo' | 'cluster' | 'none'."""
+    return groups.split(":", 1)[0]
+
+
+def cluster_k(groups: str) -> int | None:
+    m = re.search(r"k=(\d+)$", groups)
+    return int(m.group(1)) if m and groups.startswith("cluster:") else None
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _named(value: Any, what: str, where: str) -> tuple[str, dict]:
+    """'name' or {name: ..., opt: ...} -> (name, opts)."""
+    if isinstance(value, str):
+        return value, {}
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        opts = {k: v for k, v in value.items() if k != "name"}
+        return value["name"], opts
+    raise GridError(f"{where}{what} must be a name or a mapping with 'name', got {value!r}")
+
+
+def _known_methods() -> tuple[set[str], dict[str, str]]:
+    """Method names and their supervision, from the registry when it is importable."""
+    try:
+        from emodebias.methods import REGISTRY
+    except ImportError:
+        return set(KNOWN_METHODS), {m: ("none" if m in GROUP_FREE else "hard")
+                                    for m in KNOWN_METHODS}
+    sup = {name: getattr(cls, "supervision", "hard") for name, cls in REGISTRY.items()}
+    return set(sup), sup
+
+
+def _substitute(obj: Any, variables: dict, where: str) -> Any:
+    if isinstance(obj, dict):
+        return {k: _substitute(v, variables, where) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_substitute(v, variables, where) for v in obj]
+    if isinstance(obj, str):
+        def repl(m: re.Match) -> str:
+            val = variables.get(m.group(1))
+            if val is None:
+                raise GridError(f"{where}variable ${{{m.group(1)}}} has no value; pass "
+                                f"--var {m.group(1)}=... or set it under 'variables:'")
+            return str(val)
+        return _VAR.sub(repl, obj)
+    return obj
+
+
+# ----------------------------------------------------------------------------- grid -> specs
+def expand_grid(grid: dict, source: str = "<grid>", variables: dict | None = None) -> list[RunSpec]:
+    """Validate a parsed grid and expand it to RunSpecs (deterministic order, no duplicates)."""
+    where = f"{source}: "
+    if not isinstance(grid, dict):
+        raise GridError(f"{where}a grid must be a mapping, got {type(grid).__name__}")
+    unknown = set(grid) - SHARED_KEYS
+    if unknown:
+        raise GridError(f"{where}unknown top-level key(s) {sorted(unknown)}; allowed: "
+                        f"{sorted(SHARED_KEYS)}")
+    varmap = {**(grid.get("variables") or {}), **(variables or {})}
+    grid = _substitute({k: v for k, v in grid.items() if k != "variables"}, varmap, where)
+    runs = grid.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise GridError(f"{where}'runs' must be a non-empty list of entries like {{method: erm}}")
+    methods, supervision = _known_methods()
+    specs: dict[str, tuple[RunSpec, int]] = {}
+    for i, entry in enumerate(runs):
+        at = f"{where}runs[{i}]: "
+        if isinstance(entry, str):
+            entry = {"method": entry}
+        if not isinstance(entry, dict) or "method" not in entry:
+            raise GridError(f"{at}each entry needs a 'method', got {entry!r}")
+        bad = set(entry) - ENTRY_KEYS
+        if bad:
+            raise GridError(f"{at}unknown key(s) {sorted(bad)}; allowed: {sorted(ENTRY_KEYS)}")
+        axes = {k: entry.get(k, grid.get(k)) for k in ENTRY_AXES}
+        for spec in _expand_entry(entry, axes, grid, at, methods, supervision):
+            h = spec.hash
+            if h in specs:
+                raise GridError(f"{at}run {spec.name} duplicates one from runs[{specs[h][1]}]")
+            specs[h] = (spec, i)
+    return [s for s, _ in specs.values()]
+
+
+def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str],
+                  supervision: dict[str, str]) -> list[RunSpec]:
+    if axes["corpus"] is None:
+        raise GridError(f"{at}no corpus (set 'corpus' at the top of the grid)")
+    corpus, corpus_opts = _named(axes["corpus"], "corpus", at)
+    if axes["folds"] is None:
+        raise GridError(f"{at}no folds (set 'folds: [1, 2, 3, 4, 5]')")
+    folds = [str(f) for f in _as_list(axes["folds"])]
+    ratios = [parse_ratio(r, at) for r in _as_list(axes["ratios"] or ["full"])]
+    directions = parse_directions(axes["directions"] or ["natural"], at)
+    seeds = _ints(axes["seeds"] if axes["seeds"] is not None else [0], "seeds", at)
+    split_seed = _ints(axes["split_seed"] or 0, "split_seed", at)[0]
+    encoders = [_named(e, "encoder", at) for e in _as_list(axes["encoder"] or "acoustic")]
+    train = _mapping(axes["train"], "train", at)
+    evaluation = _mapping(axes["evaluation"], "evaluation", at)
+    hp_grid = _mapping(entry.get("hparams"), "hparams", at)
+    hp_keys = sorted(hp_grid)
+    hp_sets = [dict(zip(hp_keys, combo, strict=True))
+               for combo in itertools.product(*(_as_list(hp_grid[k]) for k in hp_keys))]
+    out = []
+    for method in _as_list(entry["method"]):
+        method = str(method).lower()
+        if method not in methods:
+            raise GridError(f"{at}unknown method {method!r}; known: {sorted(methods)}")
+        group_list = [normalize_groups(g, grid, at)
+                      for g in _as_list(entry.get("groups", "none"))]
+        for g in group_list:
+            needs = supervision.get(method, "hard")
+            if needs == "none" and g != "none":
+                raise GridError(f"{at}method {method!r} uses no groups; drop groups {g!r}")
+            if needs != "none" and g == "none":
+                raise GridError(f"{at}method {method!r} needs training groups; add e.g. "
+                                "groups: [truth, pseudo, 'cluster:k=16']")
+        for (enc, enc_opts), fold, ratio, direction, g, hp, seed in itertools.product(
+            encoders, folds, ratios, directions, group_list, hp_sets, seeds
+        ):
+            out.append(RunSpec(
+                corpus=corpus, corpus_opts=corpus_opts, encoder=enc, encoder_opts=enc_opts,
+                fold=fold, ratio=ratio, direction=direction, split_seed=split_seed, groups=g,
+                method=method, hparams=hp, seed=seed, train=train, evaluation=evaluation,
+            ))
+    return out
+
+
+def _ints(value: Any, what: str, at: str) -> list[int]:
+    try:
+        return [int(v) for v in _as_list(value)]
+    except (TypeError, ValueError):
+        raise GridError(f"{at}{what} must be integers, got {value!r}") from None
+
+
+def _mapping(value: Any, what: str, at: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise GridError(f"{at}{what} must be a mapping, got {value!r}")
+    return dict(value)
+
+
+# ----------------------------------------------------------------------------- loading
+def preset_names() -> list[str]:
+    """Grid presets shipped with the package (bench/presets/*.yaml)."""
+    root = resources.files("emodebias.bench") / "presets"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_grid(name_or_path: str | Path) -> tuple[dict, str]:
+    """A grid file's parsed YAML and its source label; a bare name picks a shipped preset."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise GridError(f"grid file {path} does not exist")
+        text, source = path.read_text(), str(path)
+    else:
+        res = resources.files("emodebias.bench") / "presets" / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise GridError(f"{name_or_path!r} is neither a grid file nor a preset; presets: "
+                            f"{preset_names()}")
+        text, source = res.read_text(), f"preset:{name_or_path}"
+    try:
+        return yaml.safe_load(text), source
+    except yaml.YAMLError as exc:
+        raise GridError(f"{source}: not valid YAML: {exc}") from None
+
+
+def load_grid(name_or_path: str | Path, variables: dict | None = None) -> list[RunSpec]:
+    """Grid file or preset name -> validated RunSpecs."""
+    grid, source = read_grid(name_or_path)
+    return expand_grid(grid, source, variables)

@@ -1,0 +1,226 @@
+"""The real executor: RunSpecs -> cached split, features, groups -> fit -> predictions -> metrics.
+
+Every expensive stage is cached under ``<out>/cache`` by content key and built once, under a
+file lock, so parallel workers (local processes or Ray tasks on a shared filesystem) that need the
+same stage wait for one builder instead of racing::
+
+    cache/corpora/<corpus key>/          generated corpora (synthetic)
+    cache/manifests/<corpus key>.parquet the corpus Manifest (with folds)
+    cache/splits/<split key>.json        the Split (fold, ratio, direction, seed)
+    cache/features/<manifest>-<enc>/     the FeatureStore (memmap; opened by path, never copied)
+    cache/groups/<groups key>/           the GroupAssignment
+    cache/locks/*.lock
+
+Specs that share a batch key share all of these and are trained together with
+`emodebias.train.fit_many` (issue 8), one by one with `fit` otherwise. Grid conventions that the
+papers leave open are decided here: an empty-string corpus option (an unset preset variable)
+is dropped; `make_folds: k` adds k speaker-independent folds to corpora without official ones;
+cluster groups are fitted on the fold's train + dev embeddings (PAPERS.md §6.7, mean over layers)
+and assign every utterance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from emodebias.bench.grid import RunSpec, cluster_k, content_hash
+from emodebias.bench.results import RunResult
+from emodebias.bench.runner import RunFailure
+
+DEFAULT_ATTRIBUTES = ("gender", "age_group", "race")
+
+
+@contextlib.contextmanager
+def file_lock(cache: Path, key: str) -> Iterator[None]:
+    """Exclusive lock shared by every process that sees `cache` (flock on a lock file)."""
+    path = cache / "locks" / f"{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------- stages
+def stage_manifest(spec: RunSpec, cache: Path):
+    """The corpus manifest (loaded or generated once, with folds)."""
+    from emodebias.corpora import load_corpus
+    from emodebias.manifest import Manifest
+
+    path = cache / "manifests" / f"{spec.corpus_key}.parquet"
+    with file_lock(cache, f"manifest-{spec.corpus_key}"):
+        if path.is_file():
+            return Manifest.load(path)
+        opts = {k: v for k, v in spec.corpus_opts.items() if v != ""}
+        n_folds = opts.pop("make_folds", None)
+        root = opts.pop("root", None)
+        if root is None:
+            if spec.corpus != "synthetic":
+                raise ValueError(f"corpus {spec.corpus!r} needs a 'root' option in the grid")
+            root = cache / "corpora" / spec.corpus_key
+        manifest = load_corpus(spec.corpus, root, **opts)
+        if n_folds and not manifest.folds:
+            from emodebias.splits import make_folds
+
+            manifest = make_folds(manifest, k=int(n_folds), seed=0)
+        manifest.save(path)
+        return manifest
+
+
+def stage_split(spec: RunSpec, manifest, cache: Path):
+    from emodebias.splits import Split, make_split
+
+    path = cache / "splits" / f"{spec.split_key}.json"
+    with file_lock(cache, f"split-{spec.split_key}"):
+        if path.is_file():
+            return Split.load(path)
+        split = make_split(manifest, spec.fold, ratio=spec.ratio, direction=spec.direction,
+                           seed=spec.split_seed)
+        split.save(path)
+        return split
+
+
+def stage_features(manifest, encoder: str, encoder_opts: dict, cache: Path):
+    """The FeatureStore of (manifest, encoder); extracted once, opened by path afterwards."""
+    from emodebias.store import FeatureStore, extract
+
+    key = f"{manifest.content_hash()}-{content_hash({'e': encoder, 'o': encoder_opts})}"
+    path = cache / "features" / key
+    done = cache / "features" / f"{key}.done"
+    with file_lock(cache, f"features-{key}"):
+        if not done.is_file():
+            from emodebias.encoders import get_encoder
+
+            extract(manifest, get_encoder(encoder, **encoder_opts), path, progress=False)
+            done.write_text(encoder)
+    return FeatureStore.open(path)
+
+
+def stage_groups(spec: RunSpec, manifest, split, cache: Path):
+    """Training groups of a spec: None, truth columns, pseudo-labels or k-means clusters."""
+    from emodebias.groups import GroupAssignment
+
+    kind, _, rest = spec.groups.partition(":")
+    if kind == "none":
+        return None
+    key = content_hash({"m": manifest.content_hash(), "g": spec.groups,
+                        "fit": spec.split_key if kind == "cluster" else None})
+    path = cache / "groups" / key
+    with file_lock(cache, f"groups-{key}"):
+        if (path / "groups.json").is_file():
+            return GroupAssignment.load(path)
+        if kind == "truth":
+            from emodebias.groups.truth import truth_groups
+
+            assignment = truth_groups(manifest, rest.split("+"))
+        elif kind == "cluster":
+            assignment = _cluster(spec, manifest, split, cache)
+        elif kind == "pseudo":
+            assignment = _pseudo(rest, manifest, cache)
+        else:
+            raise ValueError(f"unknown group source {spec.groups!r}")
+        assignment.save(path)
+        return assignment
+
+
+def _cluster(spec: RunSpec, manifest, split, cache: Path):
+    from emodebias.groups.cluster import cluster_groups
+    from emodebias.groups.embeddings import load_embeddings
+
+    encoder = spec.groups.split(":")[1]
+    store = stage_features(manifest, encoder, {}, cache)
+    x, ids, ok = load_embeddings(store, "mean", manifest.utt_ids)
+    fit_ids = set(split.train) | set(split.dev)
+    fit_mask = np.array([u in fit_ids for u in ids], dtype=bool)
+    return cluster_groups(x, ids, cluster_k(spec.groups), fit_mask=fit_mask, name=encoder,
+                          valid=ok)
+
+
+def _pseudo(model: str, manifest, cache: Path):
+    """pseudo:f0 (median-F0 threshold), pseudo:probe:<encoder>:<probe path> (a saved
+    GenderProbe on that encoder's embeddings) or pseudo:<checkpoint> (audio classifier)."""
+    from emodebias import groups
+
+    if model == "f0":
+        return groups.f0_groups(manifest)
+    if model.startswith("probe:"):
+        from emodebias.groups.embeddings import load_embeddings
+
+        encoder, _, path = model[len("probe:"):].partition(":")
+        store = stage_features(manifest, encoder, {}, cache)
+        x, ids, ok = load_embeddings(store, "mean", manifest.utt_ids)
+        return groups.probe_groups(groups.GenderProbe.load(path), x, ids, manifest, ok, encoder)
+    return groups.hf_gender_groups(manifest, model)
+
+
+# ----------------------------------------------------------------------------- training
+def _fit_all(data, specs: list[RunSpec]) -> list[tuple[RunSpec, object]]:
+    """(spec, FitResult) per spec, trained together by `fit_many` (same numbers as `fit`)."""
+    from emodebias.train import RunConfig, TrainConfig, fit_many
+
+    cfg = TrainConfig(**specs[0].train)
+    runs = [RunConfig(method=s.method, hparams=dict(s.hparams), seed=s.seed, config=cfg)
+            for s in specs]
+    return list(zip(specs, fit_many(data, runs), strict=True))
+
+
+def _score(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray):
+    from emodebias.metrics import from_predictions
+
+    ev = dict(spec.evaluation)
+    attrs = [a for a in ev.pop("attributes", DEFAULT_ATTRIBUTES) if a in manifest.df.columns]
+    targets = manifest.soft_labels()[manifest.index_of(test_ids)]
+    pred = {"utt_ids": np.asarray(test_ids), "probs": probs, "targets": targets}
+    return from_predictions(pred, manifest, attributes=attrs, **ev), targets
+
+
+def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]:
+    """The default executor: yields one RunResult (or RunFailure) per spec."""
+    cache = Path(out) / "cache"
+    batches: dict[str, list[RunSpec]] = {}
+    for s in specs:
+        batches.setdefault(s.batch_key, []).append(s)
+    for batch in batches.values():
+        try:
+            yield from _execute_batch(batch, cache)
+        except Exception as exc:  # a shared stage failed: every run of the batch fails with it
+            for s in batch:
+                yield RunFailure(s, exc)
+
+
+def _execute_batch(batch: list[RunSpec], cache: Path) -> Iterator[RunResult | RunFailure]:
+    from emodebias.train import TrainData
+
+    first = batch[0]
+    manifest = stage_manifest(first, cache)
+    split = stage_split(first, manifest, cache)
+    store = stage_features(manifest, first.encoder, first.encoder_opts, cache)
+    groups = stage_groups(first, manifest, split, cache)
+    data = TrainData.from_objects(store, manifest, split, groups)
+    test_ids = list(split.test)
+    for spec, fit in _fit_all(data, batch):
+        try:
+            yield _result(spec, manifest, test_ids, np.asarray(fit.test_probs), fit)
+        except Exception as exc:
+            yield RunFailure(spec, exc)
+
+
+def _result(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray, fit) -> RunResult:
+    metrics, targets = _score(spec, manifest, test_ids, probs)
+    table = metrics.to_dict()["table"]
+    return RunResult(
+        spec=spec, summary=dict(metrics.summary), table=table,
+        best_epoch=int(fit.best_epoch), hparams=dict(fit.hparams),
+        wall_time=float(fit.wall_time),
+        test_ids=test_ids, test_probs=probs, test_targets=targets,
+        classes=list(manifest.classes),
+        info={"skipped_metrics": metrics.skipped, "n_test": len(test_ids)},
+        save_model=fit.save if fit.state else None,
+    )

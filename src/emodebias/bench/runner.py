@@ -1,0 +1,226 @@
+"""Run a grid's specs on local worker processes: resumable, crash-safe, with progress.
+
+* Resumable: a spec whose record exists is never recomputed (see `results` for the atomic
+  commit); after any crash, including ``kill -9`` of the whole process group, a rerun completes
+  only what is missing. Failed runs leave `failures/<hash>.json` and are retried next time.
+* Batched: specs that share (split, features, groups, training config) go to one task, so the
+  executor can train them together (`emodebias.train.fit_many`, issue 8) and load the shared
+  stages once. Batching never changes numbers; it only changes how work is packed.
+* Pluggable: the executor is named by a dotted path ``module:function`` taking
+  ``(specs: list[RunSpec], out: Path)`` and yielding `RunResult` / `RunFailure`; it is resolved
+  inside the worker, so it need not be picklable. The default is the real pipeline.
+* Workers are spawned (not forked: torch and OpenMP do not survive fork) and die with the
+  runner (Linux parent-death signal), so killing the runner never leaves orphans writing later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from emodebias.bench.grid import RunSpec
+from emodebias.bench.results import clean_stale, is_done, write_failure, write_run
+
+DEFAULT_EXECUTOR = "emodebias.bench.pipeline:execute"
+
+
+@dataclass
+class RunFailure:
+    """An executor's report that one spec failed; the runner records it and carries on."""
+
+    spec: RunSpec
+    error: BaseException
+
+
+@dataclass
+class GridSummary:
+    total: int
+    skipped: int  # already done before this invocation
+    completed: int
+    failed: list[dict] = field(default_factory=list)  # {hash, name, error}
+    wall_time: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def resolve_executor(ref: str | Callable) -> Callable:
+    """'module:function' -> the function (callables pass through)."""
+    if callable(ref):
+        return ref
+    module, _, name = ref.partition(":")
+    if not name:
+        raise ValueError(f"executor {ref!r} must look like 'package.module:function'")
+    return getattr(importlib.import_module(module), name)
+
+
+def plan_tasks(specs: Iterable[RunSpec], max_batch: int = 16) -> list[list[RunSpec]]:
+    """Group specs by shared stages (batch key), keep first-seen order, cap each task's size."""
+    groups: dict[str, list[RunSpec]] = {}
+    for s in specs:
+        groups.setdefault(s.batch_key, []).append(s)
+    tasks = []
+    for members in groups.values():
+        for i in range(0, len(members), max(1, max_batch)):
+            tasks.append(members[i : i + max_batch])
+    return tasks
+
+
+def run_task(executor: str, spec_dicts: list[dict], out: str) -> list[dict]:
+    """Execute one task and commit each finished run; returns one outcome per spec.
+
+    This is the unit a worker (process or Ray task) runs; it only takes plain data."""
+    out_path = Path(out)
+    specs = [RunSpec.from_dict(d) for d in spec_dicts]
+    pending = {s.hash: s for s in specs if not is_done(out_path, s)}
+    outcomes = [{"hash": h, "ok": True, "skipped": True} for h in
+                (s.hash for s in specs) if h not in pending]
+    if not pending:
+        return outcomes
+    try:
+        fn = resolve_executor(executor)
+        for item in fn(list(pending.values()), out_path):
+            spec = item.spec
+            if spec.hash not in pending:
+                raise RuntimeError(f"executor returned a spec it was not given: {spec.name}")
+            del pending[spec.hash]
+            if isinstance(item, RunFailure):
+                write_failure(out_path, spec, item.error)
+                outcomes.append({"hash": spec.hash, "name": spec.name, "ok": False,
+                                 "error": f"{type(item.error).__name__}: {item.error}"})
+            else:
+                write_run(out_path, item)
+                outcomes.append({"hash": spec.hash, "ok": True, "wall": item.wall_time})
+    except Exception as exc:  # the whole task broke: every spec not yet done failed with it
+        for spec in pending.values():
+            write_failure(out_path, spec, exc)
+            outcomes.append({"hash": spec.hash, "name": spec.name, "ok": False,
+                             "error": f"{type(exc).__name__}: {exc}"})
+        pending.clear()
+    for spec in pending.values():
+        err = RuntimeError("the executor returned no result for this spec")
+        write_failure(out_path, spec, err)
+        outcomes.append({"hash": spec.hash, "name": spec.name, "ok": False, "error": str(err)})
+    return outcomes
+
+
+def _die_with_parent(threads: int) -> None:
+    """Worker initializer: one BLAS/OpenMP pool per worker, and exit when the runner dies."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+def prepare_out(out: Path, specs: list[RunSpec]) -> list[RunSpec]:
+    """Create the output folder, drop stale temporaries, list specs; return those not done."""
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
+    tmp = out / f"specs.jsonl.tmp-{os.getpid()}"
+    tmp.write_text("".join(json.dumps({"hash": s.hash, "name": s.name, "spec": s.to_dict()},
+                                      sort_keys=True) + "\n" for s in specs))
+    tmp.replace(out / "specs.jsonl")
+    return [s for s in specs if not is_done(out, s)]
+
+
+class GridProgress:
+    """runs done / total, ETA and failures so far (rich); counts records on disk, so it works
+    for any backend."""
+
+    def __init__(self, out: Path, specs: list[RunSpec], todo: list[RunSpec], show: bool = True):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.out, self.todo = out, todo
+        self.total, self.skipped = len(specs), len(specs) - len(todo)
+        self.failed: list[dict] = []
+        self.progress = Progress(
+            TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("failed {task.fields[failed]}"), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), disable=not show, transient=False,
+        )
+        self.task = self.progress.add_task("runs", total=self.total, completed=self.skipped,
+                                           failed=0)
+        self.t0 = time.time()
+
+    def __enter__(self) -> GridProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.refresh()
+        self.progress.__exit__(*exc)
+
+    def add_outcomes(self, outcomes: list[dict]) -> None:
+        self.failed += [o for o in outcomes if not o["ok"]]
+        self.refresh()
+
+    def refresh(self) -> None:
+        done = self.skipped + sum(is_done(self.out, s) for s in self.todo)
+        self.progress.update(self.task, completed=done + len(self.failed),
+                             failed=len(self.failed))
+
+    def summary(self) -> GridSummary:
+        done = sum(is_done(self.out, s) for s in self.todo)
+        return GridSummary(self.total, self.skipped, done, self.failed, time.time() - self.t0)
+
+
+def run_local(specs: list[RunSpec], out: str | Path, workers: int = 1,
+              executor: str = DEFAULT_EXECUTOR, progress: bool = True, max_batch: int = 16,
+              threads_per_worker: int = 1) -> GridSummary:
+    """Run every spec not yet done under `out` on `workers` processes (1 = in this process)."""
+    out = Path(out)
+    todo = prepare_out(out, specs)
+    tasks = plan_tasks(todo, max_batch)
+    with GridProgress(out, specs, todo, show=progress) as prog:
+        if workers <= 1:
+            for task in tasks:
+                prog.add_outcomes(run_task(executor, [s.to_dict() for s in task], str(out)))
+        else:
+            ctx = get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                     initializer=_die_with_parent,
+                                     initargs=(threads_per_worker,)) as pool:
+                futures = {pool.submit(run_task, executor, [s.to_dict() for s in t],
+                                       str(out)): t for t in tasks}
+                pending = set(futures)
+                while pending:
+                    finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        prog.add_outcomes(task_outcomes(f, futures[f], out))
+                    prog.refresh()
+        return prog.summary()
+
+
+def task_outcomes(future: object, task: list[RunSpec], out: Path) -> list[dict]:
+    """A finished task's outcomes; a worker that died takes its task's unfinished runs down
+    as failures (recorded, retried next time)."""
+    try:
+        return future.result()
+    except Exception as exc:
+        lost = [s for s in task if not is_done(out, s)]
+        for s in lost:
+            write_failure(out, s, exc)
+        return [{"hash": s.hash, "name": s.name, "ok": False,
+                 "error": f"worker failed: {type(exc).__name__}: {exc}"} for s in lost]

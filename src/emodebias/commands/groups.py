@@ -1,0 +1,205 @@
+"""CLI: `emodebias groups` (make + diagnose group assignments) and `emodebias train-probe`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import typer
+
+from emodebias.cli import app
+
+SOURCES = ("truth", "pseudo", "cluster")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _label_map(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    pairs = [p.split("=", 1) for p in _csv(text)]
+    if any(len(p) != 2 for p in pairs):
+        raise typer.BadParameter(f"--label-map {text!r}: expected LABEL=F,LABEL=M")
+    return {a.strip(): b.strip() for a, b in pairs}
+
+
+def _slug(source: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", source.replace("k=", "k")).strip("_")
+
+
+def _split_ids(manifest, split: str | None) -> tuple[list[str] | None, list[str] | None]:
+    """(train ids, train+dev ids) of a fold name or a saved Split (json file or dir)."""
+    if split is None:
+        return None, None
+    path = Path(split)
+    if path.suffix == ".json" or path.is_dir():
+        from emodebias.splits import Split
+
+        s = Split.load(path)
+        return list(s.train), list(s.train) + list(s.dev)
+    train = manifest.split_ids(split, "train")
+    return train, train + manifest.split_ids(split, "dev")
+
+
+def _open_store(features: Path | None, source: str):
+    if features is None:
+        raise typer.BadParameter(f"--source {source} needs --features (a FeatureStore directory)")
+    from emodebias.store import FeatureStore
+
+    return FeatureStore.open(features)
+
+
+def _pseudo(manifest, model: str | None, features: Path | None, layer: str, label_map: str | None,
+            fit_ids: list[str] | None, device: str):
+    from emodebias.groups.f0 import F0Threshold, f0_groups
+    from emodebias.groups.probe import GenderProbe, probe_groups
+
+    if not model:
+        raise typer.BadParameter("--source pseudo needs --model: f0 | f0:<Hz> | f0:fit | "
+                                 "<probe.npz> | <HF checkpoint dir or hub id>")
+    if model == "f0" or model.startswith("f0:"):
+        arg = model[3:]
+        if arg == "fit":
+            if fit_ids is None:
+                raise typer.BadParameter("--model f0:fit needs --split (fits on its train+dev)")
+            return f0_groups(manifest, fit_ids=fit_ids, progress=True)
+        rule = F0Threshold(float(arg)) if arg else None
+        return f0_groups(manifest, rule, progress=True)
+    if model.endswith(".npz") or Path(model).with_suffix(".json").is_file():
+        from emodebias.groups.embeddings import encoder_name, load_embeddings
+
+        store = _open_store(features, "pseudo with a probe")
+        x, ids, ok = load_embeddings(store, layer)
+        return probe_groups(GenderProbe.load(model), x, ids, manifest, ok, encoder_name(store))
+    from emodebias.groups.pseudo import hf_gender_groups
+
+    return hf_gender_groups(manifest, model, _label_map(label_map), device=device, progress=True)
+
+
+def _clusters(manifest, features: Path | None, ks: list[int], fit_ids: list[str] | None,
+              algorithm: str, seed: int, layer: str):
+    import numpy as np
+
+    from emodebias.groups.cluster import cached_cluster_groups
+
+    store = _open_store(features, "cluster")
+    fit_mask = None if fit_ids is None else np.isin(np.asarray(store.utt_ids, dtype=object),
+                                                    np.asarray(fit_ids, dtype=object))
+    return [cached_cluster_groups(store, k, fit_mask, algorithm, seed, layer) for k in ks]
+
+
+def _print_table(table, warnings: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    view = Table(title="group diagnostics")
+    for col in table.columns:
+        view.add_column(str(col), justify="left" if col in ("source", "attribute") else "right")
+    for row in table.itertuples(index=False):
+        view.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(view)
+    for w in warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+@app.command()
+def groups(
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="manifest.parquet (or its dir)"),
+    source: str = typer.Option(..., "--source", "-s", help="truth | pseudo | cluster"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory for assignments + diagnostics"),
+    features: Path | None = typer.Option(None, "--features", "-f",
+                                         help="FeatureStore dir (cluster, probe)"),
+    column: str = typer.Option("gender", "--column", help="truth: column(s), comma = intersection"),
+    k: str = typer.Option("2,4,8,16,32", "--k", help="cluster: comma-separated k values"),
+    model: str | None = typer.Option(None, "--model",
+                                     help="pseudo: f0 | f0:<Hz> | f0:fit | probe.npz | HF model"),
+    split: str | None = typer.Option(None, "--split",
+                                     help="fold name or split.json: fit on its train+dev"),
+    algorithm: str = typer.Option("minibatch", "--algorithm", help="cluster: minibatch | kmeans"),
+    seed: int = typer.Option(42, "--seed"),
+    layer: str = typer.Option("mean", "--layer", help="store layer index, or mean over layers"),
+    label_map: str | None = typer.Option(None, "--label-map", help="HF labels, e.g. 'LABEL_0=F,"
+                                         "LABEL_1=M'"),
+    attributes: str = typer.Option("gender,age_group,race", "--attributes"),
+    min_size: int = typer.Option(2, "--min-size", help="warn when a group has fewer (train) rows"),
+    tsne: bool = typer.Option(False, "--tsne", help="cluster: also save the t-SNE figure (PNG)"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Make group assignments (truth, pseudo-label, k-means clusters) and diagnose them."""
+    import pandas as pd
+
+    from emodebias.groups.diagnostics import diagnose
+    from emodebias.groups.truth import truth_groups
+    from emodebias.manifest import Manifest
+
+    if source not in SOURCES:
+        raise typer.BadParameter(f"--source {source!r} not in {SOURCES}")
+    man = Manifest.load(manifest)
+    train_ids, fit_ids = _split_ids(man, split)
+    if source == "truth":
+        made = [truth_groups(man, _csv(column))]
+    elif source == "pseudo":
+        made = [_pseudo(man, model, features, layer, label_map, fit_ids, device)]
+    else:
+        try:
+            ks = [int(v) for v in _csv(k)]
+        except ValueError as exc:
+            raise typer.BadParameter(f"--k {k!r}: expected integers like 2,4,8,16") from exc
+        made = _clusters(man, features, ks, fit_ids, algorithm, seed, layer)
+    tables, warnings = [], []
+    for assignment in made:
+        assignment.save(out / _slug(assignment.source))
+        table = diagnose(assignment, man, _csv(attributes), train_ids=train_ids,
+                         min_size=min_size)
+        tables.append(table)
+        warnings += [f"{assignment.source}: {w}" for w in table.attrs["warnings"]]
+        if "accuracy" in assignment.info and assignment.info["accuracy"] is not None:
+            typer.echo(f"{assignment.source}: accuracy vs gender "
+                       f"{assignment.info['accuracy']:.3f} on {assignment.info['n_scored']} rows")
+        if assignment.info.get("n_failed"):
+            warnings.append(f"{assignment.source}: {assignment.info['n_failed']} utterance(s) "
+                            f"unusable, e.g. {list(assignment.info['failures'].items())[:2]}")
+    table = pd.concat(tables, ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "diagnostics.csv", index=False)
+    _print_table(table, warnings)
+    if tsne and source == "cluster":
+        _tsne(man, features, made, layer, out)
+
+
+def _tsne(man, features: Path | None, made: list, layer: str, out: Path) -> None:
+    from emodebias.groups.embeddings import load_embeddings
+    from emodebias.groups.tsne import tsne_coords, tsne_figure
+
+    x, ids, ok = load_embeddings(_open_store(features, "cluster"), layer)
+    coords = tsne_coords(x[ok])
+    gender = man.df["gender"].to_numpy(dtype=object)[man.index_of(ids)] \
+        if "gender" in man.df.columns else None
+    for assignment in made:
+        sub = assignment.align([u for u, good in zip(ids, ok, strict=True) if good])
+        path = tsne_figure(x[ok], sub, out / f"tsne_{_slug(assignment.source)}.png",
+                           None if gender is None else gender[ok], coords=coords)
+        typer.echo(f"t-SNE figure: {path}")
+
+
+@app.command("train-probe")
+def train_probe_cmd(
+    features: Path = typer.Option(..., "--features", "-f", help="FeatureStore dir (embeddings)"),
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="manifest with a gender column"),
+    out: Path = typer.Option(..., "--out", "-o", help="probe file (.npz; a .json goes beside)"),
+    layer: str = typer.Option("mean", "--layer"),
+    c: float = typer.Option(1.0, "--c", help="inverse L2 strength of the logistic regression"),
+) -> None:
+    """Train the built-in gender probe (pseudo-labels for `groups --source pseudo --model`)."""
+    from emodebias.groups.probe import train_probe_on
+    from emodebias.manifest import Manifest
+    from emodebias.store import FeatureStore
+
+    probe = train_probe_on(FeatureStore.open(features), Manifest.load(manifest), layer, c)
+    path = probe.save(out)
+    cv = probe.info.get("cv_accuracy")
+    typer.echo(f"probe on {probe.info['n_train']} utterances ({probe.encoder}); "
+               f"leave-speakers-out accuracy {cv:.3f}; saved {path}")

@@ -1,0 +1,69 @@
+"""Shared steps of the acted corpora whose labels live in file names (EmoDB, RAVDESS).
+
+Such corpora have no annotator votes in their file names, only the emotion the actor was asked
+to portray, so the label is a single "vote" for that emotion: after EMO-SUPERB smoothing that is
+0.95 on the acted class and 0.05/(K-1) on each other (`labels.soft_from_votes`). Bad file names
+go through `_base.BadInput`: an error naming the file, or a counted skip with ``skip_bad=True``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from emodebias.corpora._base import SRC, BadInput, CorpusError, soft_from_vote_columns
+from emodebias.manifest import Manifest
+from emodebias.splits import make_folds
+
+
+def scan_audio(root: Path, pattern: str, hint: str) -> pd.DataFrame:
+    """One row per file matching `pattern` under `root`: path, utt_id (file stem), _src."""
+    if not root.is_dir():
+        raise CorpusError(f"corpus root {root} is not a directory; {hint}")
+    files = sorted(p for p in root.glob(pattern) if p.is_file())
+    if not files:
+        raise CorpusError(f"no audio files matching {pattern!r} under {root}; {hint}")
+    return pd.DataFrame({
+        "path": [str(p.resolve()) for p in files],
+        "utt_id": [p.stem for p in files],
+        SRC: [str(p.relative_to(root)) for p in files],
+    })
+
+
+def parse_names(df: pd.DataFrame, regex: str, fields: list[str], bad: BadInput,
+                expected: str) -> pd.DataFrame:
+    """Split each file stem into `fields` with `regex`; names that do not match are bad."""
+    parts = df["utt_id"].str.extract(re.compile(regex))
+    parts.columns = fields
+    df = pd.concat([df, parts], axis=1)
+    return bad.reject(df, parts.isna().any(axis=1).to_numpy(), "file name not in corpus format",
+                      hint=f"Expected names like {expected}.")
+
+
+def map_codes(df: pd.DataFrame, column: str, mapping: dict[str, str], out: str,
+              bad: BadInput, what: str) -> pd.DataFrame:
+    """`out` = mapping[df[column]]; codes outside `mapping` are bad input."""
+    unknown = ~df[column].isin(list(mapping)).to_numpy()
+    df = bad.reject(df, unknown, f"unknown {what}",
+                    hint=f"Known {what}s: {', '.join(sorted(mapping))}.")
+    df = df.copy()
+    df[out] = df[column].map(mapping)
+    return df
+
+
+def acted_labels(df: pd.DataFrame, classes: list[str], bad: BadInput,
+                 column: str = "intended") -> pd.DataFrame:
+    """One vote for the acted emotion -> votes_<c> (0/1) and smoothed soft_<c>."""
+    df = df.copy()
+    for c in classes:
+        df[f"votes_{c}"] = (df[column] == c).astype("int64")
+    return soft_from_vote_columns(df, classes, bad)
+
+
+def add_folds(manifest: Manifest, folds: int | None, fold_seed: int) -> Manifest:
+    """Speaker-independent folds from `splits.make_folds` (none when `folds` is 0/None)."""
+    if not folds:
+        return manifest
+    return make_folds(manifest, k=int(folds), seed=fold_seed)

@@ -1,0 +1,107 @@
+"""The encoder interface: a batch of 16 kHz waveforms -> pooled per-layer features [B, L, D].
+
+Every encoder (SSL, speaker, acoustic) offers the same small surface so the FeatureStore can drive
+any of them: `.id` (short name), `.config` (every setting that changes the numbers; it goes into
+the store key, so changing any of it never returns stale features), `.n_layers`, `.dim`,
+`.sample_rate`, `.info` (descriptive extras for meta.json: layer and feature names), `.to(device)`
+and `.encode(waves)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class EncoderError(RuntimeError):
+    """An encoder could not be built or run; the message says what to do."""
+
+
+class Encoder(ABC):
+    """Frozen feature extractor: `encode(list of float32 mono 16 kHz arrays) -> [B, L, D] float32`."""
+
+    id: str
+    sample_rate: int = 16_000
+
+    @property
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable settings that determine the output (part of the store key)."""
+
+    @property
+    @abstractmethod
+    def n_layers(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def dim(self) -> int: ...
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Descriptive metadata (layer names, feature names) written to meta.json, not keyed."""
+        return {}
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    def to(self, device: str) -> Encoder:
+        """Move to `device` (cpu / cuda / cuda:N); encoders without a model ignore it."""
+        return self
+
+    @abstractmethod
+    def encode(self, waves: list[np.ndarray]) -> np.ndarray:
+        """Pooled features [len(waves), n_layers, dim] float32, one row per input, same order."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, L={self.n_layers}, D={self.dim})"
+
+
+def check_waves(waves: list[np.ndarray], min_samples: int = 1) -> list[np.ndarray]:
+    """Validate a batch: 1-D finite float arrays, at least `min_samples` long each."""
+    out = []
+    for i, w in enumerate(waves):
+        w = np.asarray(w, dtype=np.float32)
+        if w.ndim != 1:
+            raise ValueError(f"wave {i}: expected a 1-D mono array, got shape {w.shape}")
+        if len(w) < min_samples:
+            raise ValueError(f"wave {i}: {len(w)} samples, fewer than the {min_samples} needed")
+        out.append(w)
+    return out
+
+
+def pad_batch(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad with zeros -> (input [B, S] float32, lengths [B] int64)."""
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    x = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
+    for i, w in enumerate(waves):
+        x[i, : len(w)] = torch.from_numpy(w)
+    return x, lengths
+
+
+def zero_mean_unit_var(w: np.ndarray) -> np.ndarray:
+    """Per-utterance waveform normalisation, as transformers' Wav2Vec2FeatureExtractor does it."""
+    return ((w - w.mean()) / np.sqrt(w.var() + 1e-7)).astype(np.float32)
+
+
+def fingerprint_files(paths: list[Path], edge_bytes: int = 1 << 20) -> str:
+    """Cheap content fingerprint of model files: name, size, first and last `edge_bytes` of each.
+
+    Hashing multi-GB checkpoints fully would cost seconds per run; size plus both ends catches
+    any realistic replacement of the weights.
+    """
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size}".encode())
+        with p.open("rb") as f:
+            h.update(f.read(edge_bytes))
+            if size > 2 * edge_bytes:
+                f.seek(size - edge_bytes)
+                h.update(f.read(edge_bytes))
+    return h.hexdigest()[:16]

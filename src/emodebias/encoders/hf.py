@@ -1,0 +1,173 @@
+"""Loading frozen transformers speech models safely and offline, and making them padding-exact.
+
+Shared by the SSL encoders (ssl.py) and the x-vector speaker encoder (speaker.py).
+
+*Loading.* A local checkpoint directory loads with `local_files_only=True`; a hub id is tried in
+the local cache first; when it is not cached and the hub is unreachable (or `HF_HUB_OFFLINE=1`)
+it fails at once with a message saying how to point at a local copy, instead of the minute of
+retries transformers would spend. `trust_remote_code` is never enabled.
+
+*Padding exactness.* wav2vec2-base, HuBERT-base and WavLM-base(+) normalise the first CNN layer
+with a GroupNorm over *time*, so zero padding changes every frame of a padded utterance.
+`MaskedGroupNorm` replaces that layer and takes the statistics over each utterance's valid
+frames only; with the attention mask (which zeroes padded frames before the positional
+convolution and masks attention) a batched, padded forward then equals the forward of each
+utterance alone, up to float rounding. Layer-norm checkpoints (large / XLS-R) need no change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from emodebias.encoders.base import EncoderError, fingerprint_files
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline_message(source: str, exc: Exception) -> str:
+    return (
+        f"cannot load {source!r}: it is not in the local Hugging Face cache and the hub is "
+        f"unreachable ({type(exc).__name__}). Where you have network, download it with "
+        f"`hf download {source} --local-dir DIR` (or `huggingface-cli download ...`), then pass "
+        f"`--encoder DIR` (library: get_encoder('DIR')), or put it in $EMODEBIAS_MODELS/<preset>."
+    )
+
+
+def load_pretrained(source: str | Path, model_cls: Any) -> tuple[nn.Module, str]:
+    """Load `model_cls.from_pretrained(source)` in eval mode -> (model, revision fingerprint)."""
+    path = Path(source).expanduser()
+    kwargs = {"trust_remote_code": False} if model_cls.__name__.startswith("Auto") else {}
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise EncoderError(f"{path} has no config.json: not a transformers checkpoint directory")
+        try:
+            model = model_cls.from_pretrained(str(path), local_files_only=True, **kwargs)
+        except (OSError, ValueError, KeyError) as exc:
+            raise EncoderError(f"cannot load the checkpoint in {path}: {exc}") from exc
+        files = [path / "config.json"] + [p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES]
+        revision = "local:" + fingerprint_files(files)
+    else:
+        text = str(source)
+        if text.startswith((".", "/", "~")) or text.count("/") > 1 or path.exists():
+            raise EncoderError(f"{source}: not a checkpoint directory (nor a hub id 'org/name')")
+        try:
+            model = model_cls.from_pretrained(str(source), local_files_only=True, **kwargs)
+        except OSError as exc:
+            if not _hub_reachable():
+                raise EncoderError(_offline_message(str(source), exc)) from exc
+            model = model_cls.from_pretrained(str(source), **kwargs)
+        revision = "hub:" + str(getattr(model.config, "_commit_hash", None) or "unknown")
+    if not hasattr(model, "_get_feat_extract_output_lengths"):
+        raise EncoderError(
+            f"{source}: {type(model).__name__} is not a wav2vec2-family speech model "
+            "(WavLM, wav2vec2/XLS-R, HuBERT, data2vec-audio)"
+        )
+    return model.eval().requires_grad_(False), revision
+
+
+def feature_extractor_normalizes(source: str | Path) -> tuple[bool, str]:
+    """The checkpoint's `do_normalize` (preprocessor_config.json) -> (flag, where it came from).
+
+    Without a preprocessor config the transformers Wav2Vec2FeatureExtractor default (True) holds.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        cfg_file = path / "preprocessor_config.json"
+        if cfg_file.is_file():
+            return bool(json.loads(cfg_file.read_text()).get("do_normalize", True)), "preprocessor"
+        return True, "default"
+    from transformers import AutoFeatureExtractor
+
+    try:
+        fe = AutoFeatureExtractor.from_pretrained(str(source), local_files_only=True)
+    except OSError:
+        return True, "default"
+    return bool(getattr(fe, "do_normalize", True)), "preprocessor"
+
+
+class MaskedGroupNorm(nn.Module):
+    """GroupNorm over time whose statistics ignore padded frames (see the module docstring).
+
+    Set `.lengths` (valid frames per batch item) before a forward; with `None` it is the original
+    GroupNorm. Statistics are computed in float32 even under autocast.
+    """
+
+    def __init__(self, gn: nn.GroupNorm) -> None:
+        super().__init__()
+        self.gn = gn
+        self.lengths: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lengths is None:
+            return self.gn(x)
+        b, c, t = x.shape
+        g = self.gn.num_groups
+        xf = x.float().reshape(b, g, c // g, t)
+        mask = (torch.arange(t, device=x.device)[None, :] < self.lengths[:, None].to(x.device))
+        mask = mask[:, None, None, :].float()
+        count = mask.sum(dim=(2, 3), keepdim=True) * (c // g)
+        mean = (xf * mask).sum(dim=(2, 3), keepdim=True) / count
+        var = (((xf - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
+        y = ((xf - mean) / torch.sqrt(var + self.gn.eps)).reshape(b, c, t)
+        if self.gn.affine:
+            y = y * self.gn.weight.float()[None, :, None] + self.gn.bias.float()[None, :, None]
+        return y.to(x.dtype)
+
+
+class PaddingExactCNN:
+    """Installs MaskedGroupNorm in a model's first conv layer and feeds it per-batch lengths."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.norm: MaskedGroupNorm | None = None
+        self.kernel = self.stride = 1
+        for name, module in list(model.named_modules()):
+            if name.endswith("conv_layers.0") and isinstance(getattr(module, "layer_norm", None),
+                                                            nn.GroupNorm):
+                self.norm = MaskedGroupNorm(module.layer_norm)
+                module.layer_norm = self.norm
+                self.kernel, self.stride = module.conv.kernel_size[0], module.conv.stride[0]
+                break
+
+    @property
+    def active(self) -> bool:
+        return self.norm is not None
+
+    def set_lengths(self, sample_lengths: torch.Tensor | None) -> None:
+        """Valid input samples per item (None: plain GroupNorm, for unpadded batches)."""
+        if self.norm is None:
+            return
+        if sample_lengths is None or bool((sample_lengths == sample_lengths.max()).all()):
+            self.norm.lengths = None
+        else:
+            self.norm.lengths = (sample_lengths - self.kernel) // self.stride + 1
+
+
+def config_summary(model: nn.Module) -> dict[str, Any]:
+    """Architecture facts worth recording next to the features."""
+    cfg = model.config
+    return {
+        "model_type": getattr(cfg, "model_type", None),
+        "architectures": getattr(cfg, "architectures", None),
+        "hidden_size": getattr(cfg, "hidden_size", None),
+        "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
+        "feat_extract_norm": getattr(cfg, "feat_extract_norm", None),
+    }

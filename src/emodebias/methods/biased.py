@@ -1,0 +1,211 @@
+"""Debiasing without group labels via a biased learner (PAPERS §3.6–3.8) and JTT.
+
+Multi-label adaptation (PAPERS §6.12): CE is the soft-target CE, the GCE "true-class
+probability" is p_y = Σ_c y'_c softmax_c, and the class used for LfF/DisEnt's class-wise
+normalisation is the strict-majority class c_i (rows without one form their own bucket).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from emodebias.losses import gce, soft_ce, target_prob
+from emodebias.methods.base import Batch, Method, Prepared, register
+from emodebias.model import HIDDEN, Encoder, SERHead, StackedLinear
+
+
+class SampleEMA(nn.Module):
+    """Per-sample loss EMA of LfF (alinlab/LfF util.EMA) for R runs × n training positions.
+
+    update: v <- α·v + (1 − α·updated)·new (the first update stores `new`), then updated = 1.
+    `normalised` divides by the class-wise max of v over the whole training list.
+    """
+
+    def __init__(self, labels: np.ndarray, n_classes: int) -> None:
+        super().__init__()
+        labels = np.where(labels >= 0, labels, n_classes)  # no-majority rows: own bucket
+        self.n_buckets = n_classes + 1
+        self.register_buffer("labels", torch.as_tensor(labels, dtype=torch.long))
+        self.register_buffer("value", torch.zeros(labels.shape))
+        self.register_buffer("updated", torch.zeros(labels.shape))
+
+    def update(self, index: torch.Tensor, new: torch.Tensor, alpha: torch.Tensor) -> None:
+        """index, new [R, B]; alpha [R]."""
+        a = alpha.unsqueeze(-1)
+        old = self.value.gather(1, index)
+        upd = self.updated.gather(1, index)
+        self.value.scatter_(1, index, a * old + (1 - a * upd) * new.detach())
+        self.updated.scatter_(1, index, torch.ones_like(upd))
+
+    def normalised(self, index: torch.Tensor) -> torch.Tensor:
+        """v[index] / max_{j: class j = class i} v[j] -> [R, B]."""
+        top = torch.zeros(self.value.shape[0], self.n_buckets, device=self.value.device)
+        top = top.scatter_reduce(1, self.labels, self.value, reduce="amax", include_self=True)
+        cls = self.labels.gather(1, index)
+        return self.value.gather(1, index) / top.gather(1, cls).clamp_min(1e-8)
+
+
+def relative_difficulty(
+    ema_b: SampleEMA, ema_d: SampleEMA, index: torch.Tensor, ce_b: torch.Tensor,
+    ce_d: torch.Tensor, alpha: torch.Tensor,
+) -> torch.Tensor:
+    """LfF weight W = CE_b / (CE_b + CE_d + 1e-8) on EMA'd, class-max-normalised losses."""
+    ema_b.update(index, ce_b, alpha)
+    ema_d.update(index, ce_d, alpha)
+    nb, nd = ema_b.normalised(index), ema_d.normalised(index)
+    return nb / (nb + nd + 1e-8)
+
+
+class _BiasedPair(Method):
+    """A main head plus an identical biased head trained with GCE (LfF, SiH)."""
+
+    family = "biased-learner"
+    supervision = "none"
+
+    def build(self) -> None:
+        super().build()
+        c = self.ctx
+        self.bias_head = SERHead(c.init_gens, c.n_layers, c.dim, c.n_classes)
+
+    def bias_terms(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(main logits, bias logits, mean GCE of the bias head [R])."""
+        logits, _ = self.head(batch.x)
+        logits_b, _ = self.bias_head(batch.x)
+        q = self.hp_vec("q").unsqueeze(-1)
+        return logits, logits_b, gce(logits_b, batch.soft, q).mean(-1)
+
+
+@register("lff")
+class LfF(_BiasedPair):
+    """Learning from Failure (Nam et al. 2020): loss = mean GCE_b + mean W·ℓ_d; evaluates d."""
+
+    HPARAMS = {"q": 0.7, "ema": 0.7}
+
+    def build(self) -> None:
+        super().build()
+        maj, k = self.ctx.train_majority, self.ctx.n_classes
+        self.ema_b, self.ema_d = SampleEMA(maj, k), SampleEMA(maj, k)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        logits, logits_b, gce_b = self.bias_terms(batch)
+        w = relative_difficulty(
+            self.ema_b, self.ema_d, batch.index, soft_ce(logits_b, batch.soft).detach(),
+            soft_ce(logits, batch.soft).detach(), self.hp_vec("ema"),
+        )
+        return gce_b + (w * batch.weight * self.base_loss(logits, batch.soft)).mean(-1)
+
+
+@register("sih")
+class SiH(_BiasedPair):
+    """Signal is Harder (Vandenhirtz et al. 2023) without the VAE decoder (PAPERS §3.8):
+    loss = mean((1 − p̂_b(y))^q · ℓ_s) + mean(GCE_b), focal weight detached."""
+
+    HPARAMS = {"q": 0.7}
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        logits, logits_b, gce_b = self.bias_terms(batch)
+        p_b = target_prob(logits_b, batch.soft).detach()
+        focal = (1 - p_b).pow(self.hp_vec("q").unsqueeze(-1))
+        return gce_b + (focal * batch.weight * self.base_loss(logits, batch.soft)).mean(-1)
+
+
+@register("disent")
+class DisEnt(Method):
+    """Disentangled feature augmentation (Lee et al. 2021, learner.py) on two head branches.
+
+    Branches z_l (intrinsic) and z_b (bias) are layer-mix + Linear(D→256); C_i and C_b act on
+    [z_l, z_b] (512-d) with cross-detaching. After `curr_step` steps z_b is permuted within the
+    batch (per-run permutation): L_swap = W·CE(C_i([z_l, z̃_b]), y) + λ_swap_b·GCE(C_b(...), ỹ).
+    Total = L_dis + λ_swap·L_swap; the evaluated model is C_i([z_l, z_b]).
+    """
+
+    family = "biased-learner"
+    supervision = "none"
+    HPARAMS = {"q": 0.7, "ema": 0.7, "lambda_dis": 1.0, "lambda_swap_b": 1.0,
+               "lambda_swap": 1.0, "curr_step": 0}
+
+    def build(self) -> None:
+        c = self.ctx
+        self.enc_l = Encoder(c.init_gens, c.n_layers, c.dim)
+        self.enc_b = Encoder(c.init_gens, c.n_layers, c.dim)
+        self.cls_i = StackedLinear(c.init_gens, 2 * HIDDEN, c.n_classes)
+        self.cls_b = StackedLinear(c.init_gens, 2 * HIDDEN, c.n_classes)
+        self.ema_b = SampleEMA(c.train_majority, c.n_classes)
+        self.ema_d = SampleEMA(c.train_majority, c.n_classes)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cls_i(torch.cat([self.enc_l(x), self.enc_b(x)], -1))
+
+    def swap_perm(self, batch_size: int) -> torch.Tensor:
+        """One permutation per run from that run's loop generator -> [R, B]."""
+        perms = [torch.randperm(batch_size, generator=g) for g in self.ctx.loop_gens]
+        return torch.stack(perms).to(self.class_w.device)
+
+    def terms(self, batch: Batch, perm: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The loss components [R] (L_dis, L_swap, total) for a given swap permutation."""
+        z_l, z_b = self.enc_l(batch.x), self.enc_b(batch.x)
+        pred_i = self.cls_i(torch.cat([z_l, z_b.detach()], -1))
+        pred_b = self.cls_b(torch.cat([z_l.detach(), z_b], -1))
+        w = relative_difficulty(
+            self.ema_b, self.ema_d, batch.index, soft_ce(pred_b, batch.soft).detach(),
+            soft_ce(pred_i, batch.soft).detach(), self.hp_vec("ema"),
+        )
+        q = self.hp_vec("q").unsqueeze(-1)
+        weighted_ce = w * batch.weight
+        l_dis = (weighted_ce * self.base_loss(pred_i, batch.soft)).mean(-1) + self.hp_vec(
+            "lambda_dis") * gce(pred_b, batch.soft, q).mean(-1)
+        out = {"dis": l_dis, "swap": torch.zeros_like(l_dis), "total": l_dis}
+        if perm is None:
+            return out
+        z_b_swap = z_b.gather(1, perm.unsqueeze(-1).expand_as(z_b))
+        soft_swap = batch.soft.gather(1, perm.unsqueeze(-1).expand_as(batch.soft))
+        pred_mix_i = self.cls_i(torch.cat([z_l, z_b_swap.detach()], -1))
+        pred_mix_b = self.cls_b(torch.cat([z_l.detach(), z_b_swap], -1))
+        l_swap = (weighted_ce * self.base_loss(pred_mix_i, batch.soft)).mean(-1) + self.hp_vec(
+            "lambda_swap_b") * gce(pred_mix_b, soft_swap, q).mean(-1)
+        out["swap"] = l_swap
+        out["total"] = l_dis + self.hp_vec("lambda_swap") * l_swap
+        return out
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        swap = self.step > self.hp_one("curr_step")
+        perm = self.swap_perm(batch.x.shape[1]) if swap else None
+        return self.terms(batch, perm)["total"]
+
+
+def argmax_errors(probs: np.ndarray, soft: np.ndarray) -> np.ndarray:
+    """Multi-label error for JTT: the top predicted class is not a positive class of the target."""
+    k = soft.shape[1]
+    top = probs.argmax(1)
+    return ~(soft[np.arange(len(soft)), top] > 1.0 / k)
+
+
+@register("jtt")
+class JTT(Method):
+    """Just Train Twice (Liu et al. 2021): ERM for T epochs (last epoch, no selection), then
+    retrain from scratch with the identification model's training errors upsampled λ_up times.
+
+    Defaults T = 5, λ_up = 6 are ours (the paper tunes them per dataset: T 1–60, λ_up 6–100);
+    an error is a top-1 prediction that is not a positive class of the multi-label target.
+    """
+
+    family = "biased-learner"
+    supervision = "none"
+    HPARAMS = {"id_epochs": 5, "up": 6}
+
+    @classmethod
+    def prepare(cls, data, hp, gen, config) -> Prepared:
+        from dataclasses import replace
+
+        from emodebias.train import fit, predict_probs
+
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        ident = fit(data, "erm", seed=seed,
+                    config=replace(config, epochs=hp["id_epochs"], select="last"))
+        idx = np.asarray(data.train_idx, dtype=np.int64)
+        probs = predict_probs(ident, data.features, idx, device=config.device)
+        errors = argmax_errors(probs, np.asarray(data.soft)[idx])
+        out = np.concatenate([idx, np.repeat(idx[errors], hp["up"] - 1)])
+        return Prepared(out, None, {"errors": int(errors.sum()), "id_seed": seed})

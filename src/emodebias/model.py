@@ -1,0 +1,105 @@
+"""The SER head (EMO-SUPERB / s3prl downstream) with a leading run dimension R.
+
+Every parameter is stacked over R independent runs (layer weights [R, L], W1 [R, D, 256],
+W2 [R, 256, K]) so a grid of heads trains as one batched computation (issue 8); R = 1 is one run.
+Run r is initialised from its own generator only, so a run gives the same numbers alone or
+stacked. Inputs are pooled per-layer features: [R, B, L, D] (per-run batches) or [B, L, D]
+(one batch shared by every run, e.g. the dev set). Pooling commutes with the linear projector,
+so pooled features give exactly the frame-level head's output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+HIDDEN = 256
+
+
+def _uniform(gens: list[torch.Generator], shape: tuple[int, ...], bound: float) -> torch.Tensor:
+    """[R, *shape] with run r drawn from gens[r] only (nn.Linear's default U(−b, b))."""
+    return torch.stack([(torch.rand(shape, generator=g) * 2 - 1) * bound for g in gens])
+
+
+class StackedLinear(nn.Module):
+    """R independent Linear(d_in → d_out) layers applied as one batched matmul."""
+
+    def __init__(self, gens: list[torch.Generator], d_in: int, d_out: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(d_in)
+        self.weight = nn.Parameter(_uniform(gens, (d_in, d_out), bound))
+        self.bias = nn.Parameter(_uniform(gens, (d_out,), bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [R, B, d_in] or shared [B, d_in] -> [R, B, d_out]."""
+        if x.dim() == 2:
+            return torch.einsum("bi,rio->rbo", x, self.weight) + self.bias.unsqueeze(1)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
+
+
+class LayerMix(nn.Module):
+    """s3prl Featurizer: softmax-weighted sum over layers, weights initialised to zeros."""
+
+    def __init__(self, n_runs: int, n_layers: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_runs, n_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [R, B, L, D] or shared [B, L, D] -> [R, B, D]."""
+        w = torch.softmax(self.weight, dim=-1)
+        if x.dim() == 3:
+            return torch.einsum("rl,bld->rbd", w, x)
+        return torch.einsum("rl,rbld->rbd", w, x)
+
+
+class Encoder(nn.Module):
+    """Layer mix -> Linear(D → 256): the pooled 256-d representation h_S."""
+
+    def __init__(self, gens: list[torch.Generator], n_layers: int, dim: int, hidden: int = HIDDEN):
+        super().__init__()
+        self.mix = LayerMix(len(gens), n_layers)
+        self.proj = StackedLinear(gens, dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.mix(x))
+
+
+class SERHead(nn.Module):
+    """Layer mix -> Linear(D → 256) -> Linear(256 → K), no nonlinearity (EMO-SUPERB head)."""
+
+    def __init__(
+        self, gens: list[torch.Generator], n_layers: int, dim: int, n_classes: int,
+        hidden: int = HIDDEN,
+    ) -> None:
+        super().__init__()
+        self.encoder = Encoder(gens, n_layers, dim, hidden)
+        self.out = StackedLinear(gens, hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (logits [R, B, K], h_S [R, B, 256])."""
+        h = self.encoder(x)
+        return self.out(h), h
+
+
+class StackedMLP(nn.Module):
+    """R independent MLPs (Linear+ReLU hidden layers, then a linear output); e.g. discriminators."""
+
+    def __init__(self, gens: list[torch.Generator], d_in: int, hidden: list[int], d_out: int):
+        super().__init__()
+        dims = [d_in, *hidden]
+        pairs = zip(dims, dims[1:], strict=False)
+        self.hidden = nn.ModuleList(StackedLinear(gens, a, b) for a, b in pairs)
+        self.out = StackedLinear(gens, dims[-1], d_out)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (output [R, B, d_out], last hidden activation [R, B, hidden[-1]])."""
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return self.out(x), x
+
+
+def run_slice(state: dict[str, torch.Tensor], r: int) -> dict[str, torch.Tensor]:
+    """The state of run r from a stacked state dict (each tensor keeps a run dim of size 1)."""
+    return {k: v[r : r + 1].detach().cpu().clone() for k, v in state.items()}

@@ -1,0 +1,128 @@
+"""Runners: resumable after SIGKILL (record for record), failures kept and retried, Ray = local.
+
+The executor here is a registered test-only run function (`toy_executor`, resolved by dotted
+path inside the workers): deterministic numbers from the spec, with a short sleep so a kill
+lands mid-grid. The real pipeline is exercised by tests/test_demo.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emodebias.bench.grid import expand_grid
+from emodebias.bench.results import VOLATILE, RunResult, collect, iter_records
+from emodebias.bench.runner import RunFailure, plan_tasks, run_local
+
+TESTS = Path(__file__).resolve().parent
+EXECUTOR = "test_bench_runner:toy_executor"
+GRID = {"corpus": "synthetic", "encoder": "acoustic", "folds": [1, 2, 3], "ratios": ["1:20"],
+        "cluster_encoder": "acoustic",
+        "runs": ["erm", {"method": ["rw", "gdro"], "groups": ["truth", "cluster:k=4"]}]}
+
+
+def toy_executor(specs, out):
+    """Deterministic per-spec numbers; fails on purpose for methods in $TOY_FAIL."""
+    fail = set(os.environ.get("TOY_FAIL", "").split(","))
+    for s in specs:
+        time.sleep(float(os.environ.get("TOY_SLEEP", "0")))
+        if s.method in fail:
+            yield RunFailure(s, ValueError(f"planned failure of {s.method}"))
+            continue
+        rng = np.random.default_rng(int(s.hash, 16) % 2**32)
+        probs = rng.dirichlet(np.ones(3), size=4)
+        yield RunResult(spec=s, summary={"macro_f1": float(probs[0, 0]),
+                                         "gender.tpr_gap": float(probs[1, 1])},
+                        table=[{"metric": "f1", "attribute": "gender", "group": "F",
+                                "cls": None, "value": float(probs[2, 2]), "support": 4}],
+                        best_epoch=int(rng.integers(1, 50)), test_ids=list("abcd"),
+                        test_probs=probs, classes=["x", "y", "z"])
+
+
+def specs():
+    return expand_grid(GRID)
+
+
+def stable(out: Path) -> list[dict]:
+    recs = [{k: v for k, v in r.items() if k not in VOLATILE} for r in iter_records(out)]
+    return sorted(recs, key=lambda r: r["hash"])
+
+
+def test_plan_tasks_batches_runs_that_share_stages() -> None:
+    tasks = plan_tasks(specs(), max_batch=16)
+    # erm / rw+gdro (truth) / rw+gdro (cluster) share nothing across folds: 3 batches per fold
+    assert sorted(len(t) for t in tasks) == [1, 1, 1, 2, 2, 2, 2, 2, 2]
+    assert all(len({s.batch_key for s in t}) == 1 for t in tasks)
+    assert sorted(len(t) for t in plan_tasks(specs(), max_batch=1)) == [1] * 15
+
+
+def test_failures_are_recorded_and_retried(tmp_path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(TESTS))
+    monkeypatch.setenv("TOY_FAIL", "gdro")
+    summary = run_local(specs(), tmp_path, workers=1, executor=EXECUTOR, progress=False)
+    assert summary.completed == 9 and len(summary.failed) == 6
+    fails = sorted((tmp_path / "failures").glob("*.json"))
+    assert len(fails) == 6
+    assert "planned failure of gdro" in json.loads(fails[0].read_text())["error"]
+    monkeypatch.setenv("TOY_FAIL", "")
+    again = run_local(specs(), tmp_path, workers=1, executor=EXECUTOR, progress=False)
+    assert (again.skipped, again.completed, again.failed) == (9, 6, [])
+    assert not list((tmp_path / "failures").glob("*.json"))
+    df = collect(tmp_path)
+    assert df["hash"].nunique() == 15 and (tmp_path / "results.parquet").is_file()
+
+
+def _grid_script(out: Path, workers: int) -> list[str]:
+    code = ("import sys; from emodebias.bench.grid import expand_grid; "
+            "from emodebias.bench.runner import run_local; import test_bench_runner as t; "
+            f"run_local(expand_grid(t.GRID), {str(out)!r}, workers={workers}, "
+            f"executor={EXECUTOR!r}, progress=False, max_batch=1)")
+    return [sys.executable, "-c", code]
+
+
+def test_sigkill_midway_then_rerun_gives_the_uninterrupted_records(tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path]),
+           "TOY_SLEEP": "0.3"}
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(_grid_script(ref, 1), env={**env, "TOY_SLEEP": "0"}, check=True, timeout=60)
+    proc = subprocess.Popen(_grid_script(out, 2), env=env, start_new_session=True)
+    deadline = time.time() + 40
+    while time.time() < deadline and len(list((out / "runs").glob("*/record.json"))) < 4:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its workers, at once
+    proc.wait()
+    n_before = len(list((out / "runs").glob("*/record.json")))
+    assert 4 <= n_before < 15, "the kill must land mid-grid"
+    subprocess.run(_grid_script(out, 2), env={**env, "TOY_SLEEP": "0"}, check=True, timeout=60)
+    assert not list((out / "runs").glob("*.tmp-*"))
+    assert len(list((out / "runs").glob("*/record.json"))) == 15
+    assert stable(out) == stable(ref)
+    a = collect(ref).sort_values(["hash", "part", "metric"]).reset_index(drop=True)
+    b = collect(out).sort_values(["hash", "part", "metric"]).reset_index(drop=True)
+    cols = [c for c in a.columns if c != "wall_time"]
+    assert a[cols].equals(b[cols])
+
+
+def test_ray_backend_gives_the_local_records(tmp_path) -> None:
+    ray = pytest.importorskip("ray")
+    from emodebias.bench.ray_runner import run_ray
+
+    small = expand_grid({**GRID, "folds": [1]})
+    run_local(small, tmp_path / "local", executor=EXECUTOR, progress=False)
+    pythonpath = os.pathsep.join([str(TESTS), *sys.path])
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    try:
+        summary = run_ray(small, tmp_path / "ray", executor=EXECUTOR, progress=False)
+    finally:
+        ray.shutdown()
+    assert summary.completed == len(small) and summary.ok
+    assert stable(tmp_path / "ray") == stable(tmp_path / "local")

@@ -1,0 +1,124 @@
+"""Metrics on the real EMO-SUPERB CREMA-D labels, and scoring saved predictions via a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emodebias.manifest import Manifest, ManifestError
+from emodebias.metrics import MetricsInputError, evaluate, from_predictions
+
+CLASSES = ["angry", "sad", "disgust", "fear", "neutral", "happy"]
+
+
+def _test_split(shared_data: Path, fold: int) -> pd.DataFrame:
+    df = pd.read_csv(shared_data / "emo-superb" / "crema-d" / f"labels_consensus_{fold}.csv")
+    return df[df.Split_Set == "Test"].reset_index(drop=True)
+
+
+def _random_runs(targets: np.ndarray, gender: np.ndarray, draws: int, seed: int) -> pd.DataFrame:
+    """Scores of Bernoulli(0.5) predictions per class (the 'Random' row of [IDI] Table 1)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(draws):
+        probs = (rng.random(targets.shape) < 0.5).astype(float)  # 1 > 1/6 > 0
+        rows.append(evaluate(targets, probs, {"gender": gender}).summary)
+    return pd.DataFrame(rows)
+
+
+def test_random_predictor_on_crema_d_fold1(shared_data: Path) -> None:
+    df = _test_split(shared_data, 1)
+    assert len(df) == 1463 and df.Gender.value_counts().to_dict() == {"Female": 889, "Male": 574}
+    targets = df[CLASSES].to_numpy()
+    runs = _random_runs(targets, df.Gender.to_numpy(), draws=200, seed=0)
+    # Independent expectation: with ŷ ~ Bernoulli(1/2), E[TP] = n_pos/2, E[FP] = n_neg/2,
+    # E[FN] = n_pos/2, so F1_c ≈ n_pos / (n_pos + N/2) (ratio of expectations, O(1/N) off).
+    n_pos = (targets > 1 / 6).sum(0)
+    expected = np.mean(n_pos / (n_pos + len(df) / 2))
+    assert expected == pytest.approx(0.3817, abs=5e-4)  # fold 1 is neutral-heavy (1068/1463)
+    assert runs.macro_f1.mean() == pytest.approx(expected, abs=2e-3)
+    assert runs.hamming_acc.mean() == pytest.approx(0.5, abs=3e-3)
+    # [IDI] Table 1 'Random' (5-fold mean): DP gap .015, TPR gap .060 -> small, not zero
+    assert 0.010 < runs["gender.dp_gap"].mean() < 0.022
+    assert 0.02 < runs["gender.tpr_gap"].mean() < 0.09
+
+
+def test_random_predictor_five_fold_mean_near_paper(shared_data: Path) -> None:
+    """PAPERS §3.0: Random scores F1 .360 in [IDI]; Bernoulli(0.5) gives about .37 over folds."""
+    means = []
+    for fold in range(1, 6):
+        df = _test_split(shared_data, fold)
+        means.append(_random_runs(df[CLASSES].to_numpy(), df.Gender.to_numpy(), 30,
+                                  fold).macro_f1.mean())
+    assert 0.36 <= np.mean(means) <= 0.375
+    assert all(0.36 <= m <= 0.385 for m in means)
+
+
+def _manifest(n: int = 60, seed: int = 0) -> Manifest:
+    rng = np.random.default_rng(seed)
+    soft = rng.dirichlet(np.ones(3), n)
+    df = pd.DataFrame({
+        "utt_id": [f"u{i:03d}" for i in range(n)],
+        "path": [f"/nowhere/u{i:03d}.wav" for i in range(n)],
+        "speaker": [f"s{i % 6}" for i in range(n)],
+        "gender": pd.array(["F" if i % 6 < 3 else "M" for i in range(n)], dtype="string"),
+        "age_group": ["Young", "Elderly"] * (n // 2),
+    })
+    for j, c in enumerate(["angry", "sad", "neutral"]):
+        df[f"soft_{c}"] = soft[:, j]
+    df.loc[0, "gender"] = pd.NA
+    return Manifest(df, ["angry", "sad", "neutral"], corpus="toy")
+
+
+def test_from_predictions_matches_evaluate(tmp_path: Path) -> None:
+    m = _manifest()
+    rng = np.random.default_rng(1)
+    order = rng.permutation(len(m))[:40]
+    ids = np.array(m.utt_ids)[order]
+    probs = rng.dirichlet(np.ones(3), 40)
+    path = tmp_path / "preds.npz"
+    np.savez(path, utt_ids=ids, probs=probs)  # no targets: taken from the manifest
+    res = from_predictions(path, m, intersections=[("gender", "age_group"), ("gender", "race")],
+                           n_boot=50, seed=3)
+    rows = m.df.iloc[order]
+    ref = evaluate(rows[[f"soft_{c}" for c in m.classes]].to_numpy(), probs,
+                   {"gender": rows.gender.to_numpy(object), "age_group": rows.age_group},
+                   speakers=rows.speaker.to_numpy(), n_boot=50, seed=3,
+                   intersections=[("gender", "age_group")])
+    assert res.summary == pytest.approx(ref.summary, abs=1e-12)
+    assert set(res.table.cls) == {"angry", "sad", "neutral", "all"}
+    absent = {s["attribute"] for s in res.skipped if s["reason"] == "attribute not in the manifest"}
+    assert absent == {"race", "gender×race"}
+    # targets in the file win over the manifest's
+    flipped = 1.0 - rows[[f"soft_{c}" for c in m.classes]].to_numpy()
+    res2 = from_predictions({"utt_ids": ids, "probs": probs, "targets": flipped / 2}, m)
+    assert res2.summary["macro_f1"] != pytest.approx(res.summary["macro_f1"])
+
+
+def test_from_predictions_bad_input(tmp_path: Path) -> None:
+    m = _manifest()
+    with pytest.raises(MetricsInputError, match="no predictions file"):
+        from_predictions(tmp_path / "missing.npz", m)
+    np.savez(tmp_path / "p.npz", utt_ids=np.array(["u000"]))
+    with pytest.raises(MetricsInputError, match=r"p\.npz lacks \['probs'\]"):
+        from_predictions(tmp_path / "p.npz", m)
+    with pytest.raises(ManifestError, match="ghost"):
+        from_predictions({"utt_ids": ["ghost"], "probs": np.ones((1, 3)) / 3}, m)
+    with pytest.raises(MetricsInputError, match="3 classes"):
+        from_predictions({"utt_ids": ["u001"], "probs": np.ones((1, 4)) / 4}, m)
+
+
+def test_result_round_trips_through_json_dict() -> None:
+    import json
+
+    from emodebias.metrics import MetricsResult
+
+    m = _manifest()
+    res = from_predictions({"utt_ids": m.utt_ids, "probs": m.soft_labels()[::-1]}, m, n_boot=20)
+    back = MetricsResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert back.summary == res.summary
+    assert back.skipped == res.skipped
+    pd.testing.assert_frame_equal(back.table, res.table, check_dtype=False)

@@ -1,0 +1,72 @@
+"""The stacked SER head: exact EMO-SUPERB arithmetic, and stacking equals separate runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from emodebias.model import HIDDEN, SERHead, StackedMLP, run_slice
+
+
+def gens(*seeds: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_head_shapes_and_init() -> None:
+    head = SERHead(gens(1, 2, 3), n_layers=4, dim=10, n_classes=6)
+    assert head.encoder.mix.weight.shape == (3, 4)
+    assert torch.equal(head.encoder.mix.weight, torch.zeros(3, 4))
+    assert head.encoder.proj.weight.shape == (3, 10, HIDDEN)
+    assert head.out.weight.shape == (3, HIDDEN, 6)
+    assert head.encoder.proj.weight.abs().max() <= 1 / math.sqrt(10)
+    assert head.out.bias.abs().max() <= 1 / math.sqrt(HIDDEN)
+
+
+def test_head_is_weighted_layer_sum_then_two_linears() -> None:
+    head = SERHead(gens(7), n_layers=3, dim=5, n_classes=4)
+    with torch.no_grad():
+        head.encoder.mix.weight.copy_(torch.tensor([[0.0, 1.0, 2.0]]))
+    x = torch.randn(1, 8, 3, 5)
+    logits, h = head(x)
+    w = np.exp([0.0, 1.0, 2.0]) / np.exp([0.0, 1.0, 2.0]).sum()
+    pooled = np.einsum("l,bld->bd", w, x[0].numpy())
+    p = head.encoder.proj
+    h_ref = pooled @ p.weight[0].detach().numpy() + p.bias[0].detach().numpy()
+    o = head.out
+    logits_ref = h_ref @ o.weight[0].detach().numpy() + o.bias[0].detach().numpy()
+    np.testing.assert_allclose(h[0].detach().numpy(), h_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits[0].detach().numpy(), logits_ref, rtol=1e-5, atol=1e-5)
+    # no nonlinearity: the head is affine in its input
+    a, b = torch.randn(1, 8, 3, 5), torch.randn(1, 8, 3, 5)
+    lhs = head(a + b)[0] + head(torch.zeros_like(a))[0]
+    torch.testing.assert_close(lhs, head(a)[0] + head(b)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_runs_equal_separate_runs() -> None:
+    stacked = SERHead(gens(11, 12, 13), 3, 6, 5)
+    singles = [SERHead(gens(s), 3, 6, 5) for s in (11, 12, 13)]
+    x = torch.randn(3, 9, 3, 6)
+    out, _ = stacked(x)
+    for r, single in enumerate(singles):
+        for k, v in single.state_dict().items():
+            torch.testing.assert_close(stacked.state_dict()[k][r : r + 1], v)
+        torch.testing.assert_close(out[r : r + 1], single(x[r : r + 1])[0], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(stacked.out.weight[0], stacked.out.weight[1])
+
+
+def test_shared_input_equals_expanded_input() -> None:
+    head = SERHead(gens(1, 2), 2, 4, 3)
+    x = torch.randn(7, 2, 4)
+    torch.testing.assert_close(head(x)[0], head(x.expand(2, 7, 2, 4))[0], rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_mlp_relu_hidden_and_slice() -> None:
+    mlp = StackedMLP(gens(3), 4, [5, 5], 2)
+    x = torch.randn(1, 6, 4)
+    out, hid = mlp(x)
+    assert out.shape == (1, 6, 2) and hid.shape == (1, 6, 5)
+    assert (hid >= 0).all()
+    state = run_slice(mlp.state_dict(), 0)
+    assert state["out.weight"].shape == (1, 5, 2)
