@@ -176,7 +176,8 @@ def crema_store(
     path = cache_dir() / f"crema_n{labels.n}_l{n_layers}_d{dim}_s{seed}"
     if (path / "meta.json").exists() and (path / "features.npy").exists():
         return _open(path), labels
-    return write_store(path, labels.utt_ids, labels.soft, labels.gender, n_layers, dim, seed), labels
+    store = write_store(path, labels.utt_ids, labels.soft, labels.gender, n_layers, dim, seed)
+    return store, labels
 
 
 # --------------------------------------------------------------------------- splits and groups
@@ -234,7 +235,9 @@ def pseudo_groups(
     return ids, probs
 
 
-def cluster_groups(labels: CremaLabels, k: int = 16, noise: float = 0.2, seed: int = 0) -> np.ndarray:
+def cluster_groups(
+    labels: CremaLabels, k: int = 16, noise: float = 0.2, seed: int = 0
+) -> np.ndarray:
     """Synthetic k-means-like clusters: each speaker has a home cluster in its gender's half of
     the clusters; a ``noise`` share of clips lands in a random cluster (gender-correlated)."""
     rng = np.random.default_rng([seed, k])

@@ -135,7 +135,7 @@ def child(store_dir: Path, runs: int, epochs: int, jump_mb: float) -> dict[str, 
     steps: list[tuple[str, Any]] = [("fit(erm)", lambda: T.fit(data, "erm", seed=0, config=cfg))]
     if runs > 0:
         cfgs = [T.RunConfig(method=m, seed=s, config=cfg)
-                for s, m in zip(range(runs), ["erm", "rw", "gdro", "erm"] * runs)]
+                for s, m in zip(range(runs), ["erm", "rw", "gdro", "erm"] * runs, strict=False)]
         steps.append((f"fit_many({runs} runs)", lambda: T.fit_many(data, cfgs)))
     for name, fn in steps:
         t0 = time.perf_counter()
@@ -155,7 +155,8 @@ def child(store_dir: Path, runs: int, epochs: int, jump_mb: float) -> dict[str, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=150_000, help="utterances in the store")
     ap.add_argument("--runs", type=int, default=4, help="runs for the fit_many step (0 = skip)")
     ap.add_argument("--epochs", type=int, default=1)
@@ -198,7 +199,8 @@ def print_report(rep: dict[str, Any]) -> None:
     print(f"store {rep['store_gb']:.2f} GB; train/dev/test = {rep['n_train']}/{rep['n_dev']}/"
           f"{rep['n_test']}; torch threads {rep['torch_threads']}")
     b = rep["baseline_mb"]
-    print(f"after imports: RSS {b['VmRSS']:.0f} MB (anon {b['RssAnon']:.0f}, file {b['RssFile']:.0f})")
+    print(f"after imports: RSS {b['VmRSS']:.0f} MB "
+          f"(anon {b['RssAnon']:.0f}, file {b['RssFile']:.0f})")
     for name, r in rep.items():
         if not isinstance(r, dict) or "wall_s" not in r:
             continue
@@ -211,7 +213,8 @@ def print_report(rep: dict[str, Any]) -> None:
                 print(f"      {s}")
     peak = rep["peak_rss_mb"]
     verdict = "PASS" if peak < 4096 else "FAIL"
-    print(f"peak RSS (VmHWM, whole child) {peak:.0f} MB = {peak / 1024:.2f} GB -> target < 4 GB: {verdict}")
+    print(f"peak RSS (VmHWM, whole child) {peak:.0f} MB = {peak / 1024:.2f} GB "
+          f"-> target < 4 GB: {verdict}")
 
 
 if __name__ == "__main__":

@@ -55,8 +55,10 @@ IDI_ROWS: list[tuple[str, str, str]] = [
     for m in ("rw", "ds", "gdro", "gadro")
     for src in ("truth", "pseudo", "cluster16")
 ]
-EMO_METHODS = ["erm", "rw", "ds", "gdro", "gadro", "pgdro", "adv", "madv", "lff", "disent",
-               "sih", "gr", "random", "erm"]  # 14 rows; the 14th stands in for an UNKNOWN method
+# ERM + 13 debiasing methods ([ED]'s exact 13 are partly UNKNOWN, PAPERS.md §3; these are the
+# registered ones that train a head).
+EMO_METHODS = ["erm", "rw", "ds", "gdro", "gadro", "adv", "madv", "lff", "disent", "sih", "jtt",
+               "gr", "mmd", "eo_thresh"]
 EMO_RATIOS = [1.0, 5.0, 10.0, 20.0, 40.0]
 EMO_DIRECTIONS = ["natural", "reversed"]
 
@@ -291,9 +293,10 @@ def try_import_train() -> Any | None:
     return mod
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """(fn(*args, **kwargs), wall seconds)."""
     t0 = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
 
 
@@ -317,7 +320,8 @@ def section_baseline(b: Bench) -> None:
     print(f"\n[1] plain PyTorch loop, one run at a time, ERM, {b.epochs} epochs, batch 32")
     tr20, dv20, _ = _data.imbalance_idx(b.labels, 1, 20)
     trf, dvf, _ = b.labels.fold_idx(1)
-    plain_fit(b.store.features, b.labels.soft, b.majority, PlainRun(tr20[:64], dv20[:64]), 1)  # warm-up
+    warm = PlainRun(tr20[:64], dv20[:64])
+    plain_fit(b.store.features, b.labels.soft, b.majority, warm, 1)  # warm-up
     r20 = plain_fit(b.store.features, b.labels.soft, b.majority, PlainRun(tr20, dv20), b.epochs)
     rfull = plain_fit(b.store.features, b.labels.soft, b.majority, PlainRun(trf, dvf), b.epochs)
     b.results.update(plain_1to20=r20.wall, plain_full=rfull.wall)
@@ -328,3 +332,206 @@ def section_baseline(b: Bench) -> None:
     per_epoch = r20.wall / b.epochs
     _line("scaled to 50 epochs (1:20 / full)", f"{per_epoch * 50:6.2f} s / "
           f"{rfull.wall / b.epochs * 50:.2f} s")
+
+
+def _groups(b: Bench, source: str) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+    """(ids, probs, n_groups) for a group source: none | truth | pseudo | cluster16."""
+    if source == "pseudo":
+        ids, probs = _data.pseudo_groups(b.labels)
+        return ids, probs, 2
+    if source == "cluster16":
+        return _data.cluster_groups(b.labels, 16), None, 16
+    return _data.gender_ids(b.labels), None, 2
+
+
+def idi_cells(b: Bench, folds: list[int]) -> list[tuple[int, str, list[tuple[str, str]]]]:
+    """The IDI grid as fit_many calls: (fold, group source, [(row, method)]) per call.
+
+    ``fit_many`` takes one TrainData (one train/dev/test split and one group source), so the
+    17 rows of a fold need 3 calls: truth-gender rows (+ the group-free rows), pseudo, clusters.
+    """
+    cells = []
+    for fold in folds:
+        for src in ("truth", "pseudo", "cluster16"):
+            rows = [(name, m) for name, m, s in IDI_ROWS
+                    if s == src or (src == "truth" and s == "none")]
+            cells.append((fold, src, rows))
+    return cells
+
+
+def train_data(b: Bench, tmod: Any, idx: tuple[np.ndarray, ...], source: str) -> Any:
+    ids, probs, n_groups = _groups(b, source)
+    tr, dv, te = idx
+    return tmod.TrainData(b.store.features, b.labels.soft, tr, dv, te, ids, probs, n_groups,
+                          b.majority)
+
+
+def section_equality(b: Bench, tmod: Any) -> None:
+    """fit(erm) vs the plain loop with the same seed on the 1:20 fold-1 set."""
+    epochs = min(b.epochs, 10 if b.quick else b.epochs)
+    print(f"\n[2] numerical equality: emodebias.train.fit(erm) vs the plain loop ({epochs} epochs)")
+    idx = _data.imbalance_idx(b.labels, 1, 20)
+    data = train_data(b, tmod, idx, "truth")
+    for seed in (0, 1):
+        lib, t_lib = timed(tmod.fit, data, "erm", seed=seed,
+                           config=tmod.TrainConfig(epochs=epochs))
+        ref = plain_fit(b.store.features, b.labels.soft, b.majority,
+                        PlainRun(idx[0], idx[1], idx[2], seed=seed), epochs)
+        d_dev = np.abs(np.array([h["dev_loss"] for h in lib.history]) - ref.dev_losses).max()
+        d_test = np.abs(lib.test_probs - ref.test_probs).max()
+        same = "same" if lib.best_epoch == ref.best_epoch else "DIFFERENT"
+        _line(f"seed {seed}: max|Δ dev loss| / max|Δ test prob|", f"{d_dev:.1e} / {d_test:.1e}; "
+              f"selected epoch {lib.best_epoch} vs {ref.best_epoch} ({same})")
+        _line(f"seed {seed}: fit() time / plain-loop time (R = 1)", f"{t_lib / ref.wall:.2f}x")
+        b.results[f"eq_dev_{seed}"], b.results[f"eq_test_{seed}"] = float(d_dev), float(d_test)
+
+
+def section_idi(b: Bench, tmod: Any | None, folds: list[int], baseline_folds: list[int]) -> None:
+    """IDI Table-1 grid: fit_many (one call per fold × group source) vs plain loop one by one."""
+    cells = idi_cells(b, folds)
+    n_runs = sum(len(r) for _, _, r in cells)
+    print(f"\n[3] IDI Table-1 grid: {len(IDI_ROWS)} rows x {len(folds)} folds = {n_runs} runs, "
+          f"r = 1:20, {b.epochs} epochs")
+    # plain loop, one run at a time, on the baseline folds
+    plain_t = 0.0
+    for fold, src, rows in cells:
+        if fold not in baseline_folds:
+            continue
+        ids, probs, n_groups = _groups(b, src)
+        tr, dv, te = _data.imbalance_idx(b.labels, fold, 20)
+        for _, method in rows:
+            if method == "random":
+                continue
+            run = PlainRun(tr, dv, te, method, ids, probs, n_groups)
+            plain_t += plain_fit(b.store.features, b.labels.soft, b.majority, run, b.epochs).wall
+    scale = len(folds) / len(baseline_folds)
+    plain_total = plain_t * scale
+    label = "measured" if scale == 1 else f"measured on folds {baseline_folds}, x{scale:g}"
+    _line(f"plain loop, one by one ({label})", f"{plain_total:7.1f} s "
+          f"({plain_total / n_runs:.2f} s/run)")
+    b.results["idi_plain_s"] = plain_total
+    if tmod is None:
+        return
+    t_many = 0.0
+    stack_sizes: list[int] = []
+    for fold, src, rows in cells:
+        data = train_data(b, tmod, _data.imbalance_idx(b.labels, fold, 20), src)
+        runs = [tmod.RunConfig(m, seed=0, config=tmod.TrainConfig(epochs=b.epochs))
+                for _, m in rows]
+        res, t = timed(tmod.fit_many, data, runs)
+        t_many += t
+        stack_sizes += [r.info.get("stack_size", 1) for r in res]
+    b.results["idi_fit_many_s"] = t_many
+    _line("emodebias fit_many (one call per fold x group source)", f"{t_many:7.1f} s "
+          f"({t_many / n_runs:.2f} s/run); stack sizes {sorted(set(stack_sizes))}")
+    _line("SPEEDUP fit_many vs plain loop (same runs)", f"{plain_total / t_many:6.2f}x")
+    _line("projected at 50 epochs (x 50/epochs, fit_many)", f"{t_many * 50 / b.epochs:7.1f} s")
+
+
+def section_stacking(b: Bench, tmod: Any, sizes: list[int]) -> None:
+    """Per-run cost of fit_many when runs DO stack (same method + data, different seeds)."""
+    epochs = max(1, b.epochs // 5)
+    print(f"\n[3b] stacking efficiency: R ERM runs (seeds 0..R-1) in one fit_many call, "
+          f"1:20 fold 1, {epochs} epochs")
+    data = train_data(b, tmod, _data.imbalance_idx(b.labels, 1, 20), "truth")
+    base = None
+    for r in sizes:
+        runs = [tmod.RunConfig("erm", seed=s, config=tmod.TrainConfig(epochs=epochs))
+                for s in range(r)]
+        _, t = timed(tmod.fit_many, data, runs)
+        per = t / r
+        base = base or per
+        _line(f"R = {r:3d}", f"{per:6.3f} s/run = {base / per:5.2f}x faster per run than R = 1")
+        b.results[f"stack_R{r}_per_run"] = per
+
+
+def section_emo(b: Bench, tmod: Any, n_cells: int) -> None:
+    """EMO-Debias grid: time `n_cells` (fold, ratio, direction) cells with fit_many; extrapolate."""
+    epochs = b.epochs
+    cells = [((i % 5) + 1, EMO_RATIOS[i % len(EMO_RATIOS)], EMO_DIRECTIONS[i % 2])
+             for i in range(n_cells)]
+    total_cells = 5 * len(EMO_RATIOS) * len(EMO_DIRECTIONS)
+    print(f"\n[4] EMO-Debias grid: {len(EMO_METHODS)} methods x {len(EMO_RATIOS)} ratios x "
+          f"{len(EMO_DIRECTIONS)} directions x 5 folds = {len(EMO_METHODS) * total_cells} runs")
+    per_ratio: dict[float, list[float]] = {}
+    for fold, ratio, direction in cells:
+        data = train_data(b, tmod, _data.imbalance_idx(b.labels, fold, ratio, direction), "truth")
+        runs = [tmod.RunConfig(m, seed=0, config=tmod.TrainConfig(epochs=epochs))
+                for m in EMO_METHODS]
+        _, t = timed(tmod.fit_many, data, runs)
+        per_ratio.setdefault(ratio, []).append(t)
+        _line(f"fold {fold}, 1:{ratio:g}, {direction} ({len(data.train_idx)} train rows)",
+              f"{t:6.1f} s for {len(runs)} runs")
+    mean_cell = float(np.mean([np.mean(v) for v in per_ratio.values()]))
+    est = mean_cell * total_cells * 50 / epochs
+    b.results["emo_extrapolated_s"] = est
+    _line(f"EXTRAPOLATION: mean of ratios measured {sorted(per_ratio)} x {total_cells} cells "
+          f"x 50/{epochs} epochs", f"{est / 60:6.1f} min")
+
+
+def section_profile(b: Bench, tmod: Any) -> None:
+    """cProfile of a short fit_many (R = 8 ERM seeds) and the same under torch.profiler."""
+    print("\n[5] where fit_many spends its time (8 stacked ERM runs, 2 epochs, 1:20 fold 1)")
+    data = train_data(b, tmod, _data.imbalance_idx(b.labels, 1, 20), "truth")
+    runs = [tmod.RunConfig("erm", seed=s, config=tmod.TrainConfig(epochs=2)) for s in range(8)]
+    prof = cProfile.Profile()
+    prof.enable()
+    tmod.fit_many(data, runs)
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
+    print("\n".join(ln for ln in buf.getvalue().splitlines() if ln.strip())[:3000])
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as tp:
+        tmod.fit_many(data, runs)
+    print(tp.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total",
+                                                           row_limit=15, max_name_column_width=28,
+                                                           max_shapes_column_width=60))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--quick", action="store_true",
+                    help="3 epochs, folds 1-2, baseline on fold 1, 1 EMO cell (~1-2 min)")
+    ap.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    ap.add_argument("--baseline-folds", type=int, nargs="+", default=[1],
+                    help="folds on which the plain-loop grid baseline is measured (then scaled)")
+    ap.add_argument("--emo-cells", type=int, default=5, help="EMO grid cells to time (0 = skip)")
+    ap.add_argument("--stack-sizes", type=int, nargs="*", default=[1, 4, 16, 64])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["baseline", "equality", "idi",
+                                                              "stacking", "emo"])
+    ap.add_argument("--profile", action="store_true", help="also profile fit_many")
+    args = ap.parse_args()
+    if args.quick:
+        args.epochs = 3 if args.epochs == 50 else args.epochs
+        args.folds, args.baseline_folds, args.emo_cells = [1, 2], [1], min(args.emo_cells, 1)
+        args.stack_sizes = [1, 16]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    store, labels = _data.crema_store()
+    b = Bench(store, labels, labels.majority(), args.epochs, args.quick)
+    print(f"store {store.features.shape} {store.features.dtype} at {store.path}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    t0 = time.perf_counter()
+    if "baseline" not in args.skip:
+        section_baseline(b)
+    tmod = try_import_train()
+    if tmod is not None and "equality" not in args.skip:
+        section_equality(b, tmod)
+    if "idi" not in args.skip:
+        section_idi(b, tmod, args.folds, [f for f in args.baseline_folds if f in args.folds])
+    if tmod is not None and "stacking" not in args.skip and args.stack_sizes:
+        section_stacking(b, tmod, args.stack_sizes)
+    if tmod is not None and "emo" not in args.skip and args.emo_cells > 0:
+        section_emo(b, tmod, args.emo_cells)
+    if tmod is not None and args.profile:
+        section_profile(b, tmod)
+    print(f"\ntotal benchmark wall time {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

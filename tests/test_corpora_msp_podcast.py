@@ -75,7 +75,7 @@ def test_detailed_votes_give_distributions(tmp_path: Path) -> None:
     assert m.info["dropped"]["only_other_votes"] == 1
     # official partitions: fold 1 tests on Test1, fold 2 on Test2; Test3 is in no fold
     assert m.folds == ["1", "2"]
-    assert df["split_1"].tolist() == ["train", "train", "dev", None, None]
+    assert df["split_1"].fillna("-").tolist() == ["train", "train", "dev", "-", "-"]
     assert df.loc["MSP-PODCAST_0004_0002", "split_2"] == "test"
     assert df.loc["MSP-PODCAST_0005_0002"].filter(like="split_").isna().all()
     assert df["gender"].tolist() == ["F", "F", "M", "M", "F"]

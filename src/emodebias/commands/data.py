@@ -99,7 +99,7 @@ def manifest_summary(manifest, fold: str | None = None):  # noqa: ANN001, ANN201
         for part in PARTS:
             blocks[part] = majority_counts(manifest, manifest.df.loc[col == part, "utt_id"])
     blocks["all"] = majority_counts(manifest)
-    frame = pd.concat({k: v.loc[:, (v.sum(0) > 0) | (v.columns != "NA")]
+    frame = pd.concat({k: v.loc[:, (v.sum(axis=0) > 0) | (v.columns != "NA")]
                        for k, v in blocks.items()}, axis=1)
     frame.columns = [f"{p} {g}" for p, g in frame.columns]
     frame.index.name = "emotion"

@@ -37,7 +37,7 @@ def read_table(path: str | Path, required: tuple[str, ...] | list[str] = (),
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
             df = pd.read_parquet(path)
-            first_line = 0
+            first_line = 1  # rows counted from 1
         else:
             sep = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
             df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
@@ -50,7 +50,7 @@ def read_table(path: str | Path, required: tuple[str, ...] | list[str] = (),
         raise CorpusError(
             f"{path}: {what} lacks required column(s) {missing}; it has {list(df.columns)}"
         )
-    label = "row" if first_line == 0 else "line"
+    label = "row" if first_line == 1 else "line"
     df[SRC] = [f"{path.name} {label} {i + first_line}" for i in range(len(df))]
     return df
 
@@ -166,7 +166,10 @@ def numeric(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
 
 def build_manifest(df: pd.DataFrame, classes: list[str], corpus: str, bad: BadInput,
                    info: dict | None = None) -> Manifest:
-    """Drop helper columns, record what was skipped, and validate."""
+    """Drop helper columns, record what was skipped, and validate; an empty result is an error."""
+    if df.empty:
+        raise CorpusError(f"{corpus}: no utterances left"
+                          + (f" after skipping {bad.report()}" if bad.skipped else ""))
     info = dict(info or {})
     info["skipped"] = bad.report()
     info["n_utterances"] = len(df)

@@ -101,6 +101,8 @@ def load(root: str | Path, labels_dir: str | Path | None = None, *,
     known = set(PARTS) | set(TESTS) | UNUSED_PARTS
     df = bad.reject(df, ~split.isin(known).to_numpy(),
                     f"unknown Split_Set value (known: {sorted(known)})")
+    present = set(df["Split_Set"].str.strip())  # folds follow the file, before any dropping
+    folds = [f for t, f in TESTS.items() if t in present] or ["1"]
     info: dict = {"labels_dir": str(labels_dir), "dropped": {}}
     detailed = labels_dir / "labels_detailed.csv"
     if use_detailed and detailed.is_file():
@@ -124,7 +126,6 @@ def load(root: str | Path, labels_dir: str | Path | None = None, *,
             df[f"votes_{c}"] = (df["consensus"] == c).astype(float).to_numpy()
     df = soft_from_vote_columns(df, CLASSES, bad)
     split = df["Split_Set"].str.strip()
-    folds = [f for t, f in TESTS.items() if (split == t).any()] or ["1"]
     for fold in folds:
         test = next(t for t, f in TESTS.items() if f == fold)
         df[f"split_{fold}"] = split.map({**PARTS, test: "test"}).astype(object)

@@ -28,7 +28,8 @@ multi-label like CREMA-D's (about 1.5-2 positives per utterance, most with a str
 Demographics. ``gender`` F/M; ``age_group`` Young/Middle/Elderly (one third of each gender's
 speakers each; ``age`` drawn in the IDI bands 20-35/36-49/50-75; older voices have more jitter,
 shimmer, breathiness and a slower rate, and female F0 drops); ``race`` is a *synthetic,
-dialect-like* stand-in with values A/B/C (shares 1/2, 1/3, 1/6 per gender) that shifts vowel
+dialect-like* stand-in with values A/B/C (shares 1/2, 1/3, 1/6 in each block of six speakers
+of a gender) that shifts vowel
 formants, speaking rate and accent range a little. It stands for no real population; it
 exists so that multi-attribute gaps and cluster-based group inference can be demonstrated.
 
@@ -66,7 +67,7 @@ HOP = 128
 CLASSES = ["angry", "sad", "disgust", "fear", "neutral", "happy"]
 TREND = {"angry": "M", "sad": "F", "disgust": "M", "fear": "F", "neutral": "M", "happy": "F"}
 AGE_BANDS = {"Young": (20, 35), "Middle": (36, 49), "Elderly": (50, 75)}
-RACE_SHARES = {"A": 1 / 2, "B": 1 / 3, "C": 1 / 6}
+RACE_BLOCK = ["A", "A", "A", "B", "B", "C"]  # shares 1/2, 1/3, 1/6 in every block of six
 
 # Prosody per emotion, relative to the speaker's neutral voice.
 # f0_st: F0 shift (semitones); range: accent-excursion multiplier; rate: syllable-rate
@@ -151,13 +152,14 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=keys))
 
 
-def _deal(n: int, shares: dict[str, float], rng: np.random.Generator) -> list[str]:
-    """Largest-remainder allocation of n speakers to named shares, in shuffled order."""
-    raw = np.array(list(shares.values())) * n
-    counts = np.floor(raw).astype(int)
-    counts[np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]] += 1
-    names = np.repeat(list(shares), counts)
-    return rng.permutation(names).tolist()
+def _deal(n: int, block: list[str], seed: int, *keys: int) -> list[str]:
+    """Group of each of n speakers: consecutive blocks, each a seeded shuffle of `block`.
+
+    Every full block holds the groups in the block's proportions, and speaker j's group does not
+    depend on n, so a corpus with more speakers extends a smaller one.
+    """
+    n_blocks = -(-n // len(block))
+    return [g for b in range(n_blocks) for g in _rng(seed, *keys, b).permutation(block)][:n]
 
 
 def make_speakers(cfg: SyntheticConfig) -> pd.DataFrame:
@@ -165,8 +167,8 @@ def make_speakers(cfg: SyntheticConfig) -> pd.DataFrame:
     rows = []
     for g_i, gender in enumerate(("F", "M")):
         n = cfg.n_speakers_per_gender
-        ages = _deal(n, {k: 1 / 3 for k in AGE_BANDS}, _rng(cfg.seed, 2, g_i, 0))
-        races = _deal(n, RACE_SHARES, _rng(cfg.seed, 2, g_i, 1))
+        ages = _deal(n, list(AGE_BANDS), cfg.seed, 2, g_i, 0)
+        races = _deal(n, RACE_BLOCK, cfg.seed, 2, g_i, 1)
         for j in range(n):
             idx = 2 * j + g_i  # interleave genders so ids carry no gender information
             r = _rng(cfg.seed, 0, idx)

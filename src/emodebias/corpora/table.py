@@ -97,6 +97,9 @@ def load(root: str | Path, table: str | None = None, *, utt_id: str = "utt_id",
         df = bad.reject(df, (values.isna() | (values == "")).to_numpy(), f"empty label in {cols}")
         values = df[cols].astype(str).str.strip()
         class_list = wanted or sorted(values.unique())
+        if len(class_list) < 2:
+            raise CorpusError(f"{file}: {cols} has the single class {class_list}; pass "
+                              "classes=<all class names> (at least 2)")
         df = bad.reject(df, ~values.isin(class_list).to_numpy(),
                         f"unknown emotion label in {cols} (known: {class_list})")
         v = count_votes(df["utt_id"].to_numpy(), df[cols].astype(str).str.strip().tolist(),

@@ -11,10 +11,11 @@ natural log with a 1e-8 floor; MFCC = orthonormal DCT-II of the log-mel, first `
 Per band / coefficient: mean, std, mean |delta| and std of delta (delta = the standard regression
 over +-2 frames; the mean of a delta is ~0 and carries nothing, so its mean magnitude is used).
 Energy: log frame RMS -> mean, std, 10/50/90th percentiles.
-F0 (at 8 kHz): normalised autocorrelation over 40 ms Hann frames divided by the window's own autocorrelation
-(Boersma 1993), search 50-500 Hz, shortest lag within 90% of the best peak, voiced when the peak >= `voicing_threshold` and the frame is
-within 40 dB of the loudest frame -> voiced fraction and mean, std, 10/50/90th percentiles of
-log2 F0 over voiced frames (zeros when nothing is voiced).
+F0 (at 8 kHz): normalised autocorrelation over 40 ms Hann frames divided by the window's own
+autocorrelation (Boersma 1993), search 50-500 Hz, shortest lag within 90% of the best peak,
+voiced when the peak >= `voicing_threshold` and the frame is within 40 dB of the loudest frame
+-> voiced fraction and mean, std, 10/50/90th percentiles of log2 F0 over voiced frames (zeros
+when nothing is voiced).
 Scales differ across families (log power ~ -18..5, log2 Hz ~ 6..9): standardise before training.
 """
 
@@ -130,7 +131,8 @@ def estimate_f0_many(
     lag[idx[ok]] += np.clip(0.5 * (a[ok] - c[ok]) / denom[ok], -0.5, 0.5)
     bounds = np.cumsum([len(p) for p in per])[:-1]
     out = []
-    for e, pk, lg in zip(np.split(energy, bounds), np.split(peak, bounds), np.split(lag, bounds)):
+    for e, pk, lg in zip(np.split(energy, bounds), np.split(peak, bounds), np.split(lag, bounds),
+                          strict=True):
         loud = e > e.max() * 1e-4 if e.max() > 0 else np.zeros(len(e), dtype=bool)
         out.append(np.where(loud & (pk >= voicing_threshold), sr / lg, 0.0))
     return out
@@ -199,7 +201,7 @@ class AcousticEncoder(Encoder):
                else [None] * len(waves))
         rows = []
         for lm, mf, lr, f0 in zip(np.split(logmel, bounds), np.split(mfcc, bounds),
-                                  np.split(logrms, bounds), f0s):
+                                  np.split(logrms, bounds), f0s, strict=True):
             parts = [_band_stats(lm), _band_stats(mf),
                      [lr.mean(), lr.std(), *np.percentile(lr, [10, 50, 90])]]
             if f0 is not None:

@@ -23,7 +23,7 @@ class EncoderError(RuntimeError):
 
 
 class Encoder(ABC):
-    """Frozen feature extractor: `encode(list of float32 mono 16 kHz arrays) -> [B, L, D] float32`."""
+    """Frozen feature extractor: `encode(list of mono 16 kHz float32 arrays) -> [B, L, D]`."""
 
     id: str
     sample_rate: int = 16_000

@@ -58,7 +58,7 @@ def load_pretrained(source: str | Path, model_cls: Any) -> tuple[nn.Module, str]
     kwargs = {"trust_remote_code": False} if model_cls.__name__.startswith("Auto") else {}
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise EncoderError(f"{path} has no config.json: not a transformers checkpoint directory")
+            raise EncoderError(f"{path} has no config.json: not a transformers checkpoint")
         try:
             model = model_cls.from_pretrained(str(path), local_files_only=True, **kwargs)
         except (OSError, ValueError, KeyError) as exc:

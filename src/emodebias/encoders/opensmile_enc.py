@@ -24,7 +24,8 @@ class OpenSmileEncoder(Encoder):
             import opensmile
         except ImportError as exc:
             raise EncoderError(
-                "the 'egemaps' encoder needs the optional extra: pip install 'emodebias[opensmile]' "
+                "the 'egemaps' encoder needs the optional extra: "
+                "pip install 'emodebias[opensmile]' "
                 "(openSMILE is licensed for research/education only)"
             ) from exc
         if feature_set not in FEATURE_SETS:

@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from emodebias.encoders.base import Encoder, EncoderError, check_waves, pad_batch, zero_mean_unit_var
+from emodebias.encoders.base import (
+    Encoder,
+    EncoderError,
+    check_waves,
+    pad_batch,
+    zero_mean_unit_var,
+)
 from emodebias.encoders.hf import (
     PaddingExactCNN,
     config_summary,
@@ -45,7 +51,7 @@ def autocast_context(device: str, dtype: str) -> contextlib.AbstractContextManag
 
 
 def parse_layers(layers: str | list[int] | None, n_total: int) -> list[int]:
-    """'all' / None -> every hidden state; 'i,j' or [i, j] -> those (negative counts from the end)."""
+    """'all' / None -> every hidden state; 'i,j' or [i, j] -> those (negative: from the end)."""
     if layers is None or layers == "all":
         return list(range(n_total))
     items = [int(s) for s in layers.split(",")] if isinstance(layers, str) else list(layers)

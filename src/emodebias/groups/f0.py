@@ -1,7 +1,8 @@
 """Median-F0 threshold baseline for pseudo-gender (a pseudo-label source without any model).
 
-Pitch is YIN (librosa.yin, 60-400 Hz) on frames whose RMS energy is above 20% of the loudest
-frame (a cheap voicing gate; pYIN is ~20x slower and was no better on EmoDB). P(F) is a logistic
+Pitch is YIN (60-400 Hz; numpy, the recipe of librosa.yin, without its numba start-up cost) on
+frames whose RMS energy is above 20% of the loudest frame (a cheap voicing gate; librosa's pYIN
+is ~20x slower and was no better on EmoDB). P(F) is a logistic
 function of log median F0: sigmoid((log f0 - log threshold) / scale). The default threshold
 160 Hz lies between typical adult male (~120 Hz) and female (~210 Hz) speaking F0; `fit_f0`
 learns threshold and scale by logistic regression on labelled utterances. Emotional speech moves
@@ -45,19 +46,58 @@ class F0Threshold:
             return 1.0 / (1.0 + np.exp(-(np.log(f0) - np.log(self.threshold_hz)) / self.scale))
 
 
+def yin(wav: np.ndarray, sample_rate: int = 16_000, fmin: float = FMIN, fmax: float = FMAX,
+        frame_length: int = FRAME, hop_length: int = HOP, threshold: float = 0.1) -> np.ndarray:
+    """YIN F0 per frame (de Cheveigné & Kawahara 2002), numpy only (librosa.yin's recipe).
+
+    Difference function via FFT, cumulative-mean normalisation, first dip below `threshold`
+    (else the global minimum) within [sr/fmax, sr/fmin], parabolic refinement of the lag.
+    """
+    from scipy import fft
+
+    min_lag = max(1, int(np.floor(sample_rate / fmax)))
+    max_lag = min(int(np.ceil(sample_rate / fmin)), frame_length - 1)
+    frames = np.lib.stride_tricks.sliding_window_view(
+        np.asarray(wav, np.float32), frame_length)[::hop_length]
+    win = frame_length - max_lag  # integration window
+    power = np.cumsum(np.pad(frames.astype(np.float64) ** 2, ((0, 0), (1, 0))), axis=1)
+    energy0 = power[:, win]  # sum of x[t]^2 over the window at lag 0
+    energy_lag = power[:, win:win + max_lag + 1] - power[:, : max_lag + 1]  # sum x[t+tau]^2
+    n_fft = 1 << int(np.ceil(np.log2(frame_length + win)))
+    spec_a = fft.rfft(frames, n_fft)  # float32 in, complex64 out: twice numpy's speed
+    spec_b = fft.rfft(frames[:, :win][:, ::-1], n_fft)
+    cross = fft.irfft(spec_a * spec_b, n_fft)[:, win - 1 : win + max_lag].astype(np.float64)
+    diff = np.maximum(energy0[:, None] + energy_lag - 2 * cross, 0.0)
+    cum = np.cumsum(diff[:, 1:], axis=1) / np.arange(1, max_lag + 1)
+    cmnd = np.ones_like(diff)
+    cmnd[:, 1:] = diff[:, 1:] / np.maximum(cum, 1e-12)
+    band = cmnd[:, min_lag : max_lag + 1]
+    is_dip = np.zeros_like(band, dtype=bool)
+    is_dip[:, 1:-1] = (band[:, 1:-1] < band[:, :-2]) & (band[:, 1:-1] <= band[:, 2:])
+    below = is_dip & (band < threshold)
+    lag = np.where(below.any(1), below.argmax(1), band.argmin(1))
+    rows = np.arange(len(band))
+    left = band[rows, np.clip(lag - 1, 0, band.shape[1] - 1)]
+    mid = band[rows, lag]
+    right = band[rows, np.clip(lag + 1, 0, band.shape[1] - 1)]
+    denom = left - 2 * mid + right
+    shift = np.where(np.abs(denom) > 1e-12, 0.5 * (left - right) / np.where(denom == 0, 1, denom),
+                     0.0)
+    return sample_rate / (lag + min_lag + np.clip(shift, -1, 1))
+
+
 def median_f0(wav: np.ndarray, sample_rate: int = 16_000) -> float:
     """Median YIN F0 (Hz) over energetic frames; NaN when no frame passes the gate."""
-    import librosa
-
+    wav = np.asarray(wav, np.float64)
     if len(wav) < FRAME:
         return float("nan")
-    f0 = librosa.yin(wav, fmin=FMIN, fmax=FMAX, sr=sample_rate, frame_length=FRAME,
-                     hop_length=HOP)
-    rms = librosa.feature.rms(y=wav, frame_length=FRAME, hop_length=HOP)[0][: len(f0)]
+    f0 = yin(wav, sample_rate)
+    frames = np.lib.stride_tricks.sliding_window_view(wav, FRAME)[::HOP]
+    rms = np.sqrt((frames ** 2).mean(axis=1))
     if not np.isfinite(rms).all() or rms.max() <= 0:
         return float("nan")
     voiced = rms > VOICED_RMS * rms.max()
-    return float(np.median(f0[voiced])) if voiced.any() else float("nan")
+    return float(np.median(f0[voiced]))
 
 
 def median_f0_all(manifest: Manifest, max_seconds: float | None = None,

@@ -207,10 +207,10 @@ def ratio_table(wide: pd.DataFrame, metric: str, digits: int = 3) -> pd.DataFram
         label = "full" if not np.isfinite(ratio) else f"1:{ratio:g}"
         for _, r in stats.iterrows():
             key = (row_label(r["method"], r["groups"], r["hparams"]),
-                   supervision(r["method"], r["groups"]))
+                   supervision(r["method"], r["groups"]), r["groups"])
             out.setdefault(key, {})[label] = fmt_mean_std(r[metric], r[f"{metric}_std"], digits)
     df = pd.DataFrame.from_dict(out, orient="index")
-    df.index = pd.MultiIndex.from_tuples(df.index, names=["method", "sup"])
+    df.index = pd.MultiIndex.from_tuples(df.index, names=["method", "sup", "groups"])
     cols = sorted(df.columns, key=lambda c: float("inf") if c == "full" else float(c[2:]))
     return df[cols].fillna("—")
 

@@ -1,0 +1,63 @@
+"""CLI: `emodebias extract` — encode a manifest once into a FeatureStore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from emodebias.cli import app
+
+
+@app.command()
+def extract(
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="Manifest Parquet (or its dir)."),
+    encoder: str = typer.Option(
+        "acoustic", "--encoder", "-e",
+        help="acoustic | resemblyzer | egemaps | an SSL preset (wavlm-base-plus, xls-r-300m, "
+             "xls-r-1b, hubert-base, ...) | a local transformers checkpoint directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Store directory (created; resumable)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    batch_seconds: float = typer.Option(60.0, help="Padded audio seconds per batch."),
+    max_seconds: float = typer.Option(10.0, help="Keep the first N seconds (0 = whole file)."),
+    layers: str = typer.Option("all", help="SSL hidden states to keep: all | i,j,... (0 = CNN)."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 (autocast)."),
+    workers: int = typer.Option(2, help="Threads reading and resampling audio ahead."),
+    overwrite: bool = typer.Option(False, help="Replace a store made with other settings."),
+    fail_on_bad: bool = typer.Option(False, help="Stop at the first unusable audio file."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Encode every utterance once: pooled per-layer features -> OUT/features.npy + meta.json."""
+    from rich.console import Console
+
+    from emodebias.encoders import EncoderError, get_encoder
+    from emodebias.manifest import Manifest, ManifestError
+    from emodebias.store import StoreError
+    from emodebias.store import extract as run_extract
+
+    console = Console(stderr=True)
+    try:
+        man = Manifest.load(manifest)
+        cfg: dict = {}
+        if layers != "all":
+            cfg["layers"] = layers
+        if dtype != "float32":
+            cfg["dtype"] = dtype
+        try:
+            enc = get_encoder(encoder, **cfg)
+        except TypeError as exc:
+            raise typer.BadParameter(
+                f"--layers/--dtype apply to SSL checkpoints only, not {encoder!r} ({exc})") from exc
+        store = run_extract(man, enc, out, batch_seconds=batch_seconds,
+                            max_seconds=max_seconds or None, device=device, progress=progress,
+                            skip_bad=not fail_on_bad, overwrite=overwrite, num_workers=workers)
+    except (EncoderError, StoreError, ManifestError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    n, n_layers, dim = store.features.shape
+    console.print(f"{store.path}: {n} utterances x {n_layers} layers x {dim} dims "
+                  f"({store.meta['encoder']}), {len(store.failures)} failed")
+    for utt, reason in list(store.failures.items())[:10]:
+        console.print(f"  [yellow]failed[/yellow] {utt}: {reason}")
+    if len(store.failures) > 10:
+        console.print(f"  ... and {len(store.failures) - 10} more (see {store.path}/meta.json)")
