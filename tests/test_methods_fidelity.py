@@ -280,10 +280,11 @@ def test_eo_thresholds_equalise_group_tpr_on_dev() -> None:
     assert ((mapped >= 0) & (mapped <= 1)).all()
     # order within a group and class is preserved (monotone map)
     sel = groups == 1
-    assert (np.argsort(mapped[sel, 0], kind="stable") == np.argsort(probs[sel, 0], kind="stable")).all()
+    order = np.argsort(probs[sel, 0], kind="stable")
+    assert (np.argsort(mapped[sel, 0], kind="stable") == order).all()
 
 
-# ----------------------------------------------------------------------------- hparams / supervision
+# ------------------------------------------------------------------------- hparams / supervision
 def test_unknown_hparam_lists_valid_names_and_values_are_cast() -> None:
     with pytest.raises(ValueError, match="eta_q"):
         get_method("gdro").resolve({"eta": 0.1})

@@ -43,8 +43,9 @@ def _count(data: TrainData, idx: np.ndarray, emo: str, g: str) -> int:
 
 def test_split_matches_idi_table_a2(fold1_train_1to20: TrainData) -> None:
     d = fold1_train_1to20
-    assert _count(d, d.train_idx, "angry", "M") == 240 and _count(d, d.train_idx, "angry", "F") == 12
-    assert _count(d, d.train_idx, "sad", "F") == 58 and _count(d, d.train_idx, "sad", "M") == 2
+    t = d.train_idx
+    assert _count(d, t, "angry", "M") == 240 and _count(d, t, "angry", "F") == 12
+    assert _count(d, t, "sad", "F") == 58 and _count(d, t, "sad", "M") == 2
     assert len(d.train_idx) == 1778  # 1,776 in [IDI]; the CSV has 1 more disgust and neutral
 
 

@@ -147,7 +147,13 @@ class RunConfig:
 
 @dataclass
 class FitResult:
-    """A finished run: selected epoch's probabilities, history, state and settings."""
+    """A finished run: selected epoch's probabilities, history, state and settings.
+
+    `state` is the selected model's state dict (every tensor keeps a run dim of size 1);
+    `wall_time` is the run's share of its stack's wall time; `info` holds the dims, the
+    data-level preparation report (e.g. DS's dropped rows), the stack size and any
+    post-processing output (e.g. thresholds).
+    """
 
     test_probs: np.ndarray
     dev_probs: np.ndarray

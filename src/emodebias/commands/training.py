@@ -50,6 +50,8 @@ def train(
     out: Path = typer.Option(..., help="run directory to write"),
 ) -> None:
     """Train one SER head with a debiasing method; save head, config and test predictions."""
+    import logging
+
     import numpy as np
 
     from emodebias.groups.assignment import GroupAssignment
@@ -62,6 +64,7 @@ def train(
         FeatureStore.open(features), man, _load_split(man, split),
         GroupAssignment.load(groups) if groups else None,
     )
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, device=device)
     try:
         result = fit(data, method, parse_hparams(hp), seed, config)

@@ -233,6 +233,7 @@ def _istft(spec: np.ndarray, n: int) -> np.ndarray:
     return out.reshape(-1)[N_FFT: N_FFT + n] / np.float32(1.5)
 
 
+PEAK = 10 ** (-1 / 20)  # -1 dBFS
 CTRL = 16  # control-rate decimation: envelopes and F0 are computed every 1 ms, then interpolated
 
 
@@ -309,13 +310,15 @@ def render(spk: pd.Series | dict, pro: dict, seconds: float,
     fric_shape = 1 / np.sqrt(1 + ((freqs[None, :] - fric_freq[:, None]) / 1200.0) ** 2)
     y = _istft(spec[0] * vocal.astype(np.float32) + spec[1] * fric_shape.astype(np.float32), n)
 
-    # Level: -26 dBFS RMS over the active part, moved by emotion and speaker gain.
+    # Level: -30 dBFS RMS over the active part, moved by emotion and speaker gain; the rare
+    # utterance whose peak would pass -1 dBFS is turned down (a recording gain), never clipped.
     active = (voiced_env + fric_env) > 0.05
     rms = float(np.sqrt(np.mean(y[active] ** 2))) if active.any() else 1.0
-    level_db = -26.0 + pro["gain_db"] * spk["expressive"] + spk["gain_db"] + rng.normal(0, 1.0)
+    level_db = -30.0 + pro["gain_db"] * spk["expressive"] + spk["gain_db"] + rng.normal(0, 1.0)
     y = y * np.float32(10 ** (level_db / 20) / max(rms, 1e-9))
+    y *= np.float32(min(1.0, PEAK / max(float(np.abs(y).max()), 1e-9)))
     y += np.float32(10 ** (-65 / 20)) * rng.standard_normal(n, dtype=np.float32)
-    return np.clip(y, -0.99, 0.99)
+    return y
 
 
 # ----------------------------------------------------------------------------- annotators

@@ -1,0 +1,272 @@
+"""Training loop: stacking equals one-by-one, selection, save/load, data alignment, CLI, and
+the behaviour check on a planted gender shortcut at 1:20."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from emodebias.groups.assignment import GroupAssignment
+from emodebias.labels import soft_from_votes
+from emodebias.losses import class_weights_for
+from emodebias.manifest import Manifest
+from emodebias.splits import Split
+from emodebias.train import (
+    FitResult,
+    RunConfig,
+    TrainConfig,
+    TrainData,
+    fit,
+    fit_many,
+    predict_probs,
+)
+
+CFG = TrainConfig(epochs=4, batch_size=16, lr=1e-3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_data(seed: int = 0, n: int = 120, n_groups: int = 2) -> TrainData:
+    rng = np.random.default_rng(seed)
+    votes = rng.integers(0, 4, size=(n, 4)).astype(float)
+    votes[np.arange(n), rng.integers(0, 4, n)] += 5
+    x = rng.normal(size=(n, 3, 8)).astype(np.float16)
+    return TrainData(x, soft_from_votes(votes), np.arange(80), np.arange(80, 100),
+                     np.arange(100, n), rng.integers(0, n_groups, n), n_groups=n_groups)
+
+
+# ----------------------------------------------------------------------------- stacking
+@pytest.mark.parametrize("method,hps", [
+    ("erm", [{}, {}, {}]),
+    ("gdro", [{"eta_q": 0.01}, {"eta_q": 0.5}, {"eta_q": 0.1}]),  # float hparams differ in-stack
+    ("lff", [{}, {}, {}]),
+    ("disent", [{}, {}, {}]),
+    ("madv", [{}, {}, {}]),
+])
+def test_fit_many_equals_fit_one_by_one(method: str, hps: list[dict]) -> None:
+    data = random_data()
+    runs = [RunConfig(method, hp, seed, CFG) for seed, hp in zip((5, 6, 7), hps, strict=True)]
+    stacked = fit_many(data, runs)
+    assert all(r.info["stack_size"] == 3 for r in stacked)
+    for run, res in zip(runs, stacked, strict=True):
+        alone = fit(data, run.method, run.hparams, run.seed, CFG)
+        assert alone.info["stack_size"] == 1
+        assert alone.best_epoch == res.best_epoch
+        np.testing.assert_allclose(res.test_probs, alone.test_probs, atol=1e-5)
+        np.testing.assert_allclose(res.dev_probs, alone.dev_probs, atol=1e-5)
+        np.testing.assert_allclose([h["dev_loss"] for h in res.history],
+                                   [h["dev_loss"] for h in alone.history], rtol=1e-5)
+    assert not np.allclose(stacked[0].test_probs, stacked[1].test_probs)
+
+
+def test_fit_many_mixed_methods_keep_order_and_split_stacks() -> None:
+    data = random_data()
+    runs = [RunConfig("erm", {}, 1, CFG), RunConfig("ds", {}, 1, CFG), RunConfig("erm", {}, 2, CFG),
+            RunConfig("random", {}, 1, CFG), RunConfig("adv", {"adv_lr": 0.01}, 1, CFG),
+            RunConfig("adv", {}, 1, CFG)]
+    res = fit_many(data, runs)
+    assert [r.method for r in res] == ["erm", "ds", "erm", "random", "adv", "adv"]
+    assert res[0].info["stack_size"] == 2 and res[1].info["stack_size"] == 1
+    assert res[4].info["stack_size"] == 1  # adv_lr is structural: not stacked with the default
+    np.testing.assert_allclose(res[2].test_probs, fit(data, "erm", seed=2, config=CFG).test_probs,
+                               atol=1e-5)
+
+
+def test_selection_keeps_lowest_dev_epoch_and_class_weights_of_manipulated_set() -> None:
+    data = random_data(1)
+    cfg = TrainConfig(epochs=8, batch_size=16, lr=3e-3)
+    res = fit(data, "ds", seed=0, config=cfg)
+    losses = [h["dev_loss"] for h in res.history]
+    assert res.best_epoch == 1 + int(np.argmin(losses))
+    assert res.info["best_dev_loss"] == pytest.approx(min(losses), rel=1e-6)
+    # the kept probabilities are the selected epoch's: their dev CB-CE equals the logged minimum
+    w = res.state["class_w"][0].numpy()
+    kept = np.flatnonzero(np.isin(np.arange(len(data.soft)), data.train_idx))
+    assert res.info["n_train"] < len(kept)
+    y = data.soft[data.dev_idx]
+    ce = -(y * np.log(res.dev_probs)).sum(1) * (y @ w)
+    assert ce.mean() == pytest.approx(min(losses), rel=1e-4)
+    last = fit(data, "ds", seed=0, config=TrainConfig(epochs=8, batch_size=16, lr=3e-3,
+                                                      select="last"))
+    assert last.best_epoch == 8
+    # weights recomputed on the downsampled set, not the full training set
+    assert not np.allclose(w, class_weights_for(data.soft[data.train_idx]), atol=1e-4)
+
+
+def test_save_load_and_predict(tmp_path) -> None:
+    data = random_data(2)
+    res = fit(data, "lff", seed=0, config=CFG)
+    res.save(tmp_path / "run")
+    back = FitResult.load(tmp_path / "run")
+    assert back.best_epoch == res.best_epoch and back.hparams == res.hparams
+    np.testing.assert_array_equal(back.test_probs, res.test_probs)
+    assert back.history == res.history
+    probs = predict_probs(back, data.features, data.test_idx)
+    np.testing.assert_allclose(probs, res.test_probs, atol=1e-5)
+
+
+def test_random_baseline_rate_and_binarisation() -> None:
+    data = random_data(3, n=2100)
+    res = fit(data, "random", seed=0, config=CFG)
+    pos = res.test_probs > 1 / 4
+    assert abs(pos.mean() - 0.5) < 0.02
+    assert res.best_epoch == 0 and res.history == []
+
+
+def test_no_groups_given_for_hard_method_raises() -> None:
+    data = random_data()
+    data = TrainData(data.features, data.soft, data.train_idx, data.dev_idx, data.test_idx)
+    with pytest.raises(ValueError, match="needs hard group labels"):
+        fit(data, "gdro", config=CFG)
+    with pytest.raises(KeyError, match="registered"):
+        fit(data, "nonsense", config=CFG)
+
+
+# ----------------------------------------------------------------------------- alignment + CLI
+class FakeStore:
+    """The FeatureStore surface TrainData.from_objects uses (rows in a shuffled order)."""
+
+    def __init__(self, utt_ids: list[str], features: np.ndarray, failures=None) -> None:
+        self.utt_ids, self.features = utt_ids, features
+        self.failures = failures or {}
+
+    def rows(self, ids: list[str]) -> np.ndarray:
+        pos = {u: i for i, u in enumerate(self.utt_ids)}
+        return np.array([pos[u] for u in ids], dtype=np.int64)
+
+
+def small_corpus(n: int = 60):
+    rng = np.random.default_rng(0)
+    ids = [f"u{i:03d}" for i in range(n)]
+    votes = rng.integers(0, 4, size=(n, 3)).astype(float)
+    votes[:, 0] += 10  # always a strict majority for class a
+    soft = soft_from_votes(votes)
+    df = pd.DataFrame({"utt_id": ids, "path": [f"{u}.wav" for u in ids],
+                       "speaker": [f"s{i % 6}" for i in range(n)],
+                       "gender": ["F" if i % 2 else "M" for i in range(n)]})
+    for k, c in enumerate(["a", "b", "c"]):
+        df[f"soft_{c}"] = soft[:, k]
+    man = Manifest(df, ["a", "b", "c"], "toy")
+    split = Split("1", ids[:40], ids[40:50], ids[50:])
+    return man, split, ids
+
+
+def test_from_objects_aligns_by_utt_id() -> None:
+    man, split, ids = small_corpus()
+    order = np.random.default_rng(1).permutation(len(ids))
+    store_ids = [ids[i] for i in order]
+    feats = np.random.default_rng(2).normal(size=(len(ids), 2, 4)).astype(np.float16)
+    groups = GroupAssignment(ids[::-1], np.array([i % 2 for i in range(len(ids))][::-1]),
+                             ["M", "F"], "truth:gender")
+    store = FakeStore(store_ids, feats, failures={ids[45]: "empty audio"})
+    data = TrainData.from_objects(store, man, split, groups)
+    assert [store_ids[i] for i in data.train_idx] == split.train
+    assert len(data.dev_idx) == 9 and data.info["missing_features"] == {"dev": 1}
+    for row in data.train_idx[:10]:
+        u = store_ids[row]
+        np.testing.assert_allclose(data.soft[row], man.soft_labels()[ids.index(u)], rtol=1e-6)
+        assert data.groups[row] == int(u[1:]) % 2
+        assert data.majority[row] == 0
+    assert data.n_groups == 2 and data.classes == ["a", "b", "c"]
+
+
+def test_cli_train_and_methods(tmp_path) -> None:
+    from emodebias.cli import app
+
+    man, split, ids = small_corpus()
+    man.save(tmp_path / "manifest.parquet")
+    split.save(tmp_path / "split.json")
+    store = tmp_path / "store"
+    store.mkdir()
+    feats = np.random.default_rng(3).normal(size=(len(ids), 2, 4)).astype(np.float16)
+    np.save(store / "features.npy", feats)
+    (store / "meta.json").write_text(json.dumps({"complete": True, "utt_ids": ids, "n_layers": 2,
+                                                 "dim": 4, "failures": {}}))
+    GroupAssignment(ids, np.array([i % 2 for i in range(len(ids))]), ["M", "F"],
+                    "truth:gender").save(tmp_path / "groups")
+    runner = CliRunner()
+    out = tmp_path / "run"
+    args = ["train", "--features", str(store), "--manifest", str(tmp_path / "manifest.parquet"),
+            "--split", str(tmp_path / "split.json"), "--method", "gdro", "--groups",
+            str(tmp_path / "groups"), "--hp", "eta_q=0.05", "--epochs", "2", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    pred = np.load(out / "predictions.npz")
+    assert list(pred["utt_ids"]) == split.test
+    np.testing.assert_allclose(pred["probs"].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(pred["targets"], man.soft_labels()[50:], rtol=1e-6)
+    assert json.loads((out / "config.json").read_text())["hparams"]["eta_q"] == 0.05
+    assert FitResult.load(out).hparams["eta_q"] == 0.05
+    bad = runner.invoke(app, args[:-4] + ["--hp", "nope=1", "--out", str(out)])
+    assert bad.exit_code != 0 and "eta_q" in bad.output
+    listing = runner.invoke(app, ["methods"])
+    assert listing.exit_code == 0
+    for name in ("erm", "random", "rw", "ds", "gdro", "gadro", "pgdro", "adv", "madv", "lff",
+                 "disent", "sih", "jtt", "gr", "eo_thresh"):
+        assert name in listing.output
+
+
+# ----------------------------------------------------------------------------- behaviour
+MAJOR = (1, 0, 1)  # class -> majority gender (1 = M), as angry/sad/neutral in CREMA-D
+
+
+def planted_shortcut(seed: int = 0) -> TrainData:
+    """3 emotions; feature 3 encodes gender and, at 1:20 in train/dev, predicts the emotion;
+    the test set is gender-balanced so relying on it opens a TPR gap."""
+    rng = np.random.default_rng(seed)
+
+    def part(sizes: list[int], balanced: bool) -> list[tuple[int, int]]:
+        rows = []
+        for c, n_maj in enumerate(sizes):
+            for g in (0, 1):
+                n = n_maj if balanced or g == MAJOR[c] else n_maj // 20
+                rows += [(c, g)] * n
+        return rows
+
+    train, dev = part([200, 60, 200], False), part([60, 20, 60], False)
+    rows = np.array(train + dev + part([100, 100, 100], True))
+    c, g = rows[:, 0], rows[:, 1]
+    n = len(rows)
+    x = rng.normal(size=(n, 1, 6))
+    x[:, 0, :3] += 1.5 * np.eye(3)[c]
+    x[:, 0, 3] = 2.0 * (2 * g - 1) + 0.3 * rng.normal(size=n)
+    votes = np.ones((n, 3))
+    votes[np.arange(n), c] = 8
+    a, b = len(train), len(train) + len(dev)
+    return TrainData(x.astype(np.float16), soft_from_votes(votes), np.arange(a), np.arange(a, b),
+                     np.arange(b, n), g, n_groups=2)
+
+
+def tpr_gap(probs: np.ndarray, soft: np.ndarray, g: np.ndarray) -> float:
+    """RMS over classes of TPR_F − TPR_M at the 1/K threshold (independent of metrics.py)."""
+    k = soft.shape[1]
+    y, p = soft > 1 / k, probs > 1 / k
+    d = [p[(g == 0) & y[:, c], c].mean() - p[(g == 1) & y[:, c], c].mean() for c in range(k)]
+    return float(np.sqrt(np.mean(np.square(d))))
+
+
+def test_rw_ds_gdro_lower_the_tpr_gap_of_a_planted_shortcut() -> None:
+    data = planted_shortcut()
+    cfg = TrainConfig(epochs=20, lr=1e-3)
+    seeds = (0, 1, 2)
+    test_soft, test_g = data.soft[data.test_idx], data.groups[data.test_idx]
+    gaps = {}
+    for method in ("erm", "rw", "ds", "gdro"):
+        res = fit_many(data, [RunConfig(method, {}, s, cfg) for s in seeds])
+        gaps[method] = np.mean([tpr_gap(r.test_probs, test_soft, test_g) for r in res])
+    print("planted shortcut 1:20, mean test TPR gap over seeds:",
+          {k: round(float(v), 3) for k, v in gaps.items()})
+    assert gaps["erm"] > 0.3  # the shortcut is real
+    for method in ("rw", "ds", "gdro"):
+        assert gaps[method] < gaps["erm"], method
