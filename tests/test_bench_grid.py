@@ -71,6 +71,7 @@ def test_parse_ratio(value, expected) -> None:
     ({**BASE, "runs": [{"method": "rw", "groups": "cluster:k=1"}]}, "k must be >= 2"),
     ({**BASE, "runs": [{"method": "rw", "groups": "kmeans"}]}, "unknown group source"),
     ({**BASE, "runs": ["erm", "erm"]}, "duplicates one from runs[0]"),
+    ({**BASE, "train": {"epoch": 3}, "runs": ["erm"]}, "unknown train setting(s) ['epoch']"),
     ({**BASE, "corpus": {"name": "x", "root": "${data}/y"}, "runs": ["erm"]}, "${data}"),
 ])
 def test_bad_grids_raise_clear_errors(grid, message) -> None:

@@ -37,7 +37,7 @@ def _manifest(gender, age_group=None, soft=None, split=None) -> Manifest:
 def _assign(m: Manifest, ids, names=None) -> GroupAssignment:
     ids = np.asarray(ids)
     names = names or [f"c{i}" for i in range(ids.max() + 1)]
-    return GroupAssignment(m.utt_ids, ids, names, "cluster:test:k=%d" % len(names))
+    return GroupAssignment(m.utt_ids, ids, names, f"cluster:test:k={len(names)}")
 
 
 def test_perfect_and_permuted_clusterings_score_one():
@@ -117,6 +117,8 @@ def test_sizes_and_warnings():
     train = m.split_ids("1", "train")
     sizes = group_sizes(a, train)
     assert sizes["n"].tolist() == [5, 4, 3] and sizes["n_train"].tolist() == [5, 4, 1]
+    row = diagnose(a, m, ("gender",), train_ids=train).iloc[0]
+    assert (row["size_min"], row["size_max"]) == (1, 5)
     warnings = size_warnings(a, m, train, min_size=2)
     assert any("'c2' has 1 training" in w for w in warnings)
     # c2's only training row (u008) is 'sad', so 'angry' is missing in c2: DS drops it

@@ -14,7 +14,6 @@ from emodebias.losses import (
     group_reduce,
     masked_mean,
     membership,
-    soft_ce,
 )
 
 CLASSES = ["angry", "sad", "disgust", "fear", "neutral", "happy"]
@@ -44,33 +43,40 @@ def test_class_weights_fold1_full_train(shared_data) -> None:
     assert w.sum() == pytest.approx(6.0)
 
 
-def test_gce_value_and_gradient_match_formula() -> None:
+def test_gce_value_and_gradient_are_the_lff_code_form() -> None:
+    """alinlab/LfF module/loss.py: CE·sg(p_y)^q·q; soft targets use p_y = Σ y'_c softmax_c."""
     torch.manual_seed(0)
     logits = torch.randn(1, 5, 4, requires_grad=True)
     soft = torch.softmax(torch.randn(1, 5, 4) * 3, -1)
     q = 0.7
     out = gce(logits, soft, q)
-    # independent formula: p_y = Σ y'_c softmax_c, (1 − p_y^q)/q
-    ref_logits = logits.detach().clone().requires_grad_(True)
-    e = torch.exp(ref_logits - ref_logits.max(-1, keepdim=True).values)
-    p = (soft * e / e.sum(-1, keepdim=True)).sum(-1)
-    ref = (1 - p**q) / q
-    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-7)
+    # independent: numpy softmax, soft CE, weight p_y^q·q; gradient q·p_y^q·(softmax − y')
+    z = logits.detach().numpy()[0].astype(np.float64)
+    y = soft.numpy()[0].astype(np.float64)
+    sm = np.exp(z - z.max(-1, keepdims=True))
+    sm /= sm.sum(-1, keepdims=True)
+    ce = -(y * np.log(sm)).sum(-1)
+    py = (y * sm).sum(-1)
+    np.testing.assert_allclose(out[0].detach().numpy(), ce * py**q * q, rtol=1e-5)
     (g,) = torch.autograd.grad(out.sum(), logits)
-    (g_ref,) = torch.autograd.grad(ref.sum(), ref_logits)
-    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g[0].numpy(), (q * py**q)[:, None] * (sm - y), rtol=1e-4,
+                               atol=1e-7)
+    # SiH's form drops the ×q; a given per-sample CE (e.g. class-balanced) is what gets weighted
+    ce_in = torch.arange(1.0, 6.0)[None]
+    np.testing.assert_allclose(gce(logits, soft, q, ce_in, times_q=False)[0].detach().numpy(),
+                               np.arange(1.0, 6.0) * py**q, rtol=1e-5)
 
 
-def test_gce_gradient_is_lff_code_gradient_over_q_for_one_hot() -> None:
-    """LfF's code computes CE·p_y^q·q (p_y detached): q times the formula's gradient."""
+def test_gce_gradient_is_q_times_closed_form_for_one_hot() -> None:
+    """For one-hot targets the code form's gradient is q·∇[(1 − p_y^q)/q] (Zhang & Sabuncu)."""
     logits = torch.tensor([[[0.3, -1.0, 2.0], [1.5, 0.2, -0.4]]], requires_grad=True)
     soft = torch.tensor([[[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]])
     q = 0.7
     (g,) = torch.autograd.grad(gce(logits, soft, q).sum(), logits)
-    p_y = (soft * torch.softmax(logits, -1)).sum(-1).detach()
-    lff = soft_ce(logits, soft) * p_y**q * q
-    (g_lff,) = torch.autograd.grad(lff.sum(), logits)
-    torch.testing.assert_close(g * q, g_lff, rtol=1e-5, atol=1e-7)
+    p_y = (soft * torch.softmax(logits, -1)).sum(-1)
+    closed = (1 - p_y**q) / q
+    (g_closed,) = torch.autograd.grad(closed.sum(), logits)
+    torch.testing.assert_close(g, q * g_closed, rtol=1e-5, atol=1e-7)
 
 
 def test_group_reduce_hand_worked_with_absent_group() -> None:

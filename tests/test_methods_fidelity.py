@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from emodebias.losses import class_balanced_ce, gce, soft_ce
+from emodebias.losses import class_balanced_ce, soft_ce
 from emodebias.methods import Batch, GroupSupervisionError, MethodContext, get_method
 from emodebias.methods.adversarial import diff_loss, grad_reverse
-from emodebias.methods.biased import SampleEMA, argmax_errors
+from emodebias.methods.biased import SampleEMA, argmax_errors, jtt_upsample
 from emodebias.methods.postprocess import apply_thresholds, eo_thresholds
 from emodebias.methods.regularizers import cell_gaps
 from emodebias.train import TrainData
@@ -54,6 +54,19 @@ def batch(soft, group, majority=None, probs=None, index=None, seed=0) -> Batch:
 
 
 SOFT = [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]]
+CLASS_W = [0.5, 1.0, 1.5]  # non-uniform, so the class-balanced factor s_i matters
+
+
+def gce_ref(logits: torch.Tensor, soft, class_w=CLASS_W, q: float = 0.7, times_q: bool = True):
+    """Independent per-sample GCE of the reference code (alinlab/LfF module/loss.py):
+    s_i·CE_i · p_y^q · q with CE the soft-target CE, p_y = Σ y'_c softmax_c, s_i = Σ w_c y'_ic."""
+    z = logits.detach().numpy().reshape(-1, K).astype(np.float64)
+    y = np.asarray(soft, dtype=np.float64).reshape(-1, K)
+    sm = np.exp(z - z.max(-1, keepdims=True))
+    sm /= sm.sum(-1, keepdims=True)
+    ce = -(y * np.log(sm)).sum(-1) * (y @ np.asarray(class_w))
+    py = (y * sm).sum(-1)
+    return ce * py**q * (q if times_q else 1.0)
 
 
 # ----------------------------------------------------------------------------- DRO
@@ -131,6 +144,7 @@ def test_sample_ema_update_and_class_max_normalisation() -> None:
 def test_lff_weight_and_loss_hand_worked() -> None:
     maj = [0, 1, 2, 0]
     m = make("lff", n_train=4, majority=maj)
+    m.class_w.copy_(torch.tensor([CLASS_W]))
     b = batch(SOFT, [0, 0, 0, 0], majority=maj)
     loss = m.loss(b)
     ld, lb = m.head(b.x)[0], m.bias_head(b.x)[0]
@@ -142,13 +156,14 @@ def test_lff_weight_and_loss_hand_worked() -> None:
         nd[rows] /= ce_d[rows].max()
     w = nb / (nb + nd + 1e-8)
     ell = class_balanced_ce(ld, b.soft, m.class_w)[0].detach().numpy()
-    expected = gce(lb, b.soft, 0.7).mean().item() + (w * ell).mean()
+    expected = gce_ref(lb, SOFT).mean() + (w * ell).mean()
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_disent_swap_term_and_gradient_isolation() -> None:
     maj = [0, 1, 2, 0]
     m = make("disent", n_train=4, majority=maj, hp={"lambda_swap": 0.5, "lambda_swap_b": 2.0})
+    m.class_w.copy_(torch.tensor([CLASS_W]))
     b = batch(SOFT, [0, 0, 0, 0], majority=maj)
     perm = torch.tensor([[2, 0, 3, 1]])
     terms = m.terms(b, perm)
@@ -165,10 +180,13 @@ def test_disent_swap_term_and_gradient_isolation() -> None:
     zb_sw = z_b[:, perm[0]]
     mix_i = m.cls_i(torch.cat([z_l, zb_sw], -1))
     mix_b = m.cls_b(torch.cat([z_l, zb_sw], -1))
-    swap = (w * class_balanced_ce(mix_i, b.soft, m.class_w)[0]).mean() + 2.0 * gce(
-        mix_b, b.soft[:, perm[0]], 0.7).mean()
-    assert terms["swap"].item() == pytest.approx(swap.item(), rel=1e-5)
-    assert terms["total"].item() == pytest.approx(terms["dis"].item() + 0.5 * swap.item(), rel=1e-5)
+    swap = (w * class_balanced_ce(mix_i, b.soft, m.class_w)[0]).mean().item() + 2.0 * gce_ref(
+        mix_b, np.asarray(SOFT)[perm[0].numpy()]).mean()
+    dis = (w * class_balanced_ce(pred_i, b.soft, m.class_w)[0]).mean().item() + gce_ref(
+        pred_b, SOFT).mean()
+    assert terms["swap"].item() == pytest.approx(swap, rel=1e-5)
+    assert terms["dis"].item() == pytest.approx(dis, rel=1e-5)
+    assert terms["total"].item() == pytest.approx(dis + 0.5 * swap, rel=1e-5)
     # the intrinsic classifier's swap loss must not reach the bias branch
     m.zero_grad()
     m.terms(b, perm)["swap"].backward()
@@ -194,18 +212,45 @@ def test_disent_swaps_only_after_curr_step() -> None:
 
 def test_sih_focal_weight() -> None:
     m = make("sih", n_train=4)
+    m.class_w.copy_(torch.tensor([CLASS_W]))
     b = batch(SOFT, [0, 0, 0, 0])
     ls, lb = m.head(b.x)[0], m.bias_head(b.x)[0]
     p_b = (b.soft * torch.softmax(lb, -1)).sum(-1)
     ell = class_balanced_ce(ls, b.soft, m.class_w)
-    expected = gce(lb, b.soft, 0.7).mean() + ((1 - p_b) ** 0.7 * ell).mean()
-    assert m.loss(b).item() == pytest.approx(expected.item(), rel=1e-5)
+    # mvandenhi/Signal-is-Harder: focal (1 − p̂_b)^q on the signal CE; bias GCE without ×q
+    expected = gce_ref(lb, SOFT, times_q=False).mean() + ((1 - p_b) ** 0.7 * ell).mean().item()
+    assert m.loss(b).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_bias_head_gce_gradient_is_reference_form() -> None:
+    """LfF bias head: ∇_z of mean_i q·p_y^q·s_i·CE_i = q·p_y^q·s_i·(softmax − y')/B (p_y fixed)."""
+    m = make("lff", n_train=4)
+    m.class_w.copy_(torch.tensor([CLASS_W]))
+    b = batch(SOFT, [0, 0, 0, 0])
+    _, lb, gce_b = m.bias_terms(b)
+    (g,) = torch.autograd.grad(gce_b.sum(), lb)
+    z = lb.detach().numpy()[0].astype(np.float64)
+    y = np.asarray(SOFT)
+    sm = np.exp(z - z.max(-1, keepdims=True))
+    sm /= sm.sum(-1, keepdims=True)
+    py, s_i = (y * sm).sum(-1), y @ np.asarray(CLASS_W)
+    expected = (0.7 * py**0.7 * s_i)[:, None] * (sm - y) / len(y)
+    np.testing.assert_allclose(g[0].numpy(), expected, rtol=1e-4, atol=1e-7)
 
 
 def test_jtt_error_rule() -> None:
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.7, 0.2], [0.4, 0.5, 0.1]])
     soft = np.array(SOFT[:3])
     np.testing.assert_array_equal(argmax_errors(probs, soft), [False, False, True])
+
+
+def test_jtt_upsample_adds_up_copies_like_reference() -> None:
+    """anniesch/jtt run_expt.py: train set + aug_indices·up_weight -> an error row 1 + up times."""
+    idx = np.array([10, 11, 12, 13])
+    out = jtt_upsample(idx, np.array([False, True, False, True]), 3)
+    assert len(out) == 4 + 2 * 3
+    counts = {int(i): int((out == i).sum()) for i in idx}
+    assert counts == {10: 1, 11: 4, 12: 1, 13: 4}
 
 
 # ----------------------------------------------------------------------------- ADV / GR

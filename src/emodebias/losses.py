@@ -41,14 +41,26 @@ def target_prob(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     return (soft * F.softmax(logits, dim=-1)).sum(-1)
 
 
-def gce(logits: torch.Tensor, soft: torch.Tensor, q: float | torch.Tensor = 0.7) -> torch.Tensor:
-    """Generalised CE (Zhang & Sabuncu 2018) (1 − p_y^q)/q per sample, with p_y = target_prob.
+def gce(
+    logits: torch.Tensor, soft: torch.Tensor, q: float | torch.Tensor = 0.7,
+    ce: torch.Tensor | None = None, times_q: bool = True,
+) -> torch.Tensor:
+    """Generalised CE (Zhang & Sabuncu 2018) in the reference code's form, per sample:
+    CE_i · sg(p_y)^q · q, with p_y = target_prob detached (alinlab/LfF module/loss.py
+    GeneralizedCELoss; copied unchanged in kakaoenterprise/Learning-Debiased-Disentangled
+    module/loss.py). mvandenhi/Signal-is-Harder util.py drops the ×q factor: times_q=False.
 
-    Value and gradient are those of the formula (LfF's code implements CE·p_y^q·q with p_y
-    detached, whose gradient is q times this one for one-hot targets).
+    `ce` is the per-sample CE the weight multiplies (PAPERS §3.6: "use the soft-target base
+    loss for CE"); default: the plain soft-target CE of `logits`. For one-hot targets the
+    gradient is q·p_y^q·∇CE = q·∇[(1 − p_y^q)/q]; for soft targets it is q·p_y^q·s·(softmax − y'),
+    whose per-sample minimiser stays y' (the closed form (1 − p_y^q)/q would instead push all
+    mass onto argmax y', inconsistent with the soft CE used for LfF's difficulty EMA).
     """
-    p = target_prob(logits, soft).clamp_min(1e-12)
-    return (1.0 - p.pow(q)) / q
+    if ce is None:
+        ce = soft_ce(logits, soft)
+    p = target_prob(logits, soft).detach().clamp_min(0.0)
+    w = p.pow(q)
+    return ce * (w * q if times_q else w)
 
 
 def membership(

@@ -298,6 +298,7 @@ def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str
     split_seed = _ints(axes["split_seed"] or 0, "split_seed", at)[0]
     encoders = [_named(e, "encoder", at) for e in _as_list(axes["encoder"] or "acoustic")]
     train = _mapping(axes["train"], "train", at)
+    _check_train(train, at)
     evaluation = _mapping(axes["evaluation"], "evaluation", at)
     hp_grid = _mapping(entry.get("hparams"), "hparams", at)
     hp_keys = sorted(hp_grid)
@@ -326,6 +327,20 @@ def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str
                 method=method, hparams=hp, seed=seed, train=train, evaluation=evaluation,
             ))
     return out
+
+
+def _check_train(train: dict, at: str) -> None:
+    """Unknown training settings fail here, not in every run (imports torch only if needed)."""
+    if not train:
+        return
+    from dataclasses import fields
+
+    from emodebias.train import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)}
+    bad = sorted(set(train) - known)
+    if bad:
+        raise GridError(f"{at}unknown train setting(s) {bad}; known: {sorted(known)}")
 
 
 def _ints(value: Any, what: str, at: str) -> list[int]:

@@ -127,11 +127,35 @@ def demo(
     grid = "demo-quick" if quick else "demo"
     summary = _run_grid(grid, out, {}, workers, "local", None, 16)
     _print_failures(summary)
+    if not quick:
+        _demo_tsne(grid, out)
     rep = _report(out, None, f"emodebias demo ({grid})")
     typer.echo(rep.headline)
     typer.echo(f"\nreport: {rep.html}\n        {rep.markdown}")
     if not summary.ok:
         raise typer.Exit(1)
+
+
+def _demo_tsne(grid: str, out: Path) -> Path | None:
+    """t-SNE of the first cluster-group source's embeddings, coloured by cluster (IDI Fig. 1)."""
+    from emodebias.bench import pipeline
+    from emodebias.bench.grid import load_grid
+    from emodebias.groups.embeddings import load_embeddings
+    from emodebias.groups.tsne import tsne_figure
+
+    spec = next((s for s in load_grid(grid) if s.groups.startswith("cluster:")), None)
+    path = out / "figures" / "tsne_clusters.png"
+    if spec is None or path.is_file():
+        return None
+    cache = out / "cache"
+    manifest = pipeline.stage_manifest(spec, cache)
+    split = pipeline.stage_split(spec, manifest, cache)
+    groups = pipeline.stage_groups(spec, manifest, split, cache)
+    store = pipeline.stage_features(manifest, spec.groups.split(":")[1], {}, cache)
+    x, _, _ = load_embeddings(store, "mean", groups.utt_ids)
+    genders = manifest.df.set_index("utt_id").loc[groups.utt_ids, "gender"].to_numpy()
+    return tsne_figure(x, groups, path, genders=genders, title=f"{groups.source} (fold "
+                       f"{spec.fold} fit)")
 
 
 @app.command()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -10,6 +12,26 @@ import typer
 from emodebias.cli import app
 
 SOURCES = ("truth", "pseudo", "cluster")
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Bad input (manifest, store, model, split) -> one red line and exit code 1, no traceback."""
+    from emodebias.groups.cluster import ClusterError
+    from emodebias.groups.embeddings import EmbeddingError
+    from emodebias.groups.pseudo import PseudoLabelError
+    from emodebias.manifest import ManifestError
+    from emodebias.splits import SplitError
+    from emodebias.store import StoreError
+
+    try:
+        yield
+    except (ManifestError, StoreError, PseudoLabelError, ClusterError, EmbeddingError,
+            SplitError, KeyError, FileNotFoundError) as exc:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
 
 
 def _csv(text: str) -> list[str]:
@@ -131,27 +153,29 @@ def groups(
     """Make group assignments (truth, pseudo-label, k-means clusters) and diagnose them."""
     import pandas as pd
 
-    from emodebias.groups.diagnostics import diagnose
+    from emodebias.groups.diagnostics import diagnose, group_sizes
     from emodebias.groups.truth import truth_groups
     from emodebias.manifest import Manifest
 
     if source not in SOURCES:
         raise typer.BadParameter(f"--source {source!r} not in {SOURCES}")
-    man = Manifest.load(manifest)
-    train_ids, fit_ids = _split_ids(man, split)
-    if source == "truth":
-        made = [truth_groups(man, _csv(column))]
-    elif source == "pseudo":
-        made = [_pseudo(man, model, features, layer, label_map, fit_ids, device)]
-    else:
-        try:
-            ks = [int(v) for v in _csv(k)]
-        except ValueError as exc:
-            raise typer.BadParameter(f"--k {k!r}: expected integers like 2,4,8,16") from exc
-        made = _clusters(man, features, ks, fit_ids, algorithm, seed, layer)
+    try:
+        ks = [int(v) for v in _csv(k)]
+    except ValueError as exc:
+        raise typer.BadParameter(f"--k {k!r}: expected integers like 2,4,8,16") from exc
+    with _clear_errors():
+        man = Manifest.load(manifest)
+        train_ids, fit_ids = _split_ids(man, split)
+        if source == "truth":
+            made = [truth_groups(man, _csv(column))]
+        elif source == "pseudo":
+            made = [_pseudo(man, model, features, layer, label_map, fit_ids, device)]
+        else:
+            made = _clusters(man, features, ks, fit_ids, algorithm, seed, layer)
     tables, warnings = [], []
     for assignment in made:
-        assignment.save(out / _slug(assignment.source))
+        target = assignment.save(out / _slug(assignment.source))
+        group_sizes(assignment, train_ids).to_csv(target / "sizes.csv", index=False)
         table = diagnose(assignment, man, _csv(attributes), train_ids=train_ids,
                          min_size=min_size)
         tables.append(table)
@@ -198,7 +222,8 @@ def train_probe_cmd(
     from emodebias.manifest import Manifest
     from emodebias.store import FeatureStore
 
-    probe = train_probe_on(FeatureStore.open(features), Manifest.load(manifest), layer, c)
+    with _clear_errors():
+        probe = train_probe_on(FeatureStore.open(features), Manifest.load(manifest), layer, c)
     path = probe.save(out)
     cv = probe.info.get("cv_accuracy")
     typer.echo(f"probe on {probe.info['n_train']} utterances ({probe.encoder}); "

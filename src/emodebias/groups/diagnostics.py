@@ -93,11 +93,15 @@ def diagnose(assignment: GroupAssignment, manifest: Manifest,
              train_ids: list[str] | None = None, min_size: int = 2) -> pd.DataFrame:
     """One row per known attribute: purity, NMI, ARI, Hungarian and label accuracy, coverage.
 
-    Attributes missing from the manifest are skipped (listed in ``df.attrs["skipped"]``);
-    ``df.attrs["warnings"]`` holds `size_warnings` (groups too small for training methods).
+    ``size_min``/``size_max`` are the smallest/largest group (training utterances when
+    `train_ids` is given, else all). Attributes missing from the manifest are skipped (listed
+    in ``df.attrs["skipped"]``); ``df.attrs["warnings"]`` holds `size_warnings` (groups too
+    small for training methods).
     """
     rows, skipped = [], []
     ids = assignment.ids
+    sizes = group_sizes(assignment, train_ids)
+    counts = sizes["n_train" if train_ids is not None else "n"]
     for attribute in attributes:
         if attribute not in manifest.df.columns:
             skipped.append(attribute)
@@ -105,14 +109,15 @@ def diagnose(assignment: GroupAssignment, manifest: Manifest,
         values = _attribute_values(manifest, assignment, attribute)
         known = (ids >= 0) & pd.notna(values)
         row = {"source": assignment.source, "attribute": attribute,
-               "n_groups": assignment.n_groups, "n_unscored": int((~known).sum())}
+               "n_groups": assignment.n_groups, "n_unscored": int((~known).sum()),
+               "size_min": int(counts.min()), "size_max": int(counts.max())}
         if known.any():
             row.update(score(ids[known], values[known], assignment.names))
         else:
             row.update({"n_scored": 0, "n_values": 0})
         rows.append(row)
-    columns = ["source", "attribute", "n_groups", "n_values", "n_scored", "n_unscored", "purity",
-               "hungarian_acc", "nmi", "ari", "label_acc"]
+    columns = ["source", "attribute", "n_groups", "size_min", "size_max", "n_values", "n_scored",
+               "n_unscored", "purity", "hungarian_acc", "nmi", "ari", "label_acc"]
     table = pd.DataFrame(rows).reindex(columns=columns)
     table.attrs["skipped"] = skipped
     table.attrs["warnings"] = size_warnings(assignment, manifest, train_ids, min_size)

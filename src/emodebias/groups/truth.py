@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from emodebias.groups.assignment import GroupAssignment
+from emodebias.manifest import ManifestError
 
 if TYPE_CHECKING:
     from emodebias.manifest import Manifest
@@ -30,10 +31,10 @@ def truth_groups(manifest: Manifest, columns: list[str] | str = "gender") -> Gro
     """Group per utterance from `columns`; several columns give their intersections."""
     cols = [columns] if isinstance(columns, str) else list(columns)
     if not cols:
-        raise ValueError("truth_groups needs at least one manifest column")
+        raise ManifestError("truth_groups needs at least one manifest column")
     missing = [c for c in cols if c not in manifest.df.columns]
     if missing:
-        raise ValueError(f"manifest has no column(s) {missing}; "
+        raise ManifestError(f"manifest has no column(s) {missing}; "
                          f"columns: {list(manifest.df.columns)}")
     df = manifest.df[cols]
     known = df.notna().all(axis=1).to_numpy()

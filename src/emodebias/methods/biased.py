@@ -1,8 +1,11 @@
 """Debiasing without group labels via a biased learner (PAPERS §3.6–3.8) and JTT.
 
-Multi-label adaptation (PAPERS §6.12): CE is the soft-target CE, the GCE "true-class
-probability" is p_y = Σ_c y'_c softmax_c, and the class used for LfF/DisEnt's class-wise
-normalisation is the strict-majority class c_i (rows without one form their own bucket).
+Multi-label adaptation (PAPERS §3.6, §6.12): the trained CE terms are the class-balanced
+soft-target base loss (the bias head's GCE multiplies the same per-sample base loss as the main
+head, as in the references where both use one criterion), the GCE weight uses the "true-class
+probability" p_y = Σ_c y'_c softmax_c (see `losses.gce`), the difficulty EMA tracks the plain
+soft-target CE, and the class used for LfF/DisEnt's class-wise normalisation is the
+strict-majority class c_i (rows without one form their own bucket).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class _BiasedPair(Method):
 
     family = "biased-learner"
     supervision = "none"
+    GCE_TIMES_Q: bool = True  # LfF's GeneralizedCELoss has the ×q factor, SiH's does not
 
     def build(self) -> None:
         super().build()
@@ -74,7 +78,8 @@ class _BiasedPair(Method):
         logits, _ = self.head(batch.x)
         logits_b, _ = self.bias_head(batch.x)
         q = self.hp_vec("q").unsqueeze(-1)
-        return logits, logits_b, gce(logits_b, batch.soft, q).mean(-1)
+        ce_b = self.base_loss(logits_b, batch.soft)
+        return logits, logits_b, gce(logits_b, batch.soft, q, ce_b, self.GCE_TIMES_Q).mean(-1)
 
 
 @register("lff")
@@ -100,9 +105,11 @@ class LfF(_BiasedPair):
 @register("sih")
 class SiH(_BiasedPair):
     """Signal is Harder (Vandenhirtz et al. 2023) without the VAE decoder (PAPERS §3.8):
-    loss = mean((1 − p̂_b(y))^q · ℓ_s) + mean(GCE_b), focal weight detached."""
+    loss = mean((1 − p̂_b(y))^q · ℓ_s) + mean(GCE_b), focal weight detached
+    (mvandenhi/Signal-is-Harder train.py); its GCE is CE·p^q without LfF's ×q (util.py)."""
 
     HPARAMS = {"q": 0.7}
+    GCE_TIMES_Q = False
 
     def loss(self, batch: Batch) -> torch.Tensor:
         logits, logits_b, gce_b = self.bias_terms(batch)
@@ -155,7 +162,7 @@ class DisEnt(Method):
         q = self.hp_vec("q").unsqueeze(-1)
         weighted_ce = w * batch.weight
         l_dis = (weighted_ce * self.base_loss(pred_i, batch.soft)).mean(-1) + self.hp_vec(
-            "lambda_dis") * gce(pred_b, batch.soft, q).mean(-1)
+            "lambda_dis") * gce(pred_b, batch.soft, q, self.base_loss(pred_b, batch.soft)).mean(-1)
         out = {"dis": l_dis, "swap": torch.zeros_like(l_dis), "total": l_dis}
         if perm is None:
             return out
@@ -164,7 +171,8 @@ class DisEnt(Method):
         pred_mix_i = self.cls_i(torch.cat([z_l, z_b_swap.detach()], -1))
         pred_mix_b = self.cls_b(torch.cat([z_l.detach(), z_b_swap], -1))
         l_swap = (weighted_ce * self.base_loss(pred_mix_i, batch.soft)).mean(-1) + self.hp_vec(
-            "lambda_swap_b") * gce(pred_mix_b, soft_swap, q).mean(-1)
+            "lambda_swap_b") * gce(
+            pred_mix_b, soft_swap, q, self.base_loss(pred_mix_b, soft_swap)).mean(-1)
         out["swap"] = l_swap
         out["total"] = l_dis + self.hp_vec("lambda_swap") * l_swap
         return out
@@ -182,10 +190,18 @@ def argmax_errors(probs: np.ndarray, soft: np.ndarray) -> np.ndarray:
     return ~(soft[np.arange(len(soft)), top] > 1.0 / k)
 
 
+def jtt_upsample(idx: np.ndarray, errors: np.ndarray, up: int) -> np.ndarray:
+    """The training list plus `up` extra copies of each error row, as anniesch/jtt run_expt.py
+    (ConcatDataset([train_data, Subset(train_data, aug_indices * up_weight)])): an error row
+    appears 1 + up times, so the paper's λ_up values (its --up_weight) carry over unchanged."""
+    return np.concatenate([idx, np.tile(idx[errors], up)])
+
+
 @register("jtt")
 class JTT(Method):
     """Just Train Twice (Liu et al. 2021): ERM for T epochs (last epoch, no selection), then
-    retrain from scratch with the identification model's training errors upsampled λ_up times.
+    retrain from scratch with the identification model's training errors added λ_up more times
+    (1 + λ_up copies in all, as the reference code; see `jtt_upsample`).
 
     Defaults T = 5, λ_up = 6 are ours (the paper tunes them per dataset: T 1–60, λ_up 6–100);
     an error is a top-1 prediction that is not a positive class of the multi-label target.
@@ -207,5 +223,5 @@ class JTT(Method):
         idx = np.asarray(data.train_idx, dtype=np.int64)
         probs = predict_probs(ident, data.features, idx, device=config.device)
         errors = argmax_errors(probs, np.asarray(data.soft)[idx])
-        out = np.concatenate([idx, np.repeat(idx[errors], hp["up"] - 1)])
+        out = jtt_upsample(idx, errors, hp["up"])
         return Prepared(out, None, {"errors": int(errors.sum()), "id_seed": seed})

@@ -1,0 +1,1 @@
+"""Paper-style tables (`tables`), figures (`plots`) and the Markdown + HTML report (`html`)."""
