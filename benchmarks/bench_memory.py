@@ -61,7 +61,7 @@ class RssSampler:
         self.period = period
         self.main = threading.main_thread().ident
         self._stop = threading.Event()
-        self._last_anon = 0
+        self._mark = 0
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
@@ -70,17 +70,18 @@ class RssSampler:
             for k, v in now.items():
                 self.peak[k] = max(self.peak[k], v)
             anon = now.get("RssAnon", 0)
-            if anon - self._last_anon > self.jump_kb:
+            if anon - self._mark > self.jump_kb:  # crossed another `jump_mb` step: who did it?
                 frame = sys._current_frames().get(self.main)
                 stack = traceback.format_stack(frame)[-8:] if frame is not None else []
-                self.jumps.append({"anon_mb": anon / 1024, "from_mb": self._last_anon / 1024,
+                self.jumps.append({"anon_mb": anon / 1024, "from_mb": self._mark / 1024,
                                    "stack": [s.strip().splitlines()[0] for s in stack]})
-            if anon > self._last_anon or anon < self._last_anon - self.jump_kb:
-                self._last_anon = anon
+                self._mark = anon
+            elif anon < self._mark:
+                self._mark = anon
             time.sleep(self.period)
 
     def __enter__(self) -> RssSampler:
-        self._last_anon = _status_kb(("RssAnon",)).get("RssAnon", 0)
+        self._mark = _status_kb(("RssAnon",)).get("RssAnon", 0)
         self._thread.start()
         return self
 

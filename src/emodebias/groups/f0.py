@@ -139,12 +139,13 @@ def f0_groups(manifest: Manifest, rule: F0Threshold | None = None,
               progress: bool = False) -> GroupAssignment:
     """Pseudo-gender by median F0: the given `rule`, one fitted on `fit_ids`, or 160 Hz."""
     f0, failures = median_f0_all(manifest, max_seconds, progress)
-    if rule is None and fit_ids is not None:
+    fitted = rule is None and fit_ids is not None
+    if fitted:
         rows = manifest.index_of(list(fit_ids))
         rule = fit_f0(f0[rows], manifest.df["gender"].to_numpy(dtype=object)[rows])
     rule = rule or F0Threshold()
     info = {"kind": "f0", "threshold_hz": rule.threshold_hz, "scale": rule.scale,
-            "fitted": fit_ids is not None, "median_f0": np.round(f0, 2).tolist()}
+            "fitted": fitted, "median_f0": np.round(f0, 2).tolist()}
     record_failures(info, failures)
     return make_assignment(manifest.utt_ids, rule.p_female(f0), np.isfinite(f0), "pseudo:f0",
                            info, manifest)

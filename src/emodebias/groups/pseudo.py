@@ -31,6 +31,7 @@ NAMES = ["F", "M"]
 DEFAULT_LABEL_MAP = {"female": "F", "f": "F", "woman": "F", "women": "F", "feminine": "F",
                      "male": "M", "m": "M", "man": "M", "men": "M", "masculine": "M"}
 MAX_LISTED_FAILURES = 50
+BLOCK_BATCHES = 32  # audio held in memory: this many batches, sorted by length within
 
 
 class PseudoLabelError(RuntimeError):
@@ -176,24 +177,32 @@ def hf_gender_groups(manifest: Manifest, model: str | Path, label_map: dict[str,
     female = torch.tensor([i for i, g in to_gender.items() if g == "F"])
     male = torch.tensor([i for i, g in to_gender.items() if g == "M"])
     sr = int(getattr(extractor, "sampling_rate", 16_000))
-    waves, failures = {}, {}
     ids = manifest.utt_ids
-    for i, wav, err in iter_audio(manifest, sr, max_seconds, progress, "gender model: audio"):
+    p_female = np.full(len(ids), np.nan)
+    failures: dict[str, str] = {}
+    waves: dict[int, np.ndarray] = {}
+
+    def flush() -> None:  # similar lengths share a batch: little padding
+        order = sorted(waves, key=lambda i: len(waves[i]))
+        for s in range(0, len(order), batch_size):
+            rows = order[s : s + batch_size]
+            inputs = extractor([waves[i] for i in rows], sampling_rate=sr, padding=True,
+                               return_tensors="pt")
+            with torch.inference_mode():
+                logits = net(**{k: v.to(device) for k, v in inputs.items()}).logits.float()
+            prob = logits.cpu().softmax(-1)
+            pf, pm = prob[:, female].sum(-1), prob[:, male].sum(-1)
+            p_female[rows] = (pf / (pf + pm).clamp_min(1e-12)).numpy()
+        waves.clear()
+
+    for i, wav, err in iter_audio(manifest, sr, max_seconds, progress, "gender model"):
         if wav is None:
             failures[ids[i]] = err
         else:
             waves[i] = wav
-    p_female = np.full(len(ids), np.nan)
-    order = sorted(waves, key=lambda i: len(waves[i]))
-    for s in range(0, len(order), batch_size):
-        rows = order[s : s + batch_size]
-        inputs = extractor([waves[i] for i in rows], sampling_rate=sr, padding=True,
-                           return_tensors="pt")
-        with torch.inference_mode():
-            logits = net(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
-        prob = logits.softmax(-1)
-        pf, pm = prob[:, female].sum(-1), prob[:, male].sum(-1)
-        p_female[rows] = (pf / (pf + pm).clamp_min(1e-12)).numpy()
+        if len(waves) >= batch_size * BLOCK_BATCHES:  # bounded memory on large corpora
+            flush()
+    flush()
     info = {"kind": "hf", "model": str(model), "sample_rate": sr, "max_seconds": max_seconds,
             "label_map": {str(k): v for k, v in to_gender.items()}}
     record_failures(info, failures)
