@@ -56,7 +56,8 @@ def make_audio(root: Path, n: int, seconds: float, sr: int = 22_050) -> Manifest
     for i in range(n):
         dur = seconds * rng.uniform(0.5, 1.5)
         t = np.arange(int(dur * sr)) / sr
-        wav = 0.2 * np.sin(2 * np.pi * rng.uniform(90, 300) * t) + 0.02 * rng.standard_normal(len(t))
+        f0 = rng.uniform(90, 300)
+        wav = 0.2 * np.sin(2 * np.pi * f0 * t) + 0.02 * rng.standard_normal(len(t))
         path = root / f"utt{i:05d}.wav"
         sf.write(path, wav.astype(np.float32), sr)
         rows.append((f"utt{i:05d}", str(path)))
@@ -110,7 +111,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     root = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     (root / "wav").mkdir(parents=True)

@@ -108,7 +108,9 @@ def make_store(path: Path, n: int, seed: int = 0) -> tuple[_data.BenchStore, dic
     return store, arrays
 
 
-def child(store_dir: Path, runs: int, epochs: int, jump_mb: float) -> dict[str, Any]:
+def child(
+    store_dir: Path, runs: int, epochs: int, jump_mb: float, preload_gb: float | None
+) -> dict[str, Any]:
     """Train in this (fresh) process and report memory; called via ``--child``."""
     import torch
 
@@ -132,7 +134,9 @@ def child(store_dir: Path, runs: int, epochs: int, jump_mb: float) -> dict[str, 
         "n_test": len(data.test_idx), "baseline_mb": {k: v / 1024 for k, v in base.items()},
         "torch_threads": torch.get_num_threads(),
     }
-    cfg = T.TrainConfig(epochs=epochs)
+    extra = {} if preload_gb is None else {"preload_max_gb": preload_gb}
+    cfg = T.TrainConfig(epochs=epochs, **extra)
+    report["train_config"] = repr(cfg)
     steps: list[tuple[str, Any]] = [("fit(erm)", lambda: T.fit(data, "erm", seed=0, config=cfg))]
     if runs > 0:
         cfgs = [T.RunConfig(method=m, seed=s, config=cfg)
@@ -162,11 +166,14 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=4, help="runs for the fit_many step (0 = skip)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--jump-mb", type=float, default=400.0)
+    ap.add_argument("--preload-gb", type=float, default=None,
+                    help="TrainConfig.preload_max_gb (default: the library's default)")
     ap.add_argument("--keep", type=Path, default=None, help="write/reuse the store here, keep it")
     ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        print("REPORT " + json.dumps(child(args.child, args.runs, args.epochs, args.jump_mb)))
+        print("REPORT " + json.dumps(child(args.child, args.runs, args.epochs, args.jump_mb,
+                                            args.preload_gb)))
         return
 
     tmp = None
@@ -183,6 +190,8 @@ def main() -> None:
                   f"{time.perf_counter() - t0:.0f} s: {path}", flush=True)
         cmd = [sys.executable, __file__, "--child", str(path), "--runs", str(args.runs),
                "--epochs", str(args.epochs), "--jump-mb", str(args.jump_mb)]
+        if args.preload_gb is not None:
+            cmd += ["--preload-gb", str(args.preload_gb)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
         rep_line = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT ")]
         if proc.returncode != 0 or not rep_line:
@@ -197,6 +206,7 @@ def main() -> None:
 
 def print_report(rep: dict[str, Any]) -> None:
     """Human-readable summary of the child's report."""
+    print(rep["train_config"])
     print(f"store {rep['store_gb']:.2f} GB; train/dev/test = {rep['n_train']}/{rep['n_dev']}/"
           f"{rep['n_test']}; torch threads {rep['torch_threads']}")
     b = rep["baseline_mb"]
@@ -208,10 +218,14 @@ def print_report(rep: dict[str, Any]) -> None:
         status = "ok" if r["error"] is None else f"FAILED: {r['error']}"
         print(f"{name:<22} {r['wall_s']:7.1f} s  peak anon {r['peak_anon_mb']:7.0f} MB  "
               f"peak file-backed {r['peak_file_mb']:7.0f} MB  {status}")
-        for j in r["jumps"]:
-            print(f"    anon {j['from_mb']:.0f} -> {j['anon_mb']:.0f} MB at:")
-            for s in j["stack"]:
-                print(f"      {s}")
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for j in r["jumps"]:  # identical stacks reported once, with the whole growth range
+            groups.setdefault(tuple(j["stack"]), []).append(j)
+        for stack, js in groups.items():
+            print(f"    anon grew {js[0]['from_mb']:.0f} -> {js[-1]['anon_mb']:.0f} MB "
+                  f"({len(js)} x {js[0]['anon_mb'] - js[0]['from_mb']:.0f} MB steps) in:")
+            for line in stack[-4:]:
+                print(f"      {line}")
     peak = rep["peak_rss_mb"]
     verdict = "PASS" if peak < 4096 else "FAIL"
     print(f"peak RSS (VmHWM, whole child) {peak:.0f} MB = {peak / 1024:.2f} GB "

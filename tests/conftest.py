@@ -17,5 +17,5 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def shared_data() -> Path:
     """The real third-party data beside the project; absent only in a user's own clone."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data beside the project root)")
+        pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data beside the repo)")
     return SHARED_DATA

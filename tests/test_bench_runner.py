@@ -88,11 +88,13 @@ def _grid_script(out: Path, workers: int) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def test_sigkill_midway_then_rerun_gives_the_uninterrupted_records(tmp_path) -> None:
+def test_sigkill_midway_then_rerun_gives_the_uninterrupted_records(tmp_path,
+                                                                    monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(TESTS))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path]),
            "TOY_SLEEP": "0.3"}
     ref, out = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(_grid_script(ref, 1), env={**env, "TOY_SLEEP": "0"}, check=True, timeout=60)
+    run_local(specs(), ref, executor=EXECUTOR, progress=False)  # uninterrupted, in-process
     proc = subprocess.Popen(_grid_script(out, 2), env=env, start_new_session=True)
     deadline = time.time() + 40
     while time.time() < deadline and len(list((out / "runs").glob("*/record.json"))) < 4:
@@ -101,7 +103,8 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_records(tmp_path) -> 
     proc.wait()
     n_before = len(list((out / "runs").glob("*/record.json")))
     assert 4 <= n_before < 15, "the kill must land mid-grid"
-    subprocess.run(_grid_script(out, 2), env={**env, "TOY_SLEEP": "0"}, check=True, timeout=60)
+    again = run_local(specs(), out, executor=EXECUTOR, progress=False)  # the rerun
+    assert again.skipped == n_before and again.completed == 15 - n_before and again.ok
     assert not list((out / "runs").glob("*.tmp-*"))
     assert len(list((out / "runs").glob("*/record.json"))) == 15
     assert stable(out) == stable(ref)

@@ -77,8 +77,10 @@ def tiny_classifier(tmp_path_factory):
     return path, model, fe
 
 
-def test_hf_checkpoint_probs_match_a_direct_forward_pass(tiny_classifier, tone_manifest):
+def test_hf_checkpoint_probs_match_a_direct_forward_pass(tiny_classifier, tone_manifest,
+                                                        monkeypatch):
     from emodebias.audio import load_audio
+    from emodebias.groups import pseudo
 
     path, model, fe = tiny_classifier
     a = hf_gender_groups(tone_manifest, path, batch_size=3)
@@ -97,6 +99,9 @@ def test_hf_checkpoint_probs_match_a_direct_forward_pass(tiny_classifier, tone_m
     pred = np.array(a.names)[a.ids[:-1]]
     assert a.info["accuracy"] == pytest.approx(np.mean(pred == truth))
     assert a.info["n_scored"] == 6
+    monkeypatch.setattr(pseudo, "BLOCK_BATCHES", 1)  # memory-bounded blocks: same numbers
+    b = hf_gender_groups(tone_manifest, path, batch_size=2)
+    np.testing.assert_allclose(b.probs, a.probs, atol=2e-4)
 
 
 def test_hf_errors_are_immediate_and_clear(tmp_path, monkeypatch, tone_manifest):

@@ -34,7 +34,8 @@ class GroupAssignment:
         if self.probs is not None:
             self.probs = np.asarray(self.probs, dtype=np.float32)
             if self.probs.shape != (len(self.ids), len(self.names)):
-                raise ValueError(f"probs shape {self.probs.shape} != {(len(self.ids), len(self.names))}")
+                want = (len(self.ids), len(self.names))
+                raise ValueError(f"probs shape {self.probs.shape} != {want}")
 
     @property
     def n_groups(self) -> int:

@@ -14,8 +14,8 @@ and a fairness–accuracy scatter; across scenarios, per-ratio tables and gap-vs
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,10 +150,8 @@ def render_markdown(title: str, blocks: list[Block], base: Path) -> str:
         elif b[0] == "table":
             out += [markdown_table(b[1], b[2]), ""]
         elif b[0] == "img":
-            rel = Path(b[1]).resolve()
-            with contextlib.suppress(ValueError):
-                rel = rel.relative_to(base.resolve())
-            out += [f"![{b[2]}]({rel.as_posix()})", ""]
+            rel = os.path.relpath(Path(b[1]).resolve(), base.resolve())
+            out += [f"![{b[2]}]({Path(rel).as_posix()})", ""]
     return "\n".join(out)
 
 
