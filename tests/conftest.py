@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Model hubs are unreachable here; fail fast instead of probing the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Tiny heads and batches: one thread avoids oversubscription overhead on small CPU machines.
 torch.set_num_threads(1)
