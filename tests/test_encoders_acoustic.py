@@ -116,3 +116,14 @@ def test_config_and_validation():
         AcousticEncoder(n_mels=10, n_mfcc=20)
     with pytest.raises(ValueError, match="1-D"):
         AcousticEncoder().encode([np.zeros((2, 100), np.float32)])
+
+
+def test_egemaps_optional_extra_agrees_on_pitch():
+    pytest.importorskip("opensmile")
+    enc = get_encoder("egemaps")
+    assert (enc.n_layers, enc.dim) == (1, 88) and "research" in enc.info["licence"]
+    feats = enc.encode([harmonic(220.0), harmonic(110.0)])
+    assert feats.shape == (2, 1, 88) and np.isfinite(feats).all()
+    col = enc.info["feature_names"].index("F0semitoneFrom27.5Hz_sma3nz_amean")
+    # 220 Hz is 36 semitones above 27.5 Hz, 110 Hz is 24
+    np.testing.assert_allclose(feats[:, 0, col], [36.0, 24.0], atol=0.5)

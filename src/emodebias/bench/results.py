@@ -185,7 +185,7 @@ def read_record(path: Path) -> dict:
 
 def iter_records(out: Path) -> Iterable[dict]:
     for d in sorted((Path(out) / "runs").glob("*")):
-        if (d / RECORD).is_file():
+        if ".tmp-" not in d.name and (d / RECORD).is_file():  # uncommitted writes are not runs
             yield read_record(d)
 
 
