@@ -56,9 +56,11 @@ def load_audio(
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
     path = Path(path)
-    _header(path)
+    _, header_sr = _header(path)
+    # Read only what is kept: a long file costs no more than its first `max_seconds`.
+    frames = -1 if max_seconds is None else int(round(max_seconds * header_sr))
     try:
-        wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        wav, sr = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
     except Exception as exc:  # truncated data can pass the header check and fail here
         raise AudioError(f"{path}: unreadable audio ({exc})") from exc
     if wav.size == 0:
@@ -67,8 +69,6 @@ def load_audio(
         bad = int((~np.isfinite(wav)).any(axis=1).sum())
         raise AudioError(f"{path}: audio contains {bad} NaN or Inf sample(s)")
     wav = wav.mean(axis=1, dtype=np.float32)
-    if max_seconds is not None:
-        wav = wav[: int(round(max_seconds * sr))]
     if sr != target_sr:
         wav = soxr.resample(wav, sr, target_sr, quality="HQ")
     if len(wav) < min_seconds * target_sr:

@@ -19,16 +19,21 @@ def _vars(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _load_specs(grid: str, variables: dict) -> list:
+    """The grid's RunSpecs; a bad grid is a usage error with the grid's own message."""
+    from emodebias.bench.grid import GridError, load_grid
+
+    try:
+        return load_grid(grid, variables)
+    except GridError as exc:
+        raise typer.BadParameter(str(exc), param_hint="GRID") from None
+
+
 def _run_grid(grid: str, out: Path, variables: dict, workers: int, backend: str,
               address: str | None, max_batch: int, progress: bool = True):
     from rich.console import Console
 
-    from emodebias.bench.grid import GridError, load_grid
-
-    try:
-        specs = load_grid(grid, variables)
-    except GridError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    specs = _load_specs(grid, variables)
     Console(stderr=True).print(f"[bold]{grid}[/]: {len(specs)} runs -> {out}")
     if backend == "ray":
         from emodebias.bench.ray_runner import run_ray
@@ -68,10 +73,9 @@ def bench(
 ) -> None:
     """Run a benchmark grid (resumable: rerun the same command to finish what is missing)."""
     if dry_run:
-        from emodebias.bench.grid import load_grid
         from emodebias.bench.results import is_done
 
-        for s in load_grid(grid, _vars(var)):
+        for s in _load_specs(grid, _vars(var)):
             typer.echo(f"{s.hash}  {'done' if is_done(out, s) else 'todo'}  {s.name}")
         return
     summary = _run_grid(grid, out, _vars(var), workers, backend, address, max_batch)

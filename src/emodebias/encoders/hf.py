@@ -32,7 +32,7 @@ from emodebias.encoders.base import EncoderError, fingerprint_files
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
@@ -72,7 +72,7 @@ def load_pretrained(source: str | Path, model_cls: Any) -> tuple[nn.Module, str]
         try:
             model = model_cls.from_pretrained(str(source), local_files_only=True, **kwargs)
         except OSError as exc:
-            if not _hub_reachable():
+            if not hub_reachable():
                 raise EncoderError(_offline_message(str(source), exc)) from exc
             model = model_cls.from_pretrained(str(source), **kwargs)
         revision = "hub:" + str(getattr(model.config, "_commit_hash", None) or "unknown")

@@ -13,15 +13,13 @@ it (the IDI paper's detector reached 94.4% on CREMA-D).
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import numpy as np
 
+from emodebias.encoders.hf import hub_reachable
 from emodebias.groups.assignment import GroupAssignment
 
 if TYPE_CHECKING:
@@ -114,17 +112,6 @@ def map_labels(id2label: dict, label_map: dict[str, str] | None = None) -> dict[
     return out
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def load_audio_classifier(model: str | Path):
     """(feature extractor, model) from a local dir, the HF cache, or the hub when reachable.
 
@@ -148,7 +135,7 @@ def load_audio_classifier(model: str | Path):
         if path.is_dir():
             raise PseudoLabelError(
                 f"{path}: cannot load an audio-classification model: {exc}") from exc
-    if not _hub_reachable():
+    if not hub_reachable():
         raise PseudoLabelError(
             f"{text!r} is not a local directory nor in the Hugging Face cache, and the hub is not "
             "reachable (offline). Download it where there is network (`hf download "
