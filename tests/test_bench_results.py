@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,9 +69,17 @@ def test_uncommitted_temporaries_are_ignored_and_cleaned(tmp_path) -> None:
         tmp_path / "runs" / f"{other.hash}.tmp-{dead}-abcd")
     live = tmp_path / "runs" / f"{other.hash}.tmp-{os.getpid()}-beef"
     live.mkdir()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits; not reaped until wait()
+    stat = Path(f"/proc/{zombie.pid}/stat")
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
+    by_zombie = tmp_path / "runs" / f"{other.hash}.tmp-{zombie.pid}-cafe"
+    by_zombie.mkdir()
     assert collect(tmp_path)["hash"].unique().tolist() == [SPEC.hash]  # temporaries are not runs
-    assert clean_stale(tmp_path) == 1
-    assert not stale.exists() and live.exists()  # a live writer's directory is left alone
+    assert clean_stale(tmp_path) == 2  # dead and zombie (killed, unreaped) writers
+    zombie.wait()
+    assert not stale.exists() and not by_zombie.exists()
+    assert live.exists()  # a live writer's directory is left alone
 
 
 def test_tidy_table_and_wide_summary(tmp_path) -> None:

@@ -131,7 +131,7 @@ class TrainConfig:
     device: str = "cpu"
     select: str = "dev_loss"
     max_stack: int = 64  # most runs trained together in one stack
-    preload_max_gb: float = 4.0  # copy needed feature rows to the device up to this size
+    preload_max_gb: float = 1.0  # preload needed rows as float32 up to this size (and 1/4 of free RAM)
     eval_chunk: int = 1024
 
 
@@ -198,11 +198,24 @@ def _jsonable(o: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- features
+def _available_bytes() -> float:
+    """MemAvailable from /proc/meminfo (inf where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
 class FeatureBank:
     """The feature rows, labels and groups a stack needs, compacted and on the device.
 
-    Rows are copied once (float16 stays float16) when they fit `preload_max_gb`; otherwise
-    each batch is read from the memory-mapped store, so stores larger than RAM still train.
+    Rows are copied once as float32 when they fit `preload_max_gb` (and a quarter of the
+    available RAM); otherwise each batch is read from the memory-mapped store, so stores larger
+    than RAM still train.
     """
 
     def __init__(self, data: TrainData, rows: np.ndarray, device: torch.device, max_gb: float):
@@ -212,10 +225,14 @@ class FeatureBank:
         self.data, self.device = data, device
         shape = data.features.shape
         self.n_layers, self.dim = int(shape[1]), int(shape[2])
-        nbytes = len(self.rows) * self.n_layers * self.dim * np.dtype(data.features.dtype).itemsize
+        nbytes = len(self.rows) * self.n_layers * self.dim * 4
         self.x = None
-        if nbytes <= max_gb * 2**30:
-            self.x = torch.from_numpy(np.ascontiguousarray(data.features[self.rows])).to(device)
+        if nbytes <= min(max_gb * 2**30, _available_bytes() / 4):
+            self.x = torch.empty((len(self.rows), self.n_layers, self.dim), dtype=torch.float32)
+            for s in range(0, len(self.rows), 4096):  # float16 -> float32 once, in chunks
+                chunk = np.asarray(data.features[self.rows[s : s + 4096]])
+                self.x[s : s + len(chunk)] = torch.from_numpy(chunk)
+            self.x = self.x.to(device)
 
         def put(a: np.ndarray | None, dtype: torch.dtype) -> torch.Tensor | None:
             return None if a is None else torch.as_tensor(a[self.rows], dtype=dtype, device=device)
@@ -239,7 +256,7 @@ class FeatureBank:
             fetched = np.empty((len(full), self.n_layers, self.dim), dtype=self.data.features.dtype)
             fetched[order] = self.data.features[full[order]]
             x = torch.from_numpy(fetched).to(self.device)
-        return x.float().reshape(*rows.shape, self.n_layers, self.dim)
+        return x.to(torch.float32).reshape(*rows.shape, self.n_layers, self.dim)
 
     def batch(self, rows: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> Batch:
         probs = None if self.group_probs is None else self.group_probs[rows]
@@ -349,7 +366,8 @@ def _train_stack(data: TrainData, plans: list[_Plan]) -> list[FitResult]:
     method = cls([p.hp for p in plans], ctx).to(device)
     class_w = np.stack([class_weights_for(data.soft[p.prep.idx]) for p in plans])
     method.class_w.copy_(torch.as_tensor(class_w, dtype=torch.float32))
-    opt = torch.optim.Adam(method.param_groups(cfg.lr), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(method.param_groups(cfg.lr), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           foreach=True)
 
     dev_rows, test_rows = bank.compact(data.dev_idx), bank.compact(data.test_idx)
     dev_soft = bank.soft[dev_rows].unsqueeze(0)

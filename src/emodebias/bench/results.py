@@ -157,13 +157,18 @@ def clean_stale(out: Path) -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (killed, not yet reaped by its new parent) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: trust kill(0)
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def read_record(path: Path) -> dict:
