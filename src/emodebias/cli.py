@@ -16,11 +16,7 @@ app = typer.Typer(
 COMMAND_MODULES = ("data", "features", "groups", "training", "bench")
 
 for _name in COMMAND_MODULES:
-    try:
-        importlib.import_module(f"emodebias.commands.{_name}")
-    except ModuleNotFoundError as exc:  # a command module not written yet
-        if exc.name != f"emodebias.commands.{_name}":
-            raise
+    importlib.import_module(f"emodebias.commands.{_name}")
 
 
 def main() -> None:
