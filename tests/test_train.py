@@ -270,3 +270,72 @@ def test_rw_ds_gdro_lower_the_tpr_gap_of_a_planted_shortcut() -> None:
     assert gaps["erm"] > 0.3  # the shortcut is real
     for method in ("rw", "ds", "gdro"):
         assert gaps[method] < gaps["erm"], method
+
+
+@pytest.mark.parametrize("method", ["erm", "gdro", "lff", "adv", "eo_thresh", "rw"])
+def test_fit_many_stacks_runs_across_splits_and_group_sources(method: str) -> None:
+    """Runs of one method over different train/dev/test lists (uneven train lengths, so some
+    runs idle under per-run step masks) and group sources train in one stack and equal each
+    run trained alone."""
+    from dataclasses import replace
+
+    data = random_data(4, n=160)
+    rng = np.random.default_rng(9)
+    other_groups = rng.integers(0, 2, len(data.soft))
+    variants = [
+        replace(data, train_idx=np.arange(80), dev_idx=np.arange(100, 120),
+                test_idx=np.arange(120, 160)),
+        replace(data, train_idx=np.arange(20, 90), dev_idx=np.arange(90, 110),
+                test_idx=np.arange(130, 160), groups=other_groups),
+        replace(data, train_idx=np.arange(60, 122), dev_idx=np.arange(0, 25),
+                test_idx=np.arange(125, 160)),
+        replace(data, train_idx=np.arange(100, 160), dev_idx=np.arange(20, 40),
+                test_idx=np.arange(0, 20), groups=other_groups),
+    ]
+    pairs = [(d, [RunConfig(method, {}, seed, CFG)]) for seed, d in enumerate(variants)]
+    pairs[0][1].append(RunConfig(method, {}, 11, CFG))  # two runs on one TrainData
+    stacked = fit_many(pairs)
+    assert len(stacked) == 5
+    assert {r.info["stack_size"] for r in stacked} == {5}
+    flat = [(d, run) for d, runs in pairs for run in runs]
+    for (d, run), res in zip(flat, stacked, strict=True):
+        alone = fit(d, run.method, run.hparams, run.seed, CFG)
+        assert alone.info["stack_size"] == 1
+        assert alone.best_epoch == res.best_epoch
+        assert res.test_probs.shape == (len(d.test_idx), 4)
+        np.testing.assert_allclose(res.test_probs, alone.test_probs, atol=1e-5)
+        np.testing.assert_allclose(res.dev_probs, alone.dev_probs, atol=1e-5)
+        np.testing.assert_allclose([h["dev_loss"] for h in res.history],
+                                   [h["dev_loss"] for h in alone.history], rtol=1e-5)
+        np.testing.assert_allclose([h["train_loss"] for h in res.history],
+                                   [h["train_loss"] for h in alone.history], rtol=1e-5)
+        for k, v in alone.state.items():
+            np.testing.assert_allclose(res.state[k].numpy(), v.numpy(), atol=1e-5)
+
+
+def test_fit_many_stacks_compatible_methods_and_group_counts() -> None:
+    """ERM / RW (plain heads) stack across group sources with different group counts, GDRO /
+    GADRO (same code, other defaults) across splits; each equals the run trained alone."""
+    from dataclasses import replace
+
+    data = random_data(5, n=160)
+    three = replace(data, groups=np.arange(len(data.soft)) % 3, n_groups=3,
+                    train_idx=np.arange(10, 85))
+    pairs = [(data, [RunConfig("erm", {}, 0, CFG), RunConfig("gdro", {}, 1, CFG)]),
+             (three, [RunConfig("rw", {}, 2, CFG), RunConfig("gadro", {}, 3, CFG)])]
+    res = fit_many(pairs)
+    assert [r.method for r in res] == ["erm", "gdro", "rw", "gadro"]
+    assert [r.info["stack_size"] for r in res] == [2, 1, 2, 1]  # GDRO: 2 vs 3 groups
+    for (d, run), got in zip([(d, r) for d, rs in pairs for r in rs], res, strict=True):
+        alone = fit(d, run.method, run.hparams, run.seed, CFG)
+        assert alone.best_epoch == got.best_epoch
+        np.testing.assert_allclose(got.test_probs, alone.test_probs, atol=1e-5)
+    same_groups = [(data, [RunConfig("gdro", {}, 1, CFG)]),
+                   (replace(data, train_idx=np.arange(5, 75)), [RunConfig("gadro", {}, 3, CFG)])]
+    res = fit_many(same_groups)
+    assert [r.info["stack_size"] for r in res] == [2, 2]
+    for (d, rs), got in zip(same_groups, res, strict=True):
+        alone = fit(d, rs[0].method, {}, rs[0].seed, CFG)
+        np.testing.assert_allclose(got.test_probs, alone.test_probs, atol=1e-5)
+        np.testing.assert_allclose([h["q"] for h in got.history],
+                                   [h["q"] for h in alone.history], atol=1e-5)

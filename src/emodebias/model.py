@@ -47,11 +47,20 @@ class LayerMix(nn.Module):
         self.weight = nn.Parameter(torch.zeros(n_runs, n_layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [R, B, L, D] or shared [B, L, D] -> [R, B, D]."""
+        """x [R, B, L, D] or shared [B, L, D] -> [R, B, D].
+
+        Layer-major inputs (each layer's [B, D] block contiguous, as FeatureBank returns them)
+        mix with one matrix product per run read in place; other layouts use a batched
+        [1, L] @ [L, D] product per row, also without reordering x.
+        """
         w = torch.softmax(self.weight, dim=-1)
-        if x.dim() == 3:
-            return torch.einsum("rl,bld->rbd", w, x)
-        return torch.matmul(w[:, None, None, :], x).squeeze(-2)  # reads x in place
+        b, n_layers, d = x.shape[-3:]
+        if x.dim() == 3:  # [R, L] @ [L, B*D] (a copy only when x is not layer-major)
+            return (w @ x.transpose(0, 1).reshape(n_layers, b * d)).view(-1, b, d)
+        if x.stride(-1) == 1 and x.stride(-3) == d:
+            xv = x.transpose(1, 2).view(x.shape[0], n_layers, b * d)
+            return torch.matmul(w.unsqueeze(1), xv).view(-1, b, d)
+        return torch.matmul(w[:, None, None, :], x).squeeze(-2)
 
 
 class Encoder(nn.Module):

@@ -1,28 +1,34 @@
 """Train SER heads on cached features: one run (`fit`) or a stack of runs at once (`fit_many`).
 
-Runs that share a method, its structural hyperparameters, the TrainConfig and the size of the
-(manipulated) training list train as ONE stacked model: parameters carry a leading run
-dimension R, each step gathers an [R, B] batch from one shared feature tensor through per-run
-index lists, the summed loss gives every run exactly its own gradient, and Adam's per-element
-state is naturally per run. Each run owns three generators derived from its seed (init, data
-preparation, batching + in-loop randomness), so a run gives the same numbers alone or stacked.
-Model selection is per run: the epoch with the lowest dev class-balanced CE (weights from that
-run's training set) is kept.
+Runs that share a feature store, a method, its structural hyperparameters, the TrainConfig and
+the number of groups train as ONE stacked model, even across different train/dev/test lists and
+group sources: parameters carry a leading run dimension R, each step gathers an [R, B] batch
+from one shared feature tensor through per-run index lists, and the summed loss gives every run
+exactly its own gradient. Uneven train lengths (ratio <= MAX_LENGTH_RATIO) use per-run step
+masks: a run without a batch in a sub-step makes no update (StackedAdam keeps per-run step
+counts; its per-run buffers and generators are restored). Each run owns three generators derived
+from its seed (init, data preparation, batching + in-loop randomness), so a run gives the same
+numbers alone or stacked. Model selection is per run: the epoch with the lowest dev
+class-balanced CE on its own dev list (weights from that run's training set) is kept.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.adam import adam as _adam_fn
 
 from emodebias.labels import strict_majority
 from emodebias.losses import class_balanced_ce, class_weights_for
@@ -131,7 +137,7 @@ class TrainConfig:
     device: str = "cpu"
     select: str = "dev_loss"
     max_stack: int = 64  # most runs trained together in one stack
-    preload_max_gb: float = 1.0  # preload needed rows as float32 up to this size (and 1/4 of free RAM)
+    preload_max_gb: float = 1.0  # preload rows as float32 up to this (and 1/4 of free RAM)
     eval_chunk: int = 1024
 
 
@@ -211,57 +217,98 @@ def _available_bytes() -> float:
 
 
 class FeatureBank:
-    """The feature rows, labels and groups a stack needs, compacted and on the device.
+    """The feature rows a set of stacks needs, compacted and on the device.
 
     Rows are copied once as float32 when they fit `preload_max_gb` (and a quarter of the
     available RAM); otherwise each batch is read from the memory-mapped store, so stores larger
     than RAM still train.
     """
 
-    def __init__(self, data: TrainData, rows: np.ndarray, device: torch.device, max_gb: float):
+    def __init__(self, features: Any, rows: np.ndarray, device: torch.device, max_gb: float):
         self.rows = np.unique(rows)
-        self.lookup = np.full(len(data.features), -1, dtype=np.int64)
+        self.lookup = np.full(len(features), -1, dtype=np.int64)
         self.lookup[self.rows] = np.arange(len(self.rows))
-        self.data, self.device = data, device
-        shape = data.features.shape
+        self.source, self.device = features, device
+        shape = features.shape
         self.n_layers, self.dim = int(shape[1]), int(shape[2])
         nbytes = len(self.rows) * self.n_layers * self.dim * 4
-        self.x = None
+        self.x = None  # preloaded rows, layer-major [L, n, D] float32
         if nbytes <= min(max_gb * 2**30, _available_bytes() / 4):
-            self.x = torch.empty((len(self.rows), self.n_layers, self.dim), dtype=torch.float32)
+            self.x = torch.empty((self.n_layers, len(self.rows), self.dim), dtype=torch.float32)
             for s in range(0, len(self.rows), 4096):  # float16 -> float32 once, in chunks
-                chunk = np.asarray(data.features[self.rows[s : s + 4096]])
-                self.x[s : s + len(chunk)] = torch.from_numpy(chunk)
+                chunk = torch.from_numpy(np.asarray(features[self.rows[s : s + 4096]]))
+                self.x[:, s : s + len(chunk)] = chunk.transpose(0, 1)
             self.x = self.x.to(device)
 
-        def put(a: np.ndarray | None, dtype: torch.dtype) -> torch.Tensor | None:
-            return None if a is None else torch.as_tensor(a[self.rows], dtype=dtype, device=device)
-
-        self.soft = put(data.soft, torch.float32)
-        self.majority = put(data.majority, torch.long)
-        self.groups = put(data.groups, torch.long)
-        self.group_probs = put(data.group_probs, torch.float32)
-
     def compact(self, full_rows: np.ndarray) -> torch.Tensor:
+        """Bank positions of store rows (which must be in the bank)."""
         return torch.as_tensor(self.lookup[np.asarray(full_rows)], device=self.device)
 
     def features(self, rows: torch.Tensor) -> torch.Tensor:
-        """float32 features [*rows.shape, L, D] for compact row indices."""
+        """float32 features [*rows.shape, L, D] for compact row indices (preloaded: a
+        layer-major view, each layer's rows contiguous; see `LayerMix`)."""
         flat = rows.reshape(-1)
         if self.x is not None:
-            x = self.x[flat]
-        else:
-            full = self.rows[flat.cpu().numpy()]
-            order = np.argsort(full, kind="stable")
-            fetched = np.empty((len(full), self.n_layers, self.dim), dtype=self.data.features.dtype)
-            fetched[order] = self.data.features[full[order]]
-            x = torch.from_numpy(fetched).to(self.device)
+            x = self.x.index_select(1, flat).view(self.n_layers, *rows.shape, self.dim)
+            return x.movedim(0, -2)
+        full = self.rows[flat.cpu().numpy()]
+        order = np.argsort(full, kind="stable")
+        fetched = np.empty((len(full), self.n_layers, self.dim), dtype=self.source.dtype)
+        fetched[order] = self.source[full[order]]
+        x = torch.from_numpy(fetched).to(self.device)
         return x.to(torch.float32).reshape(*rows.shape, self.n_layers, self.dim)
 
-    def batch(self, rows: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> Batch:
-        probs = None if self.group_probs is None else self.group_probs[rows]
-        return Batch(self.features(rows), self.soft[rows], self.majority[rows], self.groups[rows],
-                     probs, index, weight)
+
+# ---------------------------------------------------------------------------- optimiser
+class StackedAdam:
+    """torch's Adam (L2 weight decay) over stacked parameters [R, ...], run by run: each run's
+    slices carry their own step count, and runs left out of a step (masked) keep parameters,
+    moments and step count, so a run gives the same numbers whatever it is stacked with.
+    Uses the fused kernel where the device supports it, else the foreach one."""
+
+    def __init__(self, groups: list[dict[str, Any]], n_runs: int, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.groups = [(list(g["params"]), float(g["lr"])) for g in groups]
+        self.n_runs, self.wd, self.betas, self.eps = n_runs, weight_decay, betas, eps
+        self.m = [[torch.zeros_like(p) for p in ps] for ps, _ in self.groups]
+        self.v = [[torch.zeros_like(p) for p in ps] for ps, _ in self.groups]
+        # one step tensor per (parameter, run): the kernels increment every listed tensor
+        self.t = [[torch.zeros(n_runs, dtype=torch.float32, device=p.device) for p in ps]
+                  for ps, _ in self.groups]
+        self.fused: bool | None = None
+
+    def zero_grad(self) -> None:
+        for ps, _ in self.groups:
+            for p in ps:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self, active: np.ndarray | None = None) -> None:
+        """Update every run, or only the runs where `active` [R] (host bool array) holds."""
+        runs = range(self.n_runs) if active is None else np.flatnonzero(active).tolist()
+        for (params, lr), ms, vs, ts in zip(self.groups, self.m, self.v, self.t, strict=True):
+            lists: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
+            for p, m, v, t in zip(params, ms, vs, ts, strict=True):
+                if p.grad is None:
+                    continue
+                for r in runs:
+                    for out, x in zip(lists, (p, p.grad, m, v, t), strict=True):
+                        out.append(x[r])
+            if lists[0]:
+                self._adam(lists, lr)
+
+    def _adam(self, lists: tuple[list[torch.Tensor], ...], lr: float) -> None:
+        kw = {"amsgrad": False, "beta1": self.betas[0], "beta2": self.betas[1], "lr": lr,
+              "weight_decay": self.wd, "eps": self.eps, "maximize": False}
+        if self.fused is None:  # the fused kernel where this device has one
+            try:
+                _adam_fn(*lists[:4], [], lists[4], fused=True, **kw)
+                self.fused = True
+                return
+            except (RuntimeError, NotImplementedError):
+                self.fused = False
+        _adam_fn(*lists[:4], [], lists[4], fused=self.fused,
+                              foreach=not self.fused, **kw)
 
 
 # ---------------------------------------------------------------------------- loop
@@ -277,6 +324,7 @@ def _gen(seed: int) -> torch.Generator:
 @dataclass
 class _Plan:
     pos: int
+    data: TrainData
     run: RunConfig
     cls: type[Method]
     hp: dict[str, Any]
@@ -290,28 +338,98 @@ def _plan(data: TrainData, pos: int, run: RunConfig) -> _Plan:
     cls.check_data(data)
     seeds = _seeds(run.seed)
     prep = cls.prepare(data, hp, _gen(seeds[1]), run.config) if cls.trains else None
-    return _Plan(pos, run, cls, hp, prep, seeds)
+    return _Plan(pos, data, run, cls, hp, prep, seeds)
+
+
+# runs of one stack differ in train length by at most this factor (shorter runs idle, masked)
+MAX_LENGTH_RATIO = 1.5
+
+
+# class attributes that differ between methods yet are per run (defaults, data-level hooks)
+_PER_RUN_ATTRS = frozenset({"name", "family", "supervision", "HPARAMS", "prepare", "check_data",
+                            "resolve", "untrained_probs"})
+
+
+@functools.cache
+def _impl_key(cls: type[Method]) -> tuple:
+    """What a stack shares: every class attribute but the per-run ones and default values, so
+    classes that differ only in defaults (GDRO / GADRO) or in their data-level hook (ERM / RW /
+    DS) train in one stack."""
+    out = [("HPARAMS", tuple(sorted(cls.HPARAMS)))]
+    for n in sorted(dir(cls)):
+        if (n.startswith("__") and n.endswith("__")) or n in _PER_RUN_ATTRS:
+            continue
+        v = inspect.getattr_static(cls, n)
+        out.append((n, repr(v) if isinstance(v, (bool, int, float, str, frozenset)) else id(v)))
+    return tuple(out)
+
+
+def _reads_groups(cls: type[Method]) -> bool:
+    """Whether training reads groups (not just `prepare`): group-supervised, non-plain heads."""
+    return cls.supervision != "none" and _impl_key(cls) != _impl_key(Method)
 
 
 def _stack_key(p: _Plan) -> tuple:
+    """Runs with equal keys may train in one stack (lengths may differ unless the method
+    reads the global step)."""
     if not p.cls.trains:
         return ("untrained", p.pos)
+    d = p.data
     cfg = tuple(sorted(asdict(p.run.config).items()))
-    return (p.cls.name, p.cls.stack_key(p.hp), cfg, len(p.prep.idx))
+    length = len(p.prep.idx) if p.cls.reads_step else None
+    groups = None
+    if _reads_groups(p.cls):
+        groups = (d.n_groups, d.group_probs is not None and p.cls.supervision == "soft")
+    return (id(d.features), d.n_classes, groups, _impl_key(p.cls), p.cls.stack_key(p.hp), cfg,
+            length)
 
 
-def fit_many(data: TrainData, runs: list[RunConfig]) -> list[FitResult]:
-    """Train `runs`, stacking compatible ones; results in the order of `runs`."""
-    plans = [_plan(data, i, run) for i, run in enumerate(runs)]
+def _chunks(members: list[_Plan], max_stack: int) -> list[list[_Plan]]:
+    """Split a stack by train length (sorted, ratio <= MAX_LENGTH_RATIO) and max_stack."""
+    members = sorted(members, key=lambda p: len(p.prep.idx))
+    out: list[list[_Plan]] = []
+    for p in members:
+        n = len(p.prep.idx)
+        if out and len(out[-1]) < max_stack and n <= MAX_LENGTH_RATIO * len(out[-1][0].prep.idx):
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return out
+
+
+Pairs = Sequence[tuple[TrainData, Sequence[RunConfig]]]
+
+
+def fit_many(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None) -> list[FitResult]:
+    """Train runs, stacking compatible ones; results in the order given.
+
+    `fit_many(data, runs)` trains `runs` on one TrainData; `fit_many([(data_a, runs_a),
+    (data_b, runs_b), ...])` trains runs whose splits / group sources differ (TrainData objects
+    sharing one `features` array, e.g. `dataclasses.replace(data, train_idx=...)`)
+    and stacks runs of one method across them; results follow the pairs' runs in order.
+    """
+    pairs = [(data, runs or [])] if isinstance(data, TrainData) else list(data)
+    plans = [_plan(d, 0, run) for d, rs in pairs for run in rs]
+    for i, p in enumerate(plans):
+        p.pos = i
     stacks: dict[tuple, list[_Plan]] = defaultdict(list)
     for p in plans:
         stacks[_stack_key(p)].append(p)
-    results: list[FitResult | None] = [None] * len(runs)
+    banks: dict[tuple, FeatureBank] = {}
+    results: list[FitResult | None] = [None] * len(plans)
     for members in stacks.values():
-        size = max(1, members[0].run.config.max_stack)
-        for start in range(0, len(members), size):
-            chunk = members[start : start + size]
-            for p, res in zip(chunk, _train_stack(data, chunk), strict=True):
+        if not members[0].cls.trains:
+            results[members[0].pos] = _untrained(members[0].data, members[0])
+            continue
+        cfg = members[0].run.config
+        key = (id(members[0].data.features), cfg.device, cfg.preload_max_gb)
+        if key not in banks:  # one bank per store for every stack that reads it
+            rows = [np.concatenate([q.data.dev_idx, q.data.test_idx, q.prep.idx]) for q in plans
+                    if q.cls.trains and q.data.features is members[0].data.features]
+            banks[key] = FeatureBank(members[0].data.features, np.concatenate(rows),
+                                     torch.device(cfg.device), cfg.preload_max_gb)
+        for chunk in _chunks(members, max(1, cfg.max_stack)):
+            for p, res in zip(chunk, _train_stack(chunk, banks[key]), strict=True):
                 results[p.pos] = res
     return results  # type: ignore[return-value]
 
@@ -335,68 +453,189 @@ def _untrained(data: TrainData, p: _Plan) -> FitResult:
                      p.run.seed, asdict(p.run.config), {"trained": False})
 
 
-@torch.no_grad()
-def _logits(method: Method, bank: FeatureBank, rows: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Logits [R, n, K] of every run for shared rows, in chunks."""
-    return torch.cat([method.logits(bank.features(rows[s : s + chunk]))
-                      for s in range(0, len(rows), chunk)], dim=1)
+def _pad(arrays: list[np.ndarray], fill: float) -> np.ndarray:
+    """Stack per-run arrays [n_r, ...] into [R, max n_r, ...], padding with `fill`."""
+    n = max(len(a) for a in arrays)
+    out = np.full((len(arrays), n, *arrays[0].shape[1:]), fill, dtype=arrays[0].dtype)
+    for r, a in enumerate(arrays):
+        out[r, : len(a)] = a
+    return out
 
 
-def _train_stack(data: TrainData, plans: list[_Plan]) -> list[FitResult]:
-    if not plans[0].cls.trains:
-        return [_untrained(data, p) for p in plans]
+class _EvalSet:
+    """Per-run evaluation rows (dev or test): shared rows when every run has the same list,
+    else a padded [R, m] table read in one padded pass."""
+
+    def __init__(self, bank: FeatureBank, idx: list[np.ndarray], soft: list[np.ndarray],
+                 device: torch.device) -> None:
+        self.sizes = [len(i) for i in idx]
+        self.shared = all(np.array_equal(i, idx[0]) for i in idx)
+        fill = next((int(i[0]) for i in idx if len(i)), 0)  # any row of the bank
+        self.rows = bank.compact(idx[0] if self.shared else _pad(idx, fill))
+        self.soft = torch.as_tensor(_pad(soft, 0.0), device=device)  # [R, m, K]
+        mask = _pad([np.ones(n, dtype=np.float32) for n in self.sizes], 0.0)
+        self.count = torch.as_tensor(np.maximum(self.sizes, 1), dtype=torch.float32,
+                                     device=device)
+        self.mask = torch.as_tensor(mask, device=device)
+
+    @torch.no_grad()
+    def logits(self, method: Method, bank: FeatureBank, chunk: int) -> torch.Tensor:
+        """Logits [R, m, K] of every run on its own rows, in chunks."""
+        if self.shared:
+            parts = [method.logits(bank.features(self.rows[s : s + chunk]))
+                     for s in range(0, len(self.rows), chunk)]
+        else:
+            step = max(1, chunk // self.rows.shape[0])
+            parts = [method.logits(bank.features(self.rows[:, s : s + step]))
+                     for s in range(0, self.rows.shape[1], step)]
+        if not parts:
+            return torch.zeros(*self.soft.shape, device=self.soft.device)
+        return torch.cat(parts, dim=1)
+
+    def loss(self, logits: torch.Tensor, class_w: torch.Tensor) -> torch.Tensor:
+        """Per-run mean class-balanced CE [R] over each run's own rows."""
+        per = class_balanced_ce(logits, self.soft, class_w)
+        if self.shared:
+            return per.mean(-1)
+        return (per * self.mask).sum(-1) / self.count
+
+    def probs(self, logits: torch.Tensor) -> list[np.ndarray]:
+        p = torch.softmax(logits, -1).cpu().numpy()
+        return [p[r, :n] for r, n in enumerate(self.sizes)]
+
+
+def _schedule(lengths: np.ndarray, bs: int) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
+    """One epoch's sub-steps (batch size, start position per run, active mask or None = all).
+
+    Run r takes its n_r // bs full batches in order, then its partial batch (if any); runs
+    that have no batch of a sub-step's size at that point are masked (they make no update).
+    """
+    n_full = lengths // bs
+    steps: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+    for s in range(int(n_full.max())):
+        active = n_full > s
+        steps.append((bs, np.where(active, s * bs, 0), None if active.all() else active))
+    rest = lengths - n_full * bs
+    for size in sorted(set(rest[rest > 0].tolist())):
+        active = rest == size
+        steps.append((size, np.where(active, n_full * bs, 0), None if active.all() else active))
+    return steps
+
+
+def _restore_masked(method: Method, saved: dict[str, torch.Tensor], gen_states: dict,
+                    gens: list[torch.Generator], active: np.ndarray) -> None:
+    """Undo a masked sub-step's side effects on idle runs: per-run buffers and generators."""
+    keep = torch.as_tensor(active)
+    for mod_name, mod in method.named_modules():
+        for name, buf in list(mod._buffers.items()):
+            old = saved.get(f"{mod_name}.{name}")
+            if old is None or buf is None:
+                continue
+            view = keep.view((-1,) + (1,) * (buf.dim() - 1)).to(buf.device)
+            mod._buffers[name] = torch.where(view, buf, old)
+    for r, state in gen_states.items():
+        gens[r].set_state(state)
+
+
+def _snapshot(method: Method, gens: list[torch.Generator], active: np.ndarray,
+              n_runs: int) -> tuple[dict[str, torch.Tensor], dict]:
+    saved = {f"{mn}.{n}": b.clone() for mn, m in method.named_modules()
+             for n, b in m._buffers.items()
+             if b is not None and b.dim() >= 1 and b.shape[0] == n_runs}
+    return saved, {r: gens[r].get_state() for r in np.flatnonzero(~active).tolist()}
+
+
+def _position_dims(cls: type[Method], hp: dict[str, Any], ctx: MethodContext) -> dict[str, int]:
+    """State keys whose size follows the train length (per-position state) -> that dim."""
+    shapes = []
+    for n in (1, 2):
+        zeros = np.zeros((1, n), dtype=np.int64)
+        c = replace(ctx, init_gens=[_gen(0)], loop_gens=[_gen(0)], train_majority=zeros,
+                    train_groups=zeros, train_group_probs=None)
+        shapes.append({k: v.shape for k, v in cls([hp], c).state_dict().items()})
+    return {k: next(i for i, (a, b) in enumerate(zip(s, shapes[1][k], strict=True)) if a != b)
+            for k, s in shapes[0].items() if s != shapes[1][k]}
+
+
+def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[FitResult]:
+    """Train one stack of runs (same method and settings; own rows, groups and lengths)."""
     t0 = time.perf_counter()
     cls, cfg = plans[0].cls, plans[0].run.config
-    device = torch.device(cfg.device)
+    d0 = plans[0].data
+    device = bank.device
     n_runs = len(plans)
-    needed = np.concatenate([data.dev_idx, data.test_idx, *[p.prep.idx for p in plans]])
-    bank = FeatureBank(data, needed, device, cfg.preload_max_gb)
-    train_rows = torch.stack([bank.compact(p.prep.idx) for p in plans])  # [R, n]
-    weight = torch.as_tensor(np.stack([
-        np.ones(len(p.prep.idx)) if p.prep.weight is None else p.prep.weight for p in plans
-    ]), dtype=torch.float32, device=device)
+    idx = [p.prep.idx for p in plans]
+    lengths = np.array([len(i) for i in idx])
+    train_rows = bank.compact(_pad(idx, idx[0][0]))  # [R, n_max]
+    weight = torch.as_tensor(_pad([np.ones(len(p.prep.idx)) if p.prep.weight is None
+                                   else np.asarray(p.prep.weight) for p in plans], 0.0),
+                             dtype=torch.float32, device=device)
+    maj = _pad([p.data.majority[i] for p, i in zip(plans, idx, strict=True)], -1)
+    grp = _pad([p.data.groups[i] for p, i in zip(plans, idx, strict=True)], -1)
+    read_probs = d0.group_probs is not None and cls.supervision == "soft" and _reads_groups(cls)
+    probs = None if not read_probs else _pad(
+        [p.data.group_probs[i] for p, i in zip(plans, idx, strict=True)], 0.0)
+    t_soft = torch.as_tensor(_pad([p.data.soft[i] for p, i in zip(plans, idx, strict=True)], 0.0),
+                             device=device)
+    t_maj, t_grp = torch.as_tensor(maj, device=device), torch.as_tensor(grp, device=device)
+    t_probs = None if probs is None else torch.as_tensor(probs, device=device)
     loop_gens = [_gen(p.seeds[2]) for p in plans]
-    idx = np.stack([p.prep.idx for p in plans])
     ctx = MethodContext(
-        bank.n_layers, bank.dim, data.n_classes, data.n_groups,
+        bank.n_layers, bank.dim, d0.n_classes, max(p.data.n_groups for p in plans),
         init_gens=[_gen(p.seeds[0]) for p in plans], loop_gens=loop_gens,
-        train_majority=data.majority[idx], train_groups=data.groups[idx],
-        train_group_probs=None if data.group_probs is None else data.group_probs[idx],
+        train_majority=maj, train_groups=grp, train_group_probs=probs,
     )
     method = cls([p.hp for p in plans], ctx).to(device)
-    class_w = np.stack([class_weights_for(data.soft[p.prep.idx]) for p in plans])
+    class_w = np.stack([class_weights_for(p.data.soft[p.prep.idx]) for p in plans])
     method.class_w.copy_(torch.as_tensor(class_w, dtype=torch.float32))
-    opt = torch.optim.Adam(method.param_groups(cfg.lr), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                           foreach=True)
+    opt = StackedAdam(method.param_groups(cfg.lr), n_runs, cfg.weight_decay)
 
-    dev_rows, test_rows = bank.compact(data.dev_idx), bank.compact(data.test_idx)
-    dev_soft = bank.soft[dev_rows].unsqueeze(0)
+    def eval_set(part: str) -> _EvalSet:
+        ids = [getattr(p.data, part) for p in plans]
+        return _EvalSet(bank, ids, [p.data.soft[i] for p, i in zip(plans, ids, strict=True)],
+                        device)
+
+    dev, test = eval_set("dev_idx"), eval_set("test_idx")
     best_loss = torch.full((n_runs,), float("inf"), device=device)
     best_epoch = [0] * n_runs
     best_state = {k: v.clone() for k, v in method.state_dict().items()}
     history: list[list[dict]] = [[] for _ in plans]
-    n, bs = train_rows.shape[1], cfg.batch_size
+    n_max, bs = int(lengths.max()), cfg.batch_size
+    schedule = _schedule(lengths, bs)
+    n_batches = torch.as_tensor(-(-lengths // bs), dtype=torch.float32, device=device)
+    runs_ar = torch.arange(n_runs, device=device).unsqueeze(1)
     for epoch in range(1, cfg.epochs + 1):
         method.epoch = epoch
-        perm = torch.stack([torch.randperm(n, generator=g) for g in loop_gens]).to(device)
+        perm = torch.zeros(n_runs, n_max, dtype=torch.long)
+        for r, g in enumerate(loop_gens):
+            perm[r, : lengths[r]] = torch.randperm(int(lengths[r]), generator=g)
+        perm = perm.to(device)
         total = torch.zeros(n_runs, device=device)
-        n_batches = 0
-        for s in range(0, n, bs):
-            pos = perm[:, s : s + bs]
-            batch = bank.batch(train_rows.gather(1, pos), pos, weight.gather(1, pos))
+        for size, start, active in schedule:
+            cols = torch.as_tensor(start, device=device).unsqueeze(1) + torch.arange(size,
+                                                                                   device=device)
+            pos = perm.gather(1, cols.clamp_max(n_max - 1))
+            rows = train_rows.gather(1, pos)
+            batch = Batch(bank.features(rows), t_soft[runs_ar, pos], t_maj.gather(1, pos),
+                          t_grp.gather(1, pos), None if t_probs is None else t_probs[runs_ar, pos],
+                          pos, weight.gather(1, pos))
+            saved = None if active is None else _snapshot(method, loop_gens, active, n_runs)
             loss = method.loss(batch)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.sum().backward()
-            opt.step()
+            opt.step(active)
             method.step += 1
-            total += loss.detach()
-            n_batches += 1
-        dev_logits = _logits(method, bank, dev_rows, cfg.eval_chunk)
-        dev_loss = class_balanced_ce(dev_logits, dev_soft, method.class_w).mean(-1)
+            if saved is None:
+                total += loss.detach()
+            else:
+                _restore_masked(method, *saved, loop_gens, active)
+                total += torch.where(torch.as_tensor(active, device=device), loss.detach(), 0.0)
+        dev_loss = dev.loss(dev.logits(method, bank, cfg.eval_chunk), method.class_w)
         extra = method.epoch_log()
+        train_loss = (total / n_batches).tolist()
+        dev_list = dev_loss.tolist()
         for r in range(n_runs):
-            row = {"epoch": epoch, "train_loss": float(total[r] / n_batches),
-                   "dev_loss": float(dev_loss[r])}
+            row = {"epoch": epoch, "train_loss": train_loss[r], "dev_loss": dev_list[r]}
             history[r].append(row | {k: v[r] for k, v in extra.items()})
         if cfg.select == "last":
             better = torch.ones(n_runs, dtype=torch.bool, device=device)
@@ -407,25 +646,30 @@ def _train_stack(data: TrainData, plans: list[_Plan]) -> list[FitResult]:
             best_epoch[r] = epoch
         state = method.state_dict()
         for k, v in state.items():
-            mask = better.view(-1, *([1] * (v.dim() - 1)))
-            best_state[k] = torch.where(mask, v, best_state[k])
-        log.info("epoch %d/%d dev loss %s", epoch, cfg.epochs, dev_loss.tolist())
+            mask_k = better.view(-1, *([1] * (v.dim() - 1)))
+            best_state[k] = torch.where(mask_k, v, best_state[k])
+        log.info("epoch %d/%d dev loss %s", epoch, cfg.epochs, dev_list)
 
     method.load_state_dict(best_state)
-    dev_probs = torch.softmax(_logits(method, bank, dev_rows, cfg.eval_chunk), -1).cpu().numpy()
-    test_probs = torch.softmax(_logits(method, bank, test_rows, cfg.eval_chunk), -1).cpu().numpy()
+    dev_probs = dev.probs(dev.logits(method, bank, cfg.eval_chunk))
+    test_probs = test.probs(test.logits(method, bank, cfg.eval_chunk))
     wall = (time.perf_counter() - t0) / n_runs
     final_state = method.state_dict()
+    per_position = _position_dims(cls, plans[0].hp, ctx) if lengths.min() < n_max else {}
     results = []
     for r, p in enumerate(plans):
-        dev_r, test_r, post = method.postprocess(r, dev_probs[r], test_probs[r], data)
-        info = {"dims": {"n_layers": bank.n_layers, "dim": bank.dim, "n_classes": data.n_classes,
-                         "n_groups": data.n_groups},
+        d = p.data
+        state = run_slice(final_state, r)
+        for k, dim in per_position.items():  # drop the padding of per-position state
+            state[k] = state[k].narrow(dim, 0, int(lengths[r])).clone()
+        dev_r, test_r, post = method.postprocess(r, dev_probs[r], test_probs[r], d)
+        info = {"dims": {"n_layers": bank.n_layers, "dim": bank.dim, "n_classes": d.n_classes,
+                         "n_groups": d.n_groups},
                 "n_train": len(p.prep.idx), "prepare": p.prep.info, "stack_size": n_runs,
                 "best_dev_loss": float(best_loss[r]), **post}
         results.append(FitResult(
             np.asarray(test_r, dtype=np.float32), np.asarray(dev_r, dtype=np.float32),
-            best_epoch[r], history[r], run_slice(final_state, r), p.hp, wall, cls.name,
+            best_epoch[r], history[r], state, p.hp, wall, p.cls.name,
             p.run.seed, asdict(p.run.config), info,
         ))
     return results

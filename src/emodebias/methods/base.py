@@ -107,6 +107,8 @@ class Method(nn.Module):
     HPARAMS: ClassVar[dict[str, Any]] = {}
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset()
     trains: ClassVar[bool] = True
+    # the loss reads the global `step`: only runs of equal train length may share a stack
+    reads_step: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ class-level API
     @classmethod

@@ -132,6 +132,7 @@ class DisEnt(Method):
     supervision = "none"
     HPARAMS = {"q": 0.7, "ema": 0.7, "lambda_dis": 1.0, "lambda_swap_b": 1.0,
                "lambda_swap": 1.0, "curr_step": 0}
+    reads_step = True  # curr_step warm-up
 
     def build(self) -> None:
         c = self.ctx
