@@ -62,6 +62,21 @@ class Encoder(ABC):
         return f"{type(self).__name__}(id={self.id!r}, L={self.n_layers}, D={self.dim})"
 
 
+class ModelEncoder(Encoder):
+    """An encoder wrapping one torch module in `self.model`; moving it moves the model."""
+
+    _device: str = "cpu"
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def to(self, device: str) -> ModelEncoder:
+        self.model.to(device)
+        self._device = str(device)
+        return self
+
+
 def check_waves(waves: list[np.ndarray], min_samples: int = 1) -> list[np.ndarray]:
     """Validate a batch: 1-D finite float arrays, at least `min_samples` long each."""
     out = []

@@ -23,6 +23,7 @@ import torch
 from emodebias.encoders.base import (
     Encoder,
     EncoderError,
+    ModelEncoder,
     check_waves,
     fingerprint_files,
     pad_batch,
@@ -103,7 +104,7 @@ class ResemblyzerEncoder(Encoder):
         return out[:, None, :].astype(np.float32)
 
 
-class XVectorEncoder(Encoder):
+class XVectorEncoder(ModelEncoder):
     """transformers `*ForXVector` (WavLM) speaker embeddings from a local checkpoint."""
 
     def __init__(self, source: str | Path, id: str | None = None, normalize: bool | None = None,
@@ -139,15 +140,6 @@ class XVectorEncoder(Encoder):
     @property
     def dim(self) -> int:
         return int(self.model.config.xvector_output_dim)
-
-    @property
-    def device(self) -> str:
-        return self._device
-
-    def to(self, device: str) -> XVectorEncoder:
-        self.model.to(device)
-        self._device = str(device)
-        return self
 
     def encode(self, waves: list[np.ndarray]) -> np.ndarray:
         waves = check_waves(waves, min_samples=400)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from emodebias.encoders.base import (
-    Encoder,
     EncoderError,
+    ModelEncoder,
     check_waves,
     pad_batch,
     zero_mean_unit_var,
@@ -66,7 +66,7 @@ def parse_layers(layers: str | list[int] | None, n_total: int) -> list[int]:
     return out
 
 
-class SSLEncoder(Encoder):
+class SSLEncoder(ModelEncoder):
     """A frozen wav2vec2-family model -> masked-mean pooled hidden states of the chosen layers."""
 
     def __init__(
@@ -120,15 +120,6 @@ class SSLEncoder(Encoder):
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
-
-    @property
-    def device(self) -> str:
-        return self._device
-
-    def to(self, device: str) -> SSLEncoder:
-        self.model.to(device)
-        self._device = str(device)
-        return self
 
     def min_samples(self) -> int:
         """Shortest input that yields one frame."""
