@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from emodebias.model import HIDDEN, SERHead, StackedMLP, run_slice
+from emodebias.model import HIDDEN, SERHead, StackedMLP, _LinearChain, run_slice
 
 
 def gens(*seeds: int) -> list[torch.Generator]:
@@ -42,6 +42,31 @@ def test_head_is_weighted_layer_sum_then_two_linears() -> None:
     a, b = torch.randn(1, 8, 3, 5), torch.randn(1, 8, 3, 5)
     lhs = head(a + b)[0] + head(torch.zeros_like(a))[0]
     torch.testing.assert_close(lhs, head(a)[0] + head(b)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_linear_chain_gradients_are_exact() -> None:
+    """The fused logits path: autograd's numerical gradcheck in float64 (every input)."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(2, 5, 7), (2, 7, 4), (2, 4), (2, 4, 3), (2, 3)]
+    args = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
+    assert torch.autograd.gradcheck(_LinearChain.apply, args)
+
+
+def test_logits_path_equals_two_layer_forward_and_its_gradients() -> None:
+    """head.logits (one linear map through W2ᵀW1ᵀ) = head(x)[0], values and every gradient."""
+    head = SERHead(gens(3, 4), n_layers=3, dim=48, n_classes=6)
+    with torch.no_grad():
+        head.encoder.mix.weight.normal_()
+    x = torch.randn(2, 32, 3, 48)
+    target = torch.randn(2, 32, 6)
+    grads = []
+    for logits in (head(x)[0], head.logits(x)):
+        head.zero_grad()
+        (logits * target).sum().backward()
+        grads.append([p.grad.clone() for p in head.parameters()])
+    torch.testing.assert_close(head.logits(x), head(x)[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_stacked_runs_equal_separate_runs() -> None:

@@ -233,6 +233,7 @@ class FeatureBank:
         self.n_layers, self.dim = int(shape[1]), int(shape[2])
         nbytes = len(self.rows) * self.n_layers * self.dim * 4
         self.x = None  # preloaded rows, layer-major [L, n, D] float32
+        self._buf: torch.Tensor | None = None
         if nbytes <= min(max_gb * 2**30, _available_bytes() / 4):
             self.x = torch.empty((self.n_layers, len(self.rows), self.dim), dtype=torch.float32)
             for s in range(0, len(self.rows), 4096):  # float16 -> float32 once, in chunks
@@ -240,17 +241,26 @@ class FeatureBank:
                 self.x[:, s : s + len(chunk)] = chunk.transpose(0, 1)
             self.x = self.x.to(device)
 
+    def _buffer(self, n: int) -> torch.Tensor:
+        """[L, n, D] in one reused allocation: a fresh tensor per batch costs more in page
+        faults than the gather itself."""
+        size = self.n_layers * n * self.dim
+        if self._buf is None or self._buf.numel() < size:
+            self._buf = torch.empty(size, device=self.device)
+        return self._buf[:size].view(self.n_layers, n, self.dim)
+
     def compact(self, full_rows: np.ndarray) -> torch.Tensor:
         """Bank positions of store rows (which must be in the bank)."""
         return torch.as_tensor(self.lookup[np.asarray(full_rows)], device=self.device)
 
     def features(self, rows: torch.Tensor) -> torch.Tensor:
         """float32 features [*rows.shape, L, D] for compact row indices (preloaded: a
-        layer-major view, each layer's rows contiguous; see `LayerMix`)."""
+        layer-major view, each layer's rows contiguous (see `LayerMix`), into a buffer that the
+        next call reuses)."""
         flat = rows.reshape(-1)
         if self.x is not None:
-            x = self.x.index_select(1, flat).view(self.n_layers, *rows.shape, self.dim)
-            return x.movedim(0, -2)
+            x = torch.index_select(self.x, 1, flat, out=self._buffer(len(flat)))
+            return x.view(self.n_layers, *rows.shape, self.dim).movedim(0, -2)
         full = self.rows[flat.cpu().numpy()]
         order = np.argsort(full, kind="stable")
         fetched = np.empty((len(full), self.n_layers, self.dim), dtype=self.source.dtype)

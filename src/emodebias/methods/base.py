@@ -197,12 +197,12 @@ class Method(nn.Module):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Loss-level hook: [R] losses; ERM = mean_i(w_i·ℓ_i)."""
-        logits, _ = self.head(batch.x)
+        logits = self.head.logits(batch.x)
         return (batch.weight * self.base_loss(logits, batch.soft)).mean(-1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [R, B, K] of the evaluated model for x [B, L, D] or [R, B, L, D]."""
-        return self.head(x)[0]
+        return self.head.logits(x)
 
     def epoch_log(self) -> dict[str, list]:
         """Per-run extra values for the history (e.g. GDRO's q); lists of length R."""

@@ -75,8 +75,8 @@ class _BiasedPair(Method):
 
     def bias_terms(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(main logits, bias logits, mean GCE of the bias head [R])."""
-        logits, _ = self.head(batch.x)
-        logits_b, _ = self.bias_head(batch.x)
+        logits = self.head.logits(batch.x)
+        logits_b = self.bias_head.logits(batch.x)
         q = self.hp_vec("q").unsqueeze(-1)
         ce_b = self.base_loss(logits_b, batch.soft)
         return logits, logits_b, gce(logits_b, batch.soft, q, ce_b, self.GCE_TIMES_Q).mean(-1)

@@ -46,7 +46,7 @@ class GDRO(Method):
         return (group_loss * self.q).sum(-1)
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        logits, _ = self.head(batch.x)
+        logits = self.head.logits(batch.x)
         per_sample = batch.weight * self.base_loss(logits, batch.soft)
         group_loss, _ = group_reduce(per_sample, self.members(batch))
         return self.robust(group_loss)

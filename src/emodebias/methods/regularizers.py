@@ -48,7 +48,7 @@ class GR(Method):
     HPARAMS = {"lambda_gr": 1.0}
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        logits, _ = self.head(batch.x)
+        logits = self.head.logits(batch.x)
         per_sample = self.base_loss(logits, batch.soft)
         ser = (batch.weight * per_sample).mean(-1)
         gaps = cell_gaps(per_sample, batch, self.ctx.n_classes, self.ctx.n_groups)
