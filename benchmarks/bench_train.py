@@ -312,26 +312,35 @@ class Bench:
     majority: np.ndarray
     epochs: int
     quick: bool
+    workers: int = 2
+    plain_threads: int = 1
     results: dict[str, float] = field(default_factory=dict)
 
 
-def section_baseline(b: Bench) -> None:
-    """Per-run time of the plain loop on a 1:20 train set and on a full fold (fold 1, ERM)."""
+def section_baseline(b: Bench, thread_options: list[int]) -> None:
+    """Per-run time of the plain loop on a 1:20 train set and a full fold (fold 1, ERM), with
+    each torch thread count in `thread_options`; the fastest becomes the grid baseline's."""
     print(f"\n[1] plain PyTorch loop, one run at a time, ERM, {b.epochs} epochs, batch 32")
     tr20, dv20, _ = _data.imbalance_idx(b.labels, 1, 20)
     trf, dvf, _ = b.labels.fold_idx(1)
     warm = PlainRun(tr20[:64], dv20[:64])
     plain_fit(b.store.features, b.labels.soft, b.majority, warm, 1)  # warm-up
-    r20 = plain_fit(b.store.features, b.labels.soft, b.majority, PlainRun(tr20, dv20), b.epochs)
+    walls = {}
+    for threads in thread_options:
+        torch.set_num_threads(threads)
+        r20 = plain_fit(b.store.features, b.labels.soft, b.majority, PlainRun(tr20, dv20),
+                        b.epochs)
+        walls[threads] = r20.wall
+        _line(f"1:20 fold-1 train ({len(tr20)} train / {len(dv20)} dev), {threads} thread(s)",
+              f"{r20.wall:6.2f} s/run (best epoch {r20.best_epoch}); "
+              f"{r20.wall / b.epochs * 50:.1f} s at 50 epochs")
+    b.plain_threads = min(walls, key=walls.get)
+    torch.set_num_threads(b.plain_threads)
     rfull = plain_fit(b.store.features, b.labels.soft, b.majority, PlainRun(trf, dvf), b.epochs)
-    b.results.update(plain_1to20=r20.wall, plain_full=rfull.wall)
-    _line(f"1:20 fold-1 train ({len(tr20)} train / {len(dv20)} dev)", f"{r20.wall:6.2f} s/run "
-          f"(best epoch {r20.best_epoch})")
-    _line(f"full fold 1 ({len(trf)} train / {len(dvf)} dev)", f"{rfull.wall:6.2f} s/run "
-          f"= {rfull.wall / r20.wall:.2f}x the 1:20 run")
-    per_epoch = r20.wall / b.epochs
-    _line("scaled to 50 epochs (1:20 / full)", f"{per_epoch * 50:6.2f} s / "
-          f"{rfull.wall / b.epochs * 50:.2f} s")
+    b.results.update(plain_1to20=walls[b.plain_threads], plain_full=rfull.wall)
+    _line(f"full fold 1 ({len(trf)} train / {len(dvf)} dev), {b.plain_threads} thread(s)",
+          f"{rfull.wall:6.2f} s/run = {rfull.wall / walls[b.plain_threads]:.2f}x the 1:20 run")
+    _line("plain-loop baseline below uses", f"{b.plain_threads} thread(s) (the faster)")
 
 
 def _groups(b: Bench, source: str) -> tuple[np.ndarray | None, np.ndarray | None, int]:
@@ -394,6 +403,7 @@ def section_idi(b: Bench, tmod: Any | None, folds: list[int], baseline_folds: li
     print(f"\n[3] IDI Table-1 grid: {len(IDI_ROWS)} rows x {len(folds)} folds = {n_runs} runs, "
           f"r = 1:20, {b.epochs} epochs")
     # plain loop, one run at a time, on the baseline folds
+    torch.set_num_threads(b.plain_threads)
     plain_t = 0.0
     for fold, src, rows in cells:
         if fold not in baseline_folds:
@@ -420,13 +430,17 @@ def section_idi(b: Bench, tmod: Any | None, folds: list[int], baseline_folds: li
         data = train_data(b, tmod, _data.imbalance_idx(b.labels, fold, 20), src)
         pairs.append((data, [tmod.RunConfig(m, seed=0, config=tmod.TrainConfig(epochs=b.epochs))
                              for _, m in rows]))
-    res, t_many = timed(tmod.fit_many, pairs)
-    stack_sizes = [r.info.get("stack_size", 1) for r in res]
-    b.results["idi_fit_many_s"] = t_many
-    _line("emodebias fit_many (one call, all runs)", f"{t_many:7.1f} s "
-          f"({t_many / n_runs:.2f} s/run); stack sizes {sorted(set(stack_sizes))}")
-    _line("SPEEDUP fit_many vs plain loop (same runs)", f"{plain_total / t_many:6.2f}x")
-    _line("projected at 50 epochs (x 50/epochs, fit_many)", f"{t_many * 50 / b.epochs:7.1f} s")
+    torch.set_num_threads(1)
+    for workers in sorted({1, b.workers}):
+        res, t_many = timed(tmod.fit_many, pairs, workers=workers)
+        stack_sizes = sorted({r.info.get("stack_size", 1) for r in res})
+        b.results[f"idi_fit_many_w{workers}_s"] = t_many
+        _line(f"emodebias fit_many (one call, all runs), {workers} process(es)",
+              f"{t_many:7.1f} s ({t_many / n_runs:.2f} s/run); stack sizes {stack_sizes}")
+        _line(f"SPEEDUP vs plain loop (same runs), {workers} process(es)",
+              f"{plain_total / t_many:6.2f}x")
+        if b.epochs != 50:
+            _line("  projected at 50 epochs (x 50/epochs)", f"{t_many * 50 / b.epochs:7.1f} s")
 
 
 def section_stacking(b: Bench, tmod: Any, sizes: list[int]) -> None:
@@ -446,28 +460,30 @@ def section_stacking(b: Bench, tmod: Any, sizes: list[int]) -> None:
         b.results[f"stack_R{r}_per_run"] = per
 
 
-def section_emo(b: Bench, tmod: Any, n_cells: int) -> None:
-    """EMO-Debias grid: time `n_cells` (fold, ratio, direction) cells with fit_many; extrapolate."""
-    epochs = b.epochs
-    cells = [((i % 5) + 1, EMO_RATIOS[i % len(EMO_RATIOS)], EMO_DIRECTIONS[i % 2])
-             for i in range(n_cells)]
+def section_emo(b: Bench, tmod: Any, folds: list[int], epochs: int) -> None:
+    """EMO-Debias grid: every cell of `folds` in ONE fit_many call (b.workers processes) at
+    `epochs`, extrapolated to 5 folds x 50 epochs (labelled as such)."""
     total_cells = 5 * len(EMO_RATIOS) * len(EMO_DIRECTIONS)
     print(f"\n[4] EMO-Debias grid: {len(EMO_METHODS)} methods x {len(EMO_RATIOS)} ratios x "
           f"{len(EMO_DIRECTIONS)} directions x 5 folds = {len(EMO_METHODS) * total_cells} runs")
-    per_ratio: dict[float, list[float]] = {}
-    for fold, ratio, direction in cells:
-        data = train_data(b, tmod, _data.imbalance_idx(b.labels, fold, ratio, direction), "truth")
-        runs = [tmod.RunConfig(m, seed=0, config=tmod.TrainConfig(epochs=epochs))
-                for m in EMO_METHODS]
-        _, t = timed(tmod.fit_many, data, runs)
-        per_ratio.setdefault(ratio, []).append(t)
-        _line(f"fold {fold}, 1:{ratio:g}, {direction} ({len(data.train_idx)} train rows)",
-              f"{t:6.1f} s for {len(runs)} runs")
-    mean_cell = float(np.mean([np.mean(v) for v in per_ratio.values()]))
-    est = mean_cell * total_cells * 50 / epochs
-    b.results["emo_extrapolated_s"] = est
-    _line(f"EXTRAPOLATION: mean of ratios measured {sorted(per_ratio)} x {total_cells} cells "
-          f"x 50/{epochs} epochs", f"{est / 60:6.1f} min")
+    pairs = []
+    for fold in folds:
+        for ratio in EMO_RATIOS:
+            for direction in EMO_DIRECTIONS:
+                idx = _data.imbalance_idx(b.labels, fold, ratio, direction)
+                pairs.append((train_data(b, tmod, idx, "truth"),
+                              [tmod.RunConfig(m, seed=0, config=tmod.TrainConfig(epochs=epochs))
+                               for m in EMO_METHODS]))
+    n_runs = sum(len(r) for _, r in pairs)
+    sizes = [len(d.train_idx) for d, _ in pairs]
+    torch.set_num_threads(1)
+    _, t = timed(tmod.fit_many, pairs, workers=b.workers)
+    est = t * 5 / len(folds) * 50 / epochs
+    b.results["emo_measured_s"], b.results["emo_extrapolated_s"] = t, est
+    _line(f"folds {folds}: {n_runs} runs ({min(sizes)}-{max(sizes)} train rows), {epochs} "
+          f"epochs, {b.workers} process(es)", f"{t:6.1f} s ({t / n_runs:.2f} s/run)")
+    _line(f"EXTRAPOLATED to 5 folds x 50 epochs (x {5 / len(folds):g} x {50 / epochs:g})",
+          f"{est / 60:6.1f} min")
 
 
 def section_profile(b: Bench, tmod: Any) -> None:
@@ -500,7 +516,13 @@ def main() -> None:
     ap.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--baseline-folds", type=int, nargs="+", default=[1],
                     help="folds on which the plain-loop grid baseline is measured (then scaled)")
-    ap.add_argument("--emo-cells", type=int, default=5, help="EMO grid cells to time (0 = skip)")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="fit_many processes (the grids' target is 2 CPU cores)")
+    ap.add_argument("--plain-threads", type=int, nargs="+", default=[1, 2],
+                    help="torch threads tried for the plain loop; the faster is the baseline")
+    ap.add_argument("--emo-folds", type=int, nargs="*", default=[1],
+                    help="EMO grid folds timed in one fit_many call (none = skip)")
+    ap.add_argument("--emo-epochs", type=int, default=5)
     ap.add_argument("--stack-sizes", type=int, nargs="*", default=[1, 4, 16, 64])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["baseline", "equality", "idi",
@@ -509,17 +531,18 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.epochs = 3 if args.epochs == 50 else args.epochs
-        args.folds, args.baseline_folds, args.emo_cells = [1, 2], [1], min(args.emo_cells, 1)
+        args.folds, args.baseline_folds, args.emo_epochs = [1, 2], [1], 2
         args.stack_sizes = [1, 16]
     if args.threads:
         torch.set_num_threads(args.threads)
     store, labels = _data.crema_store()
-    b = Bench(store, labels, labels.majority(), args.epochs, args.quick)
+    b = Bench(store, labels, labels.majority(), args.epochs, args.quick, args.workers,
+              (args.threads or 1))
     print(f"store {store.features.shape} {store.features.dtype} at {store.path}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     t0 = time.perf_counter()
     if "baseline" not in args.skip:
-        section_baseline(b)
+        section_baseline(b, args.plain_threads)
     tmod = try_import_train()
     if tmod is not None and "equality" not in args.skip:
         section_equality(b, tmod)
@@ -527,8 +550,8 @@ def main() -> None:
         section_idi(b, tmod, args.folds, [f for f in args.baseline_folds if f in args.folds])
     if tmod is not None and "stacking" not in args.skip and args.stack_sizes:
         section_stacking(b, tmod, args.stack_sizes)
-    if tmod is not None and "emo" not in args.skip and args.emo_cells > 0:
-        section_emo(b, tmod, args.emo_cells)
+    if tmod is not None and "emo" not in args.skip and args.emo_folds:
+        section_emo(b, tmod, args.emo_folds, args.emo_epochs)
     if tmod is not None and args.profile:
         section_profile(b, tmod)
     print(f"\ntotal benchmark wall time {time.perf_counter() - t0:.0f} s")

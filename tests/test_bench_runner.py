@@ -61,11 +61,19 @@ def stable(out: Path) -> list[dict]:
     return sorted(recs, key=lambda r: r["hash"])
 
 
-def test_plan_tasks_batches_runs_that_share_stages() -> None:
-    tasks = plan_tasks(specs(), max_batch=16)
-    # erm / rw+gdro (truth) / rw+gdro (cluster) share nothing across folds: 3 batches per fold
-    assert sorted(len(t) for t in tasks) == [1, 1, 1, 2, 2, 2, 2, 2, 2]
-    assert all(len({s.batch_key for s in t}) == 1 for t in tasks)
+def test_plan_tasks_keeps_cells_whole_and_deals_them_over_workers() -> None:
+    # 3 folds x {erm (no groups), rw+gdro (truth), rw+gdro (cluster)}: 9 cells, one train key
+    cells = {s.batch_key for s in specs()}
+    assert len(cells) == 9
+    assert [len(t) for t in plan_tasks(specs())] == [15]  # one fit_many call stacks them all
+    for workers, max_batch in ((2, 256), (3, 256), (1, 4)):
+        tasks = plan_tasks(specs(), max_batch=max_batch, workers=workers)
+        assert sorted(s.hash for t in tasks for s in t) == sorted(s.hash for s in specs())
+        owner = {s.batch_key: i for i, t in enumerate(tasks) for s in t}
+        assert all(owner[s.batch_key] == i for i, t in enumerate(tasks) for s in t)  # whole
+        assert len(tasks) >= max(workers, 4 if max_batch == 4 else 1)
+        assert max(len(t) for t in tasks) <= max_batch
+        assert max(len(t) for t in tasks) - min(len(t) for t in tasks) <= 2  # balanced
     assert sorted(len(t) for t in plan_tasks(specs(), max_batch=1)) == [1] * 15
 
 

@@ -18,10 +18,13 @@ import functools
 import inspect
 import json
 import logging
+import mmap
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +94,18 @@ class TrainData:
     def n_classes(self) -> int:
         return self.soft.shape[1]
 
+    def __getstate__(self) -> dict:
+        """Pickle a memory-mapped `features` as a reference to its file (reopened read-only
+        on unpickling): worker processes read the store instead of receiving a copy."""
+        state = dict(self.__dict__)
+        state["features"] = _MemmapRef.of(self.features) or self.features
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["features"], _MemmapRef):
+            state["features"] = state["features"].open()
+        self.__dict__.update(state)
+
     @classmethod
     def from_objects(cls, store: Any, manifest: Any, split: Any, groups: Any = None) -> TrainData:
         """Align a FeatureStore, Manifest, Split and optional GroupAssignment by utt_id.
@@ -123,6 +138,33 @@ class TrainData:
         return cls(store.features, soft, rows(split.train, "train"), rows(split.dev, "dev"),
                    rows(split.test, "test"), gids, gprobs, n_groups, None, utt,
                    list(manifest.classes), info)
+
+
+@dataclass(frozen=True)
+class _MemmapRef:
+    """Where a read-only memory map's bytes live: enough to map them again elsewhere."""
+
+    filename: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @classmethod
+    def of(cls, a: Any) -> _MemmapRef | None:
+        """The reference of a memmap that maps a whole C-ordered file region, else None."""
+        if isinstance(a, np.memmap) and a.filename and isinstance(a.base, mmap.mmap) \
+                and a.flags.c_contiguous:
+            return cls(str(a.filename), a.dtype.str, tuple(a.shape), int(a.offset))
+        return None
+
+    def open(self) -> np.memmap:
+        return np.memmap(self.filename, np.dtype(self.dtype), "r", self.offset, self.shape)
+
+
+def _store_id(features: Any) -> tuple:
+    """Identity of a feature array: its file region for memory maps, else the object."""
+    ref = _MemmapRef.of(features)
+    return ("file", ref) if ref else ("object", id(features))
 
 
 # ---------------------------------------------------------------------------- configs
@@ -285,6 +327,11 @@ class StackedAdam:
         # one step tensor per (parameter, run): the kernels increment every listed tensor
         self.t = [[torch.zeros(n_runs, dtype=torch.float32, device=p.device) for p in ps]
                   for ps, _ in self.groups]
+        # per-run views of (parameter, m, v, step), made once: [group][param] -> 4 tuples of R
+        self.views = [[tuple(x.detach().unbind(0) for x in four)
+                       for four in zip(ps, ms, vs, ts, strict=True)]
+                      for (ps, _), ms, vs, ts in zip(self.groups, self.m, self.v, self.t,
+                                                    strict=True)]
         self.fused: bool | None = None
 
     def zero_grad(self) -> None:
@@ -296,13 +343,14 @@ class StackedAdam:
     def step(self, active: np.ndarray | None = None) -> None:
         """Update every run, or only the runs where `active` [R] (host bool array) holds."""
         runs = range(self.n_runs) if active is None else np.flatnonzero(active).tolist()
-        for (params, lr), ms, vs, ts in zip(self.groups, self.m, self.v, self.t, strict=True):
+        for (params, lr), views in zip(self.groups, self.views, strict=True):
             lists: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
-            for p, m, v, t in zip(params, ms, vs, ts, strict=True):
+            for p, (ps, ms, vs, ts) in zip(params, views, strict=True):
                 if p.grad is None:
                     continue
+                gs = p.grad.unbind(0)
                 for r in runs:
-                    for out, x in zip(lists, (p, p.grad, m, v, t), strict=True):
+                    for out, x in zip(lists, (ps, gs, ms, vs, ts), strict=True):
                         out.append(x[r])
             if lists[0]:
                 self._adam(lists, lr)
@@ -362,16 +410,26 @@ _PER_RUN_ATTRS = frozenset({"name", "family", "supervision", "HPARAMS", "prepare
 
 @functools.cache
 def _impl_key(cls: type[Method]) -> tuple:
-    """What a stack shares: every class attribute but the per-run ones and default values, so
-    classes that differ only in defaults (GDRO / GADRO) or in their data-level hook (ERM / RW /
-    DS) train in one stack."""
+    """What a stack shares: every attribute the Method classes define (not nn.Module's, which
+    libraries may patch at runtime) but the per-run ones and default values, so classes that
+    differ only in defaults (GDRO / GADRO) or in their data-level hook (ERM / RW / DS) train in
+    one stack."""
+    names = {n for k in cls.__mro__ if issubclass(k, Method) for n in vars(k)}
     out = [("HPARAMS", tuple(sorted(cls.HPARAMS)))]
-    for n in sorted(dir(cls)):
+    for n in sorted(names):
         if (n.startswith("__") and n.endswith("__")) or n in _PER_RUN_ATTRS:
             continue
-        v = inspect.getattr_static(cls, n)
-        out.append((n, repr(v) if isinstance(v, (bool, int, float, str, frozenset)) else id(v)))
+        out.append((n, _describe(inspect.getattr_static(cls, n))))
     return tuple(out)
+
+
+def _describe(v: Any) -> str:
+    """A class attribute by where it is defined (functions, descriptors) or its value, never
+    its memory address, so equal code gives equal keys in every process and test order."""
+    fn = getattr(v, "__func__", v)
+    if callable(fn) and hasattr(fn, "__qualname__"):
+        return f"{getattr(fn, '__module__', '')}.{fn.__qualname__}"
+    return repr(v)
 
 
 def _reads_groups(cls: type[Method]) -> bool:
@@ -390,8 +448,8 @@ def _stack_key(p: _Plan) -> tuple:
     groups = None
     if _reads_groups(p.cls):
         groups = (d.n_groups, d.group_probs is not None and p.cls.supervision == "soft")
-    return (id(d.features), d.n_classes, groups, _impl_key(p.cls), p.cls.stack_key(p.hp), cfg,
-            length)
+    return (_store_id(d.features), d.n_classes, groups, _impl_key(p.cls),
+            p.cls.stack_key(p.hp), cfg, length)
 
 
 def _chunks(members: list[_Plan], max_stack: int) -> list[list[_Plan]]:
@@ -410,13 +468,29 @@ def _chunks(members: list[_Plan], max_stack: int) -> list[list[_Plan]]:
 Pairs = Sequence[tuple[TrainData, Sequence[RunConfig]]]
 
 
-def fit_many(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None) -> list[FitResult]:
+def fit_many(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None, *,
+             workers: int = 1) -> list[FitResult]:
     """Train runs, stacking compatible ones; results in the order given.
 
     `fit_many(data, runs)` trains `runs` on one TrainData; `fit_many([(data_a, runs_a),
     (data_b, runs_b), ...])` trains runs whose splits / group sources differ (TrainData objects
     sharing one `features` array, e.g. `dataclasses.replace(data, train_idx=...)`)
     and stacks runs of one method across them; results follow the pairs' runs in order.
+    `workers` > 1 trains the stacks in that many processes (see `fit_stream`).
+    """
+    done = dict(fit_stream(data, runs, workers=workers))
+    return [done[i] for i in range(len(done))]
+
+
+def fit_stream(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None, *,
+               workers: int = 1) -> Iterator[tuple[int, FitResult]]:
+    """`fit_many`, yielding (position, result) as each stack finishes, so a caller can save
+    finished runs while the rest train (an interrupted grid keeps them).
+
+    With `workers` > 1, stacks train in that many spawned processes, one torch thread each,
+    largest first; a memory-mapped store is reopened by path in each process (see
+    `TrainData.__getstate__`), in-memory features are copied to it. Numbers do not depend on
+    `workers`.
     """
     pairs = [(data, runs or [])] if isinstance(data, TrainData) else list(data)
     plans = [_plan(d, 0, run) for d, rs in pairs for run in rs]
@@ -425,23 +499,53 @@ def fit_many(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None) -
     stacks: dict[tuple, list[_Plan]] = defaultdict(list)
     for p in plans:
         stacks[_stack_key(p)].append(p)
-    banks: dict[tuple, FeatureBank] = {}
-    results: list[FitResult | None] = [None] * len(plans)
+    chunks: list[list[_Plan]] = []
     for members in stacks.values():
         if not members[0].cls.trains:
-            results[members[0].pos] = _untrained(members[0].data, members[0])
-            continue
-        cfg = members[0].run.config
-        key = (id(members[0].data.features), cfg.device, cfg.preload_max_gb)
-        if key not in banks:  # one bank per store for every stack that reads it
-            rows = [np.concatenate([q.data.dev_idx, q.data.test_idx, q.prep.idx]) for q in plans
-                    if q.cls.trains and q.data.features is members[0].data.features]
-            banks[key] = FeatureBank(members[0].data.features, np.concatenate(rows),
-                                     torch.device(cfg.device), cfg.preload_max_gb)
-        for chunk in _chunks(members, max(1, cfg.max_stack)):
-            for p, res in zip(chunk, _train_stack(chunk, banks[key]), strict=True):
-                results[p.pos] = res
-    return results  # type: ignore[return-value]
+            yield members[0].pos, _untrained(members[0].data, members[0])
+        else:
+            chunks += _chunks(members, max(1, members[0].run.config.max_stack))
+    rows = {}  # every row a store's stacks read: one bank per store and process
+    for q in plans:
+        if q.cls.trains:
+            rows.setdefault(_store_id(q.data.features), []).append(
+                np.concatenate([q.data.dev_idx, q.data.test_idx, q.prep.idx]))
+    store_rows = {k: np.unique(np.concatenate(v)) for k, v in rows.items()}
+    tasks = [(c, store_rows[_store_id(c[0].data.features)]) for c in chunks]
+    if workers <= 1 or len(tasks) <= 1:
+        tasks.sort(key=lambda t: repr(_store_id(t[0][0].data.features)))  # a store at a time
+        banks: dict[tuple, FeatureBank] = {}
+        for chunk, task_rows in tasks:
+            yield from _train_chunk(chunk, task_rows, banks)
+        return
+    tasks.sort(key=lambda t: -sum(len(p.prep.idx) for p in t[0]))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = [pool.submit(_train_chunk_list, *t) for t in tasks]
+        for f in as_completed(futures):
+            yield from f.result()
+
+
+def _train_chunk(chunk: list[_Plan], rows: np.ndarray,
+                 banks: dict[tuple, FeatureBank]) -> Iterator[tuple[int, FitResult]]:
+    """Train one stack on the bank of its store's `rows` (built once per store in `banks`)."""
+    cfg = chunk[0].run.config
+    key = (_store_id(chunk[0].data.features), cfg.device, cfg.preload_max_gb)
+    if key not in banks:
+        banks.clear()  # one store's bank at a time
+        banks[key] = FeatureBank(chunk[0].data.features, rows, torch.device(cfg.device),
+                                 cfg.preload_max_gb)
+    results = _train_stack(chunk, banks[key])
+    yield from ((p.pos, res) for p, res in zip(chunk, results, strict=True))
+
+
+# a worker process's bank, kept between the stacks it trains
+_WORKER_BANKS: dict[tuple, FeatureBank] = {}
+
+
+def _train_chunk_list(chunk: list[_Plan], rows: np.ndarray) -> list[tuple[int, FitResult]]:
+    """Worker-process entry point (a picklable list, not a generator)."""
+    return list(_train_chunk(chunk, rows, _WORKER_BANKS))
 
 
 def fit(

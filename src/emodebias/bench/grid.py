@@ -122,6 +122,13 @@ class RunSpec:
                              "direction": self.direction, "seed": self.split_seed})
 
     @property
+    def train_key(self) -> str:
+        """Runs with equal train keys read one feature store with one training config: their
+        cells (folds, ratios, group sources) can train as one `fit_many` call."""
+        return content_hash({"c": self.corpus_key, "enc": self.encoder, "eo": self.encoder_opts,
+                             "t": self.train, "e": self.evaluation})
+
+    @property
     def batch_key(self) -> str:
         """Runs with equal batch keys share features, split and groups: trainable together."""
         return content_hash({"s": self.split_key, "enc": self.encoder, "eo": self.encoder_opts,

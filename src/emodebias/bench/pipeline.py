@@ -11,9 +11,9 @@ same stage wait for one builder instead of racing::
     cache/groups/<groups key>/           the GroupAssignment
     cache/locks/*.lock
 
-Specs that share a batch key share all of these and are trained together with
-`emodebias.train.fit_many` (issue 8), one by one with `fit` otherwise. Grid conventions that the
-papers leave open are decided here: an empty-string corpus option (an unset preset variable)
+Specs that share a batch key (a cell) share all of these; every cell of a task trains in one
+`emodebias.train.fit_stream` call (issue 8), which stacks runs across cells. Grid conventions that
+the papers leave open are decided here: an empty-string corpus option (an unset preset variable)
 is dropped; `make_folds: k` adds k speaker-independent folds to corpora without official ones;
 cluster groups are fitted on the fold's train + dev embeddings (PAPERS.md §6.7, mean over layers)
 and assign every utterance.
@@ -161,16 +161,6 @@ def _pseudo(model: str, manifest, cache: Path):
 
 
 # ----------------------------------------------------------------------------- training
-def _fit_all(data, specs: list[RunSpec]) -> list[tuple[RunSpec, object]]:
-    """(spec, FitResult) per spec, trained together by `fit_many` (same numbers as `fit`)."""
-    from emodebias.train import RunConfig, TrainConfig, fit_many
-
-    cfg = TrainConfig(**specs[0].train)
-    runs = [RunConfig(method=s.method, hparams=dict(s.hparams), seed=s.seed, config=cfg)
-            for s in specs]
-    return list(zip(specs, fit_many(data, runs), strict=True))
-
-
 def _score(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray):
     from emodebias.metrics import from_predictions
 
@@ -182,34 +172,45 @@ def _score(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray):
 
 
 def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]:
-    """The default executor: yields one RunResult (or RunFailure) per spec."""
+    """The default executor: yields one RunResult (or RunFailure) per spec.
+
+    Each cell's stages (batch key) load once; then every run of every cell trains in ONE
+    `fit_stream` call, which stacks runs of a method across cells, and each run is scored and
+    yielded as soon as its stack finishes (so the runner commits it before the rest finish).
+    """
+    from emodebias.train import RunConfig, TrainConfig, TrainData, fit_stream
+
     cache = Path(out) / "cache"
-    batches: dict[str, list[RunSpec]] = {}
+    cells: dict[str, list[RunSpec]] = {}
     for s in specs:
-        batches.setdefault(s.batch_key, []).append(s)
-    for batch in batches.values():
+        cells.setdefault(s.batch_key, []).append(s)
+    pairs, order, context = [], [], []
+    for cell in cells.values():
         try:
-            yield from _execute_batch(batch, cache)
-        except Exception as exc:  # a shared stage failed: every run of the batch fails with it
-            for s in batch:
-                yield RunFailure(s, exc)
-
-
-def _execute_batch(batch: list[RunSpec], cache: Path) -> Iterator[RunResult | RunFailure]:
-    from emodebias.train import TrainData
-
-    first = batch[0]
-    manifest = stage_manifest(first, cache)
-    split = stage_split(first, manifest, cache)
-    store = stage_features(manifest, first.encoder, first.encoder_opts, cache)
-    groups = stage_groups(first, manifest, split, cache)
-    data = TrainData.from_objects(store, manifest, split, groups)
-    test_ids = list(split.test)
-    for spec, fit in _fit_all(data, batch):
-        try:
-            yield _result(spec, manifest, test_ids, np.asarray(fit.test_probs), fit)
-        except Exception as exc:
-            yield RunFailure(spec, exc)
+            first = cell[0]
+            manifest = stage_manifest(first, cache)
+            split = stage_split(first, manifest, cache)
+            store = stage_features(manifest, first.encoder, first.encoder_opts, cache)
+            groups = stage_groups(first, manifest, split, cache)
+            data = TrainData.from_objects(store, manifest, split, groups)
+        except Exception as exc:  # a shared stage failed: every run of the cell fails with it
+            yield from (RunFailure(s, exc) for s in cell)
+            continue
+        pairs.append((data, [RunConfig(s.method, dict(s.hparams), s.seed,
+                                       TrainConfig(**s.train)) for s in cell]))
+        order += cell
+        context += [(manifest, list(split.test))] * len(cell)
+    done: set[int] = set()
+    try:
+        for pos, fit in fit_stream(pairs):
+            done.add(pos)
+            spec, (manifest, test_ids) = order[pos], context[pos]
+            try:
+                yield _result(spec, manifest, test_ids, np.asarray(fit.test_probs), fit)
+            except Exception as exc:
+                yield RunFailure(spec, exc)
+    except Exception as exc:  # training broke: the runs not yet finished fail with it
+        yield from (RunFailure(s, exc) for i, s in enumerate(order) if i not in done)
 
 
 def _result(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray, fit) -> RunResult:

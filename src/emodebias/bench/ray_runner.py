@@ -1,10 +1,10 @@
 """Run a grid's specs on a Ray cluster (``emodebias bench --backend ray --address ...``).
 
-The same tasks as the local runner (`runner.plan_tasks`) become Ray tasks that call
-`runner.run_task`: only the specs (small dicts) and the output path travel; every worker opens
-the cached feature memmaps by path, so features are read, not copied. This needs the output
-folder (and the cache inside it) on a filesystem every node sees, and emodebias installed on
-every node. Records are committed by the workers with the same atomic protocol, so a Ray grid
+The same tasks as the local runner (`runner.plan_tasks`, at least one per CPU slot) become Ray
+tasks that call `runner.run_task`: only the specs (small dicts) and the output path travel; every
+worker opens the cached feature memmaps by path, so features are read, not copied. This needs the
+output folder (and the cache inside it) on a filesystem every node sees, and emodebias installed
+on every node. Records are committed by the workers with the same atomic protocol, so a Ray grid
 is resumable exactly like a local one, and the two backends give the same records.
 """
 
@@ -25,7 +25,7 @@ from emodebias.bench.runner import (
 
 
 def run_ray(specs: list[RunSpec], out: str | Path, address: str | None = None,
-            executor: str = DEFAULT_EXECUTOR, progress: bool = True, max_batch: int = 16,
+            executor: str = DEFAULT_EXECUTOR, progress: bool = True, max_batch: int = 64,
             cpus_per_task: float = 1.0) -> GridSummary:
     """Send every spec not yet done to Ray; connects to `address` unless Ray is already up."""
     try:
@@ -34,12 +34,13 @@ def run_ray(specs: list[RunSpec], out: str | Path, address: str | None = None,
         raise RuntimeError("the Ray backend needs ray: pip install 'emodebias[ray]'") from None
     out = Path(out).resolve()
     todo = prepare_out(out, specs)
-    tasks = plan_tasks(todo, max_batch)
     started = False
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         started = True
     try:
+        slots = int(ray.cluster_resources().get("CPU", 1) // cpus_per_task) or 1
+        tasks = plan_tasks(todo, max_batch, workers=slots)
         remote = ray.remote(num_cpus=cpus_per_task, max_retries=0)(run_task)
         refs = {remote.remote(executor, [s.to_dict() for s in t], str(out)): t for t in tasks}
         with GridProgress(out, specs, todo, show=progress) as prog:

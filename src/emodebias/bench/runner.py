@@ -3,9 +3,10 @@
 * Resumable: a spec whose record exists is never recomputed (see `results` for the atomic
   commit); after any crash, including ``kill -9`` of the whole process group, a rerun completes
   only what is missing. Failed runs leave `failures/<hash>.json` and are retried next time.
-* Batched: specs that share (split, features, groups, training config) go to one task, so the
-  executor can train them together (`emodebias.train.fit_many`, issue 8) and load the shared
-  stages once. Batching never changes numbers; it only changes how work is packed.
+* Batched: specs that share features and a training config go to tasks of whole cells (split +
+  groups), dealt over the workers, so the executor trains each task in one
+  `emodebias.train.fit_many` call that stacks runs across folds and group sources (issue 8).
+  Batching never changes numbers; it only changes how work is packed.
 * Pluggable: the executor is named by a dotted path ``module:function`` taking
   ``(specs: list[RunSpec], out: Path)`` and yielding `RunResult` / `RunFailure`; it is resolved
   inside the worker, so it need not be picklable. The default is the real pipeline.
@@ -66,15 +67,27 @@ def resolve_executor(ref: str | Callable) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-def plan_tasks(specs: Iterable[RunSpec], max_batch: int = 16) -> list[list[RunSpec]]:
-    """Group specs by shared stages (batch key), keep first-seen order, cap each task's size."""
-    groups: dict[str, list[RunSpec]] = {}
+def plan_tasks(specs: Iterable[RunSpec], max_batch: int = 256,
+               workers: int = 1) -> list[list[RunSpec]]:
+    """Pack specs into tasks: cells (specs sharing split, features and groups: the batch key)
+    stay whole, and the cells of one store and training config (train key) are dealt to
+    `workers` tasks or more, largest cell to the lightest task, so each task trains its runs as
+    one `fit_many` call that stacks them across cells; a task holds at most `max_batch` runs
+    (a larger cell is split). First-seen order is kept within a task."""
+    cells: dict[str, dict[str, list[RunSpec]]] = {}
     for s in specs:
-        groups.setdefault(s.batch_key, []).append(s)
-    tasks = []
-    for members in groups.values():
-        for i in range(0, len(members), max(1, max_batch)):
-            tasks.append(members[i : i + max_batch])
+        cells.setdefault(s.train_key, {}).setdefault(s.batch_key, []).append(s)
+    cap = max(1, max_batch)
+    tasks: list[list[RunSpec]] = []
+    for by_cell in cells.values():
+        parts = [c[i : i + cap] for c in by_cell.values() for i in range(0, len(c), cap)]
+        total = sum(len(p) for p in parts)
+        bins: list[list[RunSpec]] = [[] for _ in range(max(min(workers, len(parts)),
+                                                           -(-total // cap)))]
+        for part in sorted(parts, key=len, reverse=True):
+            fits = [b for b in bins if len(b) + len(part) <= cap] or bins
+            min(fits, key=len).extend(part)
+        tasks += [b for b in bins if b]
     return tasks
 
 
@@ -187,12 +200,12 @@ class GridProgress:
 
 
 def run_local(specs: list[RunSpec], out: str | Path, workers: int = 1,
-              executor: str = DEFAULT_EXECUTOR, progress: bool = True, max_batch: int = 16,
+              executor: str = DEFAULT_EXECUTOR, progress: bool = True, max_batch: int = 256,
               threads_per_worker: int = 1) -> GridSummary:
     """Run every spec not yet done under `out` on `workers` processes (1 = in this process)."""
     out = Path(out)
     todo = prepare_out(out, specs)
-    tasks = plan_tasks(todo, max_batch)
+    tasks = plan_tasks(todo, max_batch, workers)
     with GridProgress(out, specs, todo, show=progress) as prog:
         if workers <= 1:
             for task in tasks:

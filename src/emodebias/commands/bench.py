@@ -68,7 +68,7 @@ def bench(
     workers: int = typer.Option(1, help="local worker processes"),
     backend: str = typer.Option("local", help="local | ray"),
     address: str = typer.Option(None, help="Ray cluster address (backend ray)"),
-    max_batch: int = typer.Option(16, help="most runs trained together in one task"),
+    max_batch: int = typer.Option(256, help="most runs in one task (one fit_many call)"),
     dry_run: bool = typer.Option(False, help="only list the runs the grid expands to"),
 ) -> None:
     """Run a benchmark grid (resumable: rerun the same command to finish what is missing)."""
