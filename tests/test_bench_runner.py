@@ -77,6 +77,13 @@ def test_plan_tasks_keeps_cells_whole_and_deals_them_over_workers() -> None:
     assert sorted(len(t) for t in plan_tasks(specs(), max_batch=1)) == [1] * 15
 
 
+def test_cli_default_task_size_is_the_runners() -> None:
+    from emodebias.bench.runner import MAX_BATCH
+    from emodebias.commands.bench import MAX_BATCH as CLI_MAX_BATCH
+
+    assert CLI_MAX_BATCH == MAX_BATCH
+
+
 def test_failures_are_recorded_and_retried(tmp_path, monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(TESTS))
     monkeypatch.setenv("TOY_FAIL", "gdro")

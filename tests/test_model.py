@@ -7,7 +7,14 @@ import math
 import numpy as np
 import torch
 
-from emodebias.model import HIDDEN, SERHead, StackedMLP, _LinearChain, run_slice
+from emodebias.model import (
+    HIDDEN,
+    SERHead,
+    SharedRows,
+    StackedMLP,
+    _LinearChain,
+    run_slice,
+)
 
 
 def gens(*seeds: int) -> list[torch.Generator]:
@@ -95,3 +102,24 @@ def test_stacked_mlp_relu_hidden_and_slice() -> None:
     assert (hid >= 0).all()
     state = run_slice(mlp.state_dict(), 0)
     assert state["out.weight"].shape == (1, 5, 2)
+
+
+def test_shared_rows_equal_the_dense_batch_values_and_gradients() -> None:
+    """Runs 0, 2, 3 read one batch and run 1 another: the grouped layer mix (each distinct batch
+    read once) gives the dense [R, B, L, D] result and the same gradients."""
+    head = SERHead(gens(1, 2, 3, 4), n_layers=3, dim=16, n_classes=5)
+    with torch.no_grad():
+        head.encoder.mix.weight.normal_()
+    layer_major = torch.randn(3, 2 * 8, 16)  # as FeatureBank returns rows: [L, J*B, D]
+    u = layer_major.view(3, 2, 8, 16).movedim(0, -2)  # [J, B, L, D] view
+    shared = SharedRows(u, (0, 1, 0, 0))
+    assert shared.shape == (4, 8, 3, 16)
+    grads = []
+    for x in (shared.dense(), shared):
+        head.zero_grad()
+        logits, h = head(x)
+        (logits.sum() + h.pow(2).sum() + head.logits(x).pow(2).sum()).backward()
+        grads.append((logits.detach(), [p.grad.clone() for p in head.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -11,6 +11,7 @@ so pooled features give exactly the frame-level head's output.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -92,6 +93,48 @@ class _LayerSum(torch.autograd.Function):
         return dw, dx
 
 
+@dataclass(frozen=True)
+class SharedRows:
+    """Per-run inputs [R, B, L, D] stored once per distinct batch: run r reads x[group[r]].
+
+    Runs of one grid cell draw the same batches (same rows and seed: ERM / RW / GDRO / GADRO of
+    a fold), so a step reads each feature row once instead of once per run (FeatureBank is
+    memory-bandwidth bound on CPU)."""
+
+    x: torch.Tensor  # [J, B, L, D]
+    group: tuple[int, ...]  # [R] -> 0..J-1
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.group), *self.x.shape[1:]))
+
+    def dense(self) -> torch.Tensor:
+        """The [R, B, L, D] tensor (a copy)."""
+        return self.x[list(self.group)]
+
+
+class _GroupedLayerSum(torch.autograd.Function):
+    """h[r] = w[r] @ x[group[r]] for x [J, L, N]: one [R_j, L] @ [L, N] product per distinct
+    input (x read once for its R_j runs); dw[runs of j] = (x[j] @ g[runs of j]ᵀ)ᵀ."""
+
+    @staticmethod
+    def forward(ctx, w, x, members):  # noqa: ANN001, ANN205 - autograd signature
+        ctx.save_for_backward(x)
+        ctx.members = members
+        out = w.new_empty(w.shape[0], x.shape[-1])
+        for j, idx in enumerate(members):
+            out.index_copy_(0, idx, w.index_select(0, idx) @ x[j])
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        (x,) = ctx.saved_tensors
+        dw = g.new_empty(g.shape[0], x.shape[1])
+        for j, idx in enumerate(ctx.members):
+            dw.index_copy_(0, idx, (x[j] @ g.index_select(0, idx).T).T)
+        return dw, None, None
+
+
 class LayerMix(nn.Module):
     """s3prl Featurizer: softmax-weighted sum over layers, weights initialised to zeros."""
 
@@ -99,8 +142,8 @@ class LayerMix(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(n_runs, n_layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [R, B, L, D] or shared [B, L, D] -> [R, B, D].
+    def forward(self, x: torch.Tensor | SharedRows) -> torch.Tensor:
+        """x [R, B, L, D], `SharedRows`, or one batch for all runs [B, L, D] -> [R, B, D].
 
         Layer-major inputs (each layer's [B, D] block contiguous, as FeatureBank returns them)
         mix with one matrix product per run read in place; other layouts use a batched
@@ -108,6 +151,14 @@ class LayerMix(nn.Module):
         """
         w = torch.softmax(self.weight, dim=-1)
         b, n_layers, d = x.shape[-3:]
+        if isinstance(x, SharedRows):
+            u = x.x
+            if not (u.stride(-1) == 1 and u.stride(-3) == d):
+                return self.forward(x.dense())
+            group = torch.as_tensor(x.group, device=w.device)
+            members = [torch.nonzero(group == j).flatten() for j in range(len(u))]
+            xv = u.transpose(1, 2).view(len(u), n_layers, b * d)
+            return _GroupedLayerSum.apply(w, xv, members).view(-1, b, d)
         if x.dim() == 3:  # [R, L] @ [L, B*D] (a copy only when x is not layer-major)
             return (w @ x.transpose(0, 1).reshape(n_layers, b * d)).view(-1, b, d)
         if x.stride(-1) == 1 and x.stride(-3) == d:

@@ -36,7 +36,7 @@ from torch.optim.adam import adam as _adam_fn
 from emodebias.labels import strict_majority
 from emodebias.losses import class_balanced_ce, class_weights_for
 from emodebias.methods import Batch, Method, MethodContext, Prepared, get_method
-from emodebias.model import run_slice
+from emodebias.model import SharedRows, run_slice
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +290,14 @@ class FeatureBank:
         if self._buf is None or self._buf.numel() < size:
             self._buf = torch.empty(size, device=self.device)
         return self._buf[:size].view(self.n_layers, n, self.dim)
+
+    def batch(self, rows: torch.Tensor) -> torch.Tensor | SharedRows:
+        """Features of per-run rows [R, B]: each distinct row list is read once (`SharedRows`)
+        when runs share batches, else `features(rows)`."""
+        uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        if len(uniq) == len(rows):
+            return self.features(rows)
+        return SharedRows(self.features(uniq), tuple(inverse.tolist()))
 
     def compact(self, full_rows: np.ndarray) -> torch.Tensor:
         """Bank positions of store rows (which must be in the bank)."""
@@ -600,7 +608,7 @@ class _EvalSet:
                      for s in range(0, len(self.rows), chunk)]
         else:
             step = max(1, chunk // self.rows.shape[0])
-            parts = [method.logits(bank.features(self.rows[:, s : s + step]))
+            parts = [method.logits(bank.batch(self.rows[:, s : s + step]))
                      for s in range(0, self.rows.shape[1], step)]
         if not parts:
             return torch.zeros(*self.soft.shape, device=self.soft.device)
@@ -730,7 +738,7 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[FitResult]:
                                                                                    device=device)
             pos = perm.gather(1, cols.clamp_max(n_max - 1))
             rows = train_rows.gather(1, pos)
-            batch = Batch(bank.features(rows), t_soft[runs_ar, pos], t_maj.gather(1, pos),
+            batch = Batch(bank.batch(rows), t_soft[runs_ar, pos], t_maj.gather(1, pos),
                           t_grp.gather(1, pos), None if t_probs is None else t_probs[runs_ar, pos],
                           pos, weight.gather(1, pos))
             saved = None if active is None else _snapshot(method, loop_gens, active, n_runs)

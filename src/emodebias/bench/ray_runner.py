@@ -15,6 +15,7 @@ from pathlib import Path
 from emodebias.bench.grid import RunSpec
 from emodebias.bench.runner import (
     DEFAULT_EXECUTOR,
+    MAX_BATCH,
     GridProgress,
     GridSummary,
     plan_tasks,
@@ -25,7 +26,7 @@ from emodebias.bench.runner import (
 
 
 def run_ray(specs: list[RunSpec], out: str | Path, address: str | None = None,
-            executor: str = DEFAULT_EXECUTOR, progress: bool = True, max_batch: int = 64,
+            executor: str = DEFAULT_EXECUTOR, progress: bool = True, max_batch: int = MAX_BATCH,
             cpus_per_task: float = 1.0) -> GridSummary:
     """Send every spec not yet done to Ray; connects to `address` unless Ray is already up."""
     try:

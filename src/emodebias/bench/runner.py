@@ -34,6 +34,7 @@ from emodebias.bench.grid import RunSpec
 from emodebias.bench.results import clean_stale, is_done, write_failure, write_run
 
 DEFAULT_EXECUTOR = "emodebias.bench.pipeline:execute"
+MAX_BATCH = 256  # most runs in one task (one fit_many call)
 
 
 @dataclass
@@ -67,7 +68,7 @@ def resolve_executor(ref: str | Callable) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-def plan_tasks(specs: Iterable[RunSpec], max_batch: int = 256,
+def plan_tasks(specs: Iterable[RunSpec], max_batch: int = MAX_BATCH,
                workers: int = 1) -> list[list[RunSpec]]:
     """Pack specs into tasks: cells (specs sharing split, features and groups: the batch key)
     stay whole, and the cells of one store and training config (train key) are dealt to
@@ -200,7 +201,7 @@ class GridProgress:
 
 
 def run_local(specs: list[RunSpec], out: str | Path, workers: int = 1,
-              executor: str = DEFAULT_EXECUTOR, progress: bool = True, max_batch: int = 256,
+              executor: str = DEFAULT_EXECUTOR, progress: bool = True, max_batch: int = MAX_BATCH,
               threads_per_worker: int = 1) -> GridSummary:
     """Run every spec not yet done under `out` on `workers` processes (1 = in this process)."""
     out = Path(out)

@@ -8,6 +8,8 @@ import typer
 
 from emodebias.cli import app
 
+MAX_BATCH = 256  # = emodebias.bench.runner.MAX_BATCH (not imported: the CLI starts light)
+
 
 def _vars(pairs: list[str] | None) -> dict[str, str]:
     out = {}
@@ -68,7 +70,7 @@ def bench(
     workers: int = typer.Option(1, help="local worker processes"),
     backend: str = typer.Option("local", help="local | ray"),
     address: str = typer.Option(None, help="Ray cluster address (backend ray)"),
-    max_batch: int = typer.Option(256, help="most runs in one task (one fit_many call)"),
+    max_batch: int = typer.Option(MAX_BATCH, help="most runs in one task (one fit_many call)"),
     dry_run: bool = typer.Option(False, help="only list the runs the grid expands to"),
 ) -> None:
     """Run a benchmark grid (resumable: rerun the same command to finish what is missing)."""
@@ -129,7 +131,7 @@ def demo(
 ) -> None:
     """The whole pipeline on the built-in synthetic corpus, ending in a report."""
     grid = "demo-quick" if quick else "demo"
-    summary = _run_grid(grid, out, {}, workers, "local", None, 16)
+    summary = _run_grid(grid, out, {}, workers, "local", None, MAX_BATCH)
     _print_failures(summary)
     if not quick:
         _demo_tsne(grid, out)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from emodebias.losses import class_balanced_ce
-from emodebias.model import SERHead
+from emodebias.model import SERHead, SharedRows
 
 if TYPE_CHECKING:
     from emodebias.train import TrainConfig, TrainData
@@ -74,7 +74,7 @@ class Prepared:
 class Batch:
     """One training step's inputs for R stacked runs (every tensor starts with [R, B])."""
 
-    x: torch.Tensor  # [R, B, L, D] float32
+    x: torch.Tensor | SharedRows  # [R, B, L, D] float32 (`SharedRows` when runs share rows)
     soft: torch.Tensor  # [R, B, K]
     majority: torch.Tensor  # [R, B] long, -1 = no strict majority
     group: torch.Tensor  # [R, B] long, -1 = unknown
