@@ -7,13 +7,15 @@ absolute times on a shared CPU are noisy. Data: a CREMA-D-sized synthetic featur
 Sections:
 1. Plain-loop baseline: one run at a time, s3prl head (softmax layer weights -> Linear(768->256)
    -> Linear(256->6)), class-balanced soft-target CE, Adam lr 1e-4, batch 32, dev loss after each
-   epoch, keep the best. Per-run time on a 1:20 train set and on a full fold.
+   epoch, keep the best. Per-run time on a 1:20 train set (1 and 2 torch threads; the faster is
+   the baseline) and on a full fold.
 2. Equality: ``fit(erm)`` vs the plain loop for the same seed (max |Δ| of dev losses / probs,
    selected epoch).
-3. IDI Table-1 grid (17 rows × 5 folds): ``fit_many`` vs the same runs one by one with the plain
-   loop (baseline measured on ``--baseline-folds`` folds and scaled to 5, labelled as such).
-4. EMO-Debias grid (14 methods × 5 ratios × 2 directions × 5 folds): a measured fraction with
-   ``fit_many``, extrapolated (labelled as an extrapolation).
+3. IDI Table-1 grid (17 rows × 5 folds): ONE ``fit_many`` call in 1 and ``--workers`` processes
+   vs the same runs one by one with the plain loop (baseline measured on ``--baseline-folds``
+   folds and scaled to 5, labelled as such).
+4. EMO-Debias grid (14 methods × 5 ratios × 2 directions × 5 folds): every cell of
+   ``--emo-folds`` in one ``fit_many`` call, extrapolated (labelled as an extrapolation).
 
 Run: ``.venv/bin/python benchmarks/bench_train.py [--epochs 50] [--quick] [--profile]``.
 """
