@@ -37,6 +37,7 @@ from emodebias.labels import strict_majority
 from emodebias.losses import class_balanced_ce, class_weights_for
 from emodebias.methods import Batch, Method, MethodContext, Prepared, get_method
 from emodebias.model import SharedRows, run_slice
+from emodebias.workers import init_worker
 
 log = logging.getLogger(__name__)
 
@@ -528,10 +529,14 @@ def fit_stream(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None,
         return
     tasks.sort(key=lambda t: -sum(len(p.prep.idx) for p in t[0]))
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                             initializer=init_worker) as pool:
         futures = [pool.submit(_train_chunk_list, *t) for t in tasks]
-        for f in as_completed(futures):
-            yield from f.result()
+        try:
+            for f in as_completed(futures):
+                yield from f.result()
+        finally:  # an error or a consumer that stops early: start nothing more
+            for f in futures:
+                f.cancel()
 
 
 def _train_chunk(chunk: list[_Plan], rows: np.ndarray,

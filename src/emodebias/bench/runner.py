@@ -16,13 +16,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import importlib
 import json
 import os
-import signal
-import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -32,6 +28,7 @@ from pathlib import Path
 
 from emodebias.bench.grid import RunSpec
 from emodebias.bench.results import clean_stale, is_done, write_failure, write_run
+from emodebias.workers import init_worker
 
 DEFAULT_EXECUTOR = "emodebias.bench.pipeline:execute"
 MAX_BATCH = 256  # most runs in one task (one fit_many call)
@@ -130,17 +127,6 @@ def run_task(executor: str, spec_dicts: list[dict], out: str) -> list[dict]:
     return outcomes
 
 
-def _die_with_parent(threads: int) -> None:
-    """Worker initializer: one BLAS/OpenMP pool per worker, and exit when the runner dies."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
-
-
 def prepare_out(out: Path, specs: list[RunSpec]) -> list[RunSpec]:
     """Create the output folder, drop stale temporaries, list specs; return those not done."""
     out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +200,7 @@ def run_local(specs: list[RunSpec], out: str | Path, workers: int = 1,
         else:
             ctx = get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                     initializer=_die_with_parent,
+                                     initializer=init_worker,
                                      initargs=(threads_per_worker,)) as pool:
                 futures = {pool.submit(run_task, executor, [s.to_dict() for s in t],
                                        str(out)): t for t in tasks}
