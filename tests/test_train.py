@@ -418,3 +418,20 @@ def test_runs_of_one_cell_share_batches_and_equal_runs_alone(monkeypatch) -> Non
         alone = fit(data, run.method, {}, run.seed, CFG)
         assert alone.best_epoch == got.best_epoch
         np.testing.assert_allclose(got.test_probs, alone.test_probs, atol=1e-5)
+
+
+def test_postprocessing_and_data_level_methods_stack_with_erm() -> None:
+    """EO thresholds (ERM training + a per-run post-processing hook) and JTT (ERM loss on an
+    upsampled list) share ERM's stack; each equals the run alone, EO keeps its thresholds."""
+    data = random_data(8)
+    runs = [RunConfig("erm", {}, 2, CFG), RunConfig("eo_thresh", {"min_positives": 2}, 2, CFG),
+            RunConfig("jtt", {"id_epochs": 1, "up": 1}, 5, CFG)]
+    stacked = fit_many(data, runs)
+    assert stacked[0].info["stack_size"] == stacked[1].info["stack_size"] >= 2
+    assert "thresholds" in stacked[1].info and "thresholds" not in stacked[0].info
+    np.testing.assert_allclose(stacked[0].state["head.out.weight"],
+                               stacked[1].state["head.out.weight"], atol=1e-6)  # same training
+    for run, got in zip(runs, stacked, strict=True):
+        alone = fit(data, run.method, run.hparams, run.seed, CFG)
+        assert alone.best_epoch == got.best_epoch
+        np.testing.assert_allclose(got.test_probs, alone.test_probs, atol=1e-5)

@@ -413,8 +413,8 @@ MAX_LENGTH_RATIO = 1.5
 
 
 # class attributes that differ between methods yet are per run (defaults, data-level hooks)
-_PER_RUN_ATTRS = frozenset({"name", "family", "supervision", "HPARAMS", "prepare", "check_data",
-                            "resolve", "untrained_probs"})
+_PER_RUN_ATTRS = frozenset({"name", "family", "supervision", "HPARAMS", "PER_RUN_HPARAMS",
+                            "prepare", "postprocess", "check_data", "resolve", "untrained_probs"})
 
 
 @functools.cache
@@ -424,7 +424,7 @@ def _impl_key(cls: type[Method]) -> tuple:
     differ only in defaults (GDRO / GADRO) or in their data-level hook (ERM / RW / DS) train in
     one stack."""
     names = {n for k in cls.__mro__ if issubclass(k, Method) for n in vars(k)}
-    out = [("HPARAMS", tuple(sorted(cls.HPARAMS)))]
+    out = [("HPARAMS", tuple(sorted(set(cls.HPARAMS) - cls.PER_RUN_HPARAMS)))]
     for n in sorted(names):
         if (n.startswith("__") and n.endswith("__")) or n in _PER_RUN_ATTRS:
             continue
@@ -789,7 +789,7 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[FitResult]:
         state = run_slice(final_state, r)
         for k, dim in per_position.items():  # drop the padding of per-position state
             state[k] = state[k].narrow(dim, 0, int(lengths[r])).clone()
-        dev_r, test_r, post = method.postprocess(r, dev_probs[r], test_probs[r], d)
+        dev_r, test_r, post = p.cls.postprocess(p.hp, dev_probs[r], test_probs[r], d)
         info = {"dims": {"n_layers": bank.n_layers, "dim": bank.dim, "n_classes": d.n_classes,
                          "n_groups": d.n_groups},
                 "n_train": len(p.prep.idx), "prepare": p.prep.info, "stack_size": n_runs,

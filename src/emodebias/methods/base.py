@@ -106,6 +106,8 @@ class Method(nn.Module):
     supervision: ClassVar[str] = "none"
     HPARAMS: ClassVar[dict[str, Any]] = {}
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset()
+    # read only by the per-run hooks (prepare / postprocess): runs may differ in them and stack
+    PER_RUN_HPARAMS: ClassVar[frozenset[str]] = frozenset()
     trains: ClassVar[bool] = True
     # the loss reads the global `step`: only runs of equal train length may share a stack
     reads_step: ClassVar[bool] = False
@@ -133,7 +135,7 @@ class Method(nn.Module):
     def structural_hparams(cls) -> frozenset[str]:
         """Hyperparameters that must be equal across a stack (non-floats + declared ones)."""
         auto = {k for k, v in cls.HPARAMS.items() if not isinstance(v, float)}
-        return frozenset(auto) | cls.STRUCTURAL
+        return (frozenset(auto) | cls.STRUCTURAL) - cls.PER_RUN_HPARAMS
 
     @classmethod
     def stack_key(cls, hp: dict[str, Any]) -> tuple:
@@ -208,8 +210,10 @@ class Method(nn.Module):
         """Per-run extra values for the history (e.g. GDRO's q); lists of length R."""
         return {}
 
+    @classmethod
     def postprocess(
-        self, r: int, dev_probs: np.ndarray, test_probs: np.ndarray, data: TrainData
+        cls, hp: dict[str, Any], dev_probs: np.ndarray, test_probs: np.ndarray, data: TrainData
     ) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Adjust run r's selected probabilities (post-processing methods); identity here."""
+        """Adjust one run's selected probabilities (post-processing methods); identity here.
+        A class-level hook of the run, so runs of several classes can share a stack."""
         return dev_probs, test_probs, {}

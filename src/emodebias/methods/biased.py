@@ -211,6 +211,7 @@ class JTT(Method):
     family = "biased-learner"
     supervision = "none"
     HPARAMS = {"id_epochs": 5, "up": 6}
+    PER_RUN_HPARAMS = frozenset({"id_epochs", "up"})  # read by `prepare` only
 
     @classmethod
     def prepare(cls, data, hp, gen, config) -> Prepared:

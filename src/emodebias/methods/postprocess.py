@@ -62,15 +62,17 @@ class EOThresholds(Method):
     family = "post-processing"
     supervision = "hard"
     HPARAMS = {"min_positives": 5}
+    PER_RUN_HPARAMS = frozenset({"min_positives"})
 
-    def postprocess(self, r, dev_probs, test_probs, data):
+    @classmethod
+    def postprocess(cls, hp, dev_probs, test_probs, data):
         from emodebias.labels import binarize
 
         dev_idx, test_idx = np.asarray(data.dev_idx), np.asarray(data.test_idx)
         dev_groups, test_groups = data.groups[dev_idx], data.groups[test_idx]
         positives = binarize(np.asarray(data.soft)[dev_idx])
         thr = eo_thresholds(dev_probs, positives, dev_groups, data.n_groups,
-                            self.hps[r]["min_positives"])
+                            hp["min_positives"])
         info = {"thresholds": thr.tolist()}
         return (apply_thresholds(dev_probs, dev_groups, thr),
                 apply_thresholds(test_probs, test_groups, thr), info)
