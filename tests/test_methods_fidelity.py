@@ -285,6 +285,29 @@ def test_adv_head_gets_reversed_discriminator_gradient() -> None:
     assert adv.item() == pytest.approx(ce.item(), rel=1e-6)
 
 
+def test_madv_diversity_trains_discriminators_only_and_matches_two_passes() -> None:
+    """MADV: the adversaries' CE on reversed h_S plus λ_div·Σ DiffLoss of their hidden
+    activations on DETACHED h_S (written out with two passes per discriminator here): same loss,
+    same head gradient (reversed CE only) and same discriminator gradients."""
+    m = make("madv", hp={"lambda_adv": 1.5, "lambda_div": 0.7})
+    b = batch(SOFT, [0, 1, 0, -1])
+    h = m.head(b.x)[1].detach().requires_grad_(True)
+    got = m.adversary_loss(h, b.group)
+    params = [h, *m.discs.parameters()]
+    grads = torch.autograd.grad(got.sum(), params)
+    h2 = h.detach().requires_grad_(True)
+    rev = grad_reverse(h2, torch.tensor([1.5 / 3]))
+    known = b.group[0] >= 0
+    ref = sum(torch.nn.functional.cross_entropy(d(rev)[0][0, known], b.group[0, known])
+              for d in m.discs)
+    hidden = [d(h2.detach())[1] for d in m.discs]
+    ref = ref + 0.7 * sum(diff_loss(hidden[i], hidden[j]) for i, j in ((0, 1), (0, 2), (1, 2)))
+    ref_grads = torch.autograd.grad(ref.sum(), [h2, *m.discs.parameters()])
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    for a, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-6)
+
+
 def test_gr_penalty_hand_worked() -> None:
     # per-sample values, classes and groups: class 0 = rows 0,1,2 (groups 0,0,1); class 1 = row 3
     values = torch.tensor([[1.0, 3.0, 8.0, 5.0]])

@@ -79,14 +79,19 @@ class ADV(Method):
         known = group >= 0
         target = group.clamp_min(0)
         total = torch.zeros(h.shape[0], device=h.device)
-        for disc in self.discs:
-            out, _ = disc(reversed_h)
-            ce = F.cross_entropy(out.transpose(1, 2), target, reduction="none")
-            total = total + masked_mean(ce, known)
         lam_div = self.hp_vec("lambda_div")
-        if n > 1 and bool((lam_div > 0).any()):
-            hidden = [disc(h.detach())[1] for disc in self.discs]
-            div = sum(diff_loss(a, b) for a, b in itertools.combinations(hidden, 2))
+        diverse = n > 1 and bool((lam_div > 0).any())
+        # with the diversity term, one pass per discriminator over [reversed h_S; detached h_S]
+        x = torch.cat([reversed_h, h.detach()], dim=1) if diverse else reversed_h
+        b = h.shape[1]
+        hidden = []
+        for disc in self.discs:
+            out, last = disc(x)
+            ce = F.cross_entropy(out[:, :b].transpose(1, 2), target, reduction="none")
+            total = total + masked_mean(ce, known)
+            hidden.append(last[:, b:])
+        if diverse:
+            div = sum(diff_loss(a, c) for a, c in itertools.combinations(hidden, 2))
             total = total + lam_div * div
         return total
 
