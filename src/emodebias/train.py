@@ -18,7 +18,6 @@ import functools
 import inspect
 import json
 import logging
-import mmap
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -31,12 +30,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.optim.adam import adam as _adam_fn
 
+from emodebias.feature_bank import FeatureBank, MemmapRef, store_id
 from emodebias.labels import strict_majority
 from emodebias.losses import class_balanced_ce, class_weights_for
 from emodebias.methods import Batch, Method, MethodContext, Prepared, get_method
-from emodebias.model import SharedRows, run_slice
+from emodebias.model import run_slice
+from emodebias.optim import StackedAdam
 from emodebias.workers import init_worker
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,11 @@ class TrainData:
         """Pickle a memory-mapped `features` as a reference to its file (reopened read-only
         on unpickling): worker processes read the store instead of receiving a copy."""
         state = dict(self.__dict__)
-        state["features"] = _MemmapRef.of(self.features) or self.features
+        state["features"] = MemmapRef.of(self.features) or self.features
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if isinstance(state["features"], _MemmapRef):
+        if isinstance(state["features"], MemmapRef):
             state["features"] = state["features"].open()
         self.__dict__.update(state)
 
@@ -139,33 +139,6 @@ class TrainData:
         return cls(store.features, soft, rows(split.train, "train"), rows(split.dev, "dev"),
                    rows(split.test, "test"), gids, gprobs, n_groups, None, utt,
                    list(manifest.classes), info)
-
-
-@dataclass(frozen=True)
-class _MemmapRef:
-    """Where a read-only memory map's bytes live: enough to map them again elsewhere."""
-
-    filename: str
-    dtype: str
-    shape: tuple[int, ...]
-    offset: int
-
-    @classmethod
-    def of(cls, a: Any) -> _MemmapRef | None:
-        """The reference of a memmap that maps a whole C-ordered file region, else None."""
-        if isinstance(a, np.memmap) and a.filename and isinstance(a.base, mmap.mmap) \
-                and a.flags.c_contiguous:
-            return cls(str(a.filename), a.dtype.str, tuple(a.shape), int(a.offset))
-        return None
-
-    def open(self) -> np.memmap:
-        return np.memmap(self.filename, np.dtype(self.dtype), "r", self.offset, self.shape)
-
-
-def _store_id(features: Any) -> tuple:
-    """Identity of a feature array: its file region for memory maps, else the object."""
-    ref = _MemmapRef.of(features)
-    return ("file", ref) if ref else ("object", id(features))
 
 
 # ---------------------------------------------------------------------------- configs
@@ -244,138 +217,6 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-# ---------------------------------------------------------------------------- features
-def _available_bytes() -> float:
-    """MemAvailable from /proc/meminfo (inf where unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return float("inf")
-
-
-class FeatureBank:
-    """The feature rows a set of stacks needs, compacted and on the device.
-
-    Rows are copied once as float32 when they fit `preload_max_gb` (and a quarter of the
-    available RAM); otherwise each batch is read from the memory-mapped store, so stores larger
-    than RAM still train.
-    """
-
-    def __init__(self, features: Any, rows: np.ndarray, device: torch.device, max_gb: float):
-        self.rows = np.unique(rows)
-        self.lookup = np.full(len(features), -1, dtype=np.int64)
-        self.lookup[self.rows] = np.arange(len(self.rows))
-        self.source, self.device = features, device
-        shape = features.shape
-        self.n_layers, self.dim = int(shape[1]), int(shape[2])
-        nbytes = len(self.rows) * self.n_layers * self.dim * 4
-        self.x = None  # preloaded rows, layer-major [L, n, D] float32
-        self._buf: torch.Tensor | None = None
-        if nbytes <= min(max_gb * 2**30, _available_bytes() / 4):
-            self.x = torch.empty((self.n_layers, len(self.rows), self.dim), dtype=torch.float32)
-            for s in range(0, len(self.rows), 4096):  # float16 -> float32 once, in chunks
-                chunk = torch.from_numpy(np.asarray(features[self.rows[s : s + 4096]]))
-                self.x[:, s : s + len(chunk)] = chunk.transpose(0, 1)
-            self.x = self.x.to(device)
-
-    def _buffer(self, n: int) -> torch.Tensor:
-        """[L, n, D] in one reused allocation: a fresh tensor per batch costs more in page
-        faults than the gather itself."""
-        size = self.n_layers * n * self.dim
-        if self._buf is None or self._buf.numel() < size:
-            self._buf = torch.empty(size, device=self.device)
-        return self._buf[:size].view(self.n_layers, n, self.dim)
-
-    def batch(self, rows: torch.Tensor) -> torch.Tensor | SharedRows:
-        """Features of per-run rows [R, B]: each distinct row list is read once (`SharedRows`)
-        when runs share batches, else `features(rows)`."""
-        uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
-        if len(uniq) == len(rows):
-            return self.features(rows)
-        return SharedRows(self.features(uniq), tuple(inverse.tolist()))
-
-    def compact(self, full_rows: np.ndarray) -> torch.Tensor:
-        """Bank positions of store rows (which must be in the bank)."""
-        return torch.as_tensor(self.lookup[np.asarray(full_rows)], device=self.device)
-
-    def features(self, rows: torch.Tensor) -> torch.Tensor:
-        """float32 features [*rows.shape, L, D] for compact row indices (preloaded: a
-        layer-major view, each layer's rows contiguous (see `LayerMix`), into a buffer that the
-        next call reuses)."""
-        flat = rows.reshape(-1)
-        if self.x is not None:
-            x = torch.index_select(self.x, 1, flat, out=self._buffer(len(flat)))
-            return x.view(self.n_layers, *rows.shape, self.dim).movedim(0, -2)
-        full = self.rows[flat.cpu().numpy()]
-        order = np.argsort(full, kind="stable")
-        fetched = np.empty((len(full), self.n_layers, self.dim), dtype=self.source.dtype)
-        fetched[order] = self.source[full[order]]
-        x = torch.from_numpy(fetched).to(self.device)
-        return x.to(torch.float32).reshape(*rows.shape, self.n_layers, self.dim)
-
-
-# ---------------------------------------------------------------------------- optimiser
-class StackedAdam:
-    """torch's Adam (L2 weight decay) over stacked parameters [R, ...], run by run: each run's
-    slices carry their own step count, and runs left out of a step (masked) keep parameters,
-    moments and step count, so a run gives the same numbers whatever it is stacked with.
-    Uses the fused kernel where the device supports it, else the foreach one."""
-
-    def __init__(self, groups: list[dict[str, Any]], n_runs: int, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        self.groups = [(list(g["params"]), float(g["lr"])) for g in groups]
-        self.n_runs, self.wd, self.betas, self.eps = n_runs, weight_decay, betas, eps
-        self.m = [[torch.zeros_like(p) for p in ps] for ps, _ in self.groups]
-        self.v = [[torch.zeros_like(p) for p in ps] for ps, _ in self.groups]
-        # one step tensor per (parameter, run): the kernels increment every listed tensor
-        self.t = [[torch.zeros(n_runs, dtype=torch.float32, device=p.device) for p in ps]
-                  for ps, _ in self.groups]
-        # per-run views of (parameter, m, v, step), made once: [group][param] -> 4 tuples of R
-        self.views = [[tuple(x.detach().unbind(0) for x in four)
-                       for four in zip(ps, ms, vs, ts, strict=True)]
-                      for (ps, _), ms, vs, ts in zip(self.groups, self.m, self.v, self.t,
-                                                    strict=True)]
-        self.fused: bool | None = None
-
-    def zero_grad(self) -> None:
-        for ps, _ in self.groups:
-            for p in ps:
-                p.grad = None
-
-    @torch.no_grad()
-    def step(self, active: np.ndarray | None = None) -> None:
-        """Update every run, or only the runs where `active` [R] (host bool array) holds."""
-        runs = range(self.n_runs) if active is None else np.flatnonzero(active).tolist()
-        for (params, lr), views in zip(self.groups, self.views, strict=True):
-            lists: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
-            for p, (ps, ms, vs, ts) in zip(params, views, strict=True):
-                if p.grad is None:
-                    continue
-                gs = p.grad.unbind(0)
-                for r in runs:
-                    for out, x in zip(lists, (ps, gs, ms, vs, ts), strict=True):
-                        out.append(x[r])
-            if lists[0]:
-                self._adam(lists, lr)
-
-    def _adam(self, lists: tuple[list[torch.Tensor], ...], lr: float) -> None:
-        kw = {"amsgrad": False, "beta1": self.betas[0], "beta2": self.betas[1], "lr": lr,
-              "weight_decay": self.wd, "eps": self.eps, "maximize": False}
-        if self.fused is None:  # the fused kernel where this device has one
-            try:
-                _adam_fn(*lists[:4], [], lists[4], fused=True, **kw)
-                self.fused = True
-                return
-            except (RuntimeError, NotImplementedError):
-                self.fused = False
-        _adam_fn(*lists[:4], [], lists[4], fused=self.fused,
-                              foreach=not self.fused, **kw)
 
 
 # ---------------------------------------------------------------------------- loop
@@ -457,7 +298,7 @@ def _stack_key(p: _Plan) -> tuple:
     groups = None
     if _reads_groups(p.cls):
         groups = (d.n_groups, d.group_probs is not None and p.cls.supervision == "soft")
-    return (_store_id(d.features), d.n_classes, groups, _impl_key(p.cls),
+    return (store_id(d.features), d.n_classes, groups, _impl_key(p.cls),
             p.cls.stack_key(p.hp), cfg, length)
 
 
@@ -517,12 +358,12 @@ def fit_stream(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None,
     rows = {}  # every row a store's stacks read: one bank per store and process
     for q in plans:
         if q.cls.trains:
-            rows.setdefault(_store_id(q.data.features), []).append(
+            rows.setdefault(store_id(q.data.features), []).append(
                 np.concatenate([q.data.dev_idx, q.data.test_idx, q.prep.idx]))
     store_rows = {k: np.unique(np.concatenate(v)) for k, v in rows.items()}
-    tasks = [(c, store_rows[_store_id(c[0].data.features)]) for c in chunks]
+    tasks = [(c, store_rows[store_id(c[0].data.features)]) for c in chunks]
     if workers <= 1 or len(tasks) <= 1:
-        tasks.sort(key=lambda t: repr(_store_id(t[0][0].data.features)))  # a store at a time
+        tasks.sort(key=lambda t: repr(store_id(t[0][0].data.features)))  # a store at a time
         banks: dict[tuple, FeatureBank] = {}
         for chunk, task_rows in tasks:
             yield from _train_chunk(chunk, task_rows, banks)
@@ -558,7 +399,7 @@ def _train_chunk(chunk: list[_Plan], rows: np.ndarray,
                  banks: dict[tuple, FeatureBank]) -> Iterator[tuple[int, FitResult]]:
     """Train one stack on the bank of its store's `rows` (built once per store in `banks`)."""
     cfg = chunk[0].run.config
-    key = (_store_id(chunk[0].data.features), cfg.device, cfg.preload_max_gb)
+    key = (store_id(chunk[0].data.features), cfg.device, cfg.preload_max_gb)
     if key not in banks:
         banks.clear()  # one store's bank at a time
         banks[key] = FeatureBank(chunk[0].data.features, rows, torch.device(cfg.device),
@@ -849,4 +690,4 @@ def predict_probs(
 
 
 __all__ = ["FeatureBank", "FitResult", "RunConfig", "TrainConfig", "TrainData", "fit", "fit_many",
-           "load_method", "predict_probs"]
+           "fit_stream", "load_method", "predict_probs"]
