@@ -363,8 +363,10 @@ def test_traindata_pickles_a_memmap_as_its_file(tmp_path) -> None:
     np.testing.assert_array_equal(pickle.loads(copied).features, inmem.features)
 
 
-def test_fit_stream_yields_each_stack_and_workers_give_the_same_numbers(tmp_path) -> None:
-    """Two worker processes train the stacks of a grid to the same numbers as one process."""
+def test_fit_stream_yields_each_stack_and_workers_give_the_same_numbers(tmp_path,
+                                                                        caplog) -> None:
+    """Two worker processes train the stacks of a grid to the same numbers as one process;
+    only in-memory features (copied to each process) are warned about."""
     data = memmap_data(tmp_path)
     other = replace(data, train_idx=np.arange(5, 75))
     pairs = [(data, [RunConfig("erm", {}, 0, CFG), RunConfig("gdro", {}, 1, CFG),
@@ -373,7 +375,14 @@ def test_fit_stream_yields_each_stack_and_workers_give_the_same_numbers(tmp_path
     streamed = list(fit_stream(pairs))
     assert sorted(pos for pos, _ in streamed) == [0, 1, 2, 3, 4]
     inline = fit_many(pairs)
-    two = fit_many(pairs, workers=2)
+    with caplog.at_level("WARNING"):
+        two = fit_many(pairs, workers=2)
+    assert "in-memory features" not in caplog.text
+    inmem = [(replace(d, features=np.array(d.features)), rs) for d, rs in pairs[:1]]
+    with caplog.at_level("WARNING"):
+        np.testing.assert_allclose(fit_many(inmem, workers=2)[0].test_probs,
+                                   inline[0].test_probs, atol=1e-6)
+    assert "in-memory features" in caplog.text
     for a, b in zip(inline, two, strict=True):
         assert (a.method, a.best_epoch, a.info.get("stack_size")) == \
             (b.method, b.best_epoch, b.info.get("stack_size"))

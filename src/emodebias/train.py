@@ -368,6 +368,9 @@ def fit_stream(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None,
         for chunk, task_rows in tasks:
             yield from _train_chunk(chunk, task_rows, banks)
         return
+    if any(k[0] == "object" for k in store_rows):
+        log.warning("workers=%d with in-memory features: each stack's process gets a copy; "
+                    "a memory-mapped FeatureStore is reopened by path instead", workers)
     tasks.sort(key=lambda t: -_cost(t[0]))  # longest first: the last to finish is short
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                              initializer=init_worker) as pool:
