@@ -15,14 +15,6 @@ from emodebias.encoders import EncoderError, get_encoder
 from emodebias.encoders.speaker import XVectorEncoder
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def xvector_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)

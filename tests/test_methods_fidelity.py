@@ -19,14 +19,6 @@ from emodebias.train import TrainData
 L, D, K = 2, 5, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(name: str, n_groups: int = 2, n_train: int = 6, hp: dict | None = None, majority=None,
          groups=None, probs=None, runs: int = 1):
     cls = get_method(name)

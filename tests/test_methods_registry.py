@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from emodebias.labels import soft_from_votes
 from emodebias.methods import REGISTRY
 from emodebias.train import TrainConfig, TrainData, fit
 
 CFG = TrainConfig(epochs=2, batch_size=16, lr=1e-3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def small_data(n_groups: int, soft_groups: bool = False, seed: int = 0) -> TrainData:

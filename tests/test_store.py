@@ -28,15 +28,6 @@ from emodebias.store import FeatureStore, StoreError, extract, plan_batches, sto
 SR = 16_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tone(seconds: float, f0: float, sr: int = SR, amp: float = 0.3, seed: int = 0) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     noise = np.random.default_rng(seed).standard_normal(len(t))

@@ -32,14 +32,6 @@ from emodebias.train import (
 CFG = TrainConfig(epochs=4, batch_size=16, lr=1e-3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_data(seed: int = 0, n: int = 120, n_groups: int = 2) -> TrainData:
     rng = np.random.default_rng(seed)
     votes = rng.integers(0, 4, size=(n, 4)).astype(float)

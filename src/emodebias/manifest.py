@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from emodebias.fileio import replacing
+
 REQUIRED_COLUMNS = ("utt_id", "path", "speaker")
 SPLIT_PREFIX = "split_"
 SPLIT_VALUES = frozenset({"train", "dev", "test"})
@@ -153,9 +155,8 @@ class Manifest:
         meta[_META_KEY] = json.dumps(
             {"classes": self.classes, "corpus": self.corpus, "info": self.info}
         ).encode()
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        pq.write_table(table.replace_schema_metadata(meta), tmp)
-        tmp.replace(path)
+        with replacing(path) as tmp:
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
         return path
 
     @classmethod

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from emodebias.fileio import write_text_atomic
 from emodebias.labels import strict_majority
 
 if TYPE_CHECKING:
@@ -68,10 +69,7 @@ class Split:
         if path.suffix != ".json":
             path = path / "split.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)
-        return path
+        return write_text_atomic(path, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> Split:

@@ -41,6 +41,7 @@ import soundfile as sf
 
 from emodebias.audio import TARGET_SR, AudioError, load_audio
 from emodebias.encoders.base import Encoder
+from emodebias.fileio import replacing
 from emodebias.manifest import Manifest
 
 FORMAT_VERSION = 1
@@ -79,12 +80,10 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def _write_meta(path: Path, meta: dict[str, Any]) -> None:
-    tmp = path / (META_FILE + ".tmp")
-    with tmp.open("w") as f:
+    with replacing(path / META_FILE) as tmp, tmp.open("w") as f:
         json.dump(meta, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path / META_FILE)
 
 
 @dataclass

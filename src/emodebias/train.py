@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from emodebias.feature_bank import FeatureBank, MemmapRef, store_id
+from emodebias.fileio import write_text_atomic
 from emodebias.labels import strict_majority
 from emodebias.losses import class_balanced_ce, class_weights_for
 from emodebias.methods import Batch, Method, MethodContext, Prepared, get_method
@@ -197,9 +198,7 @@ class FitResult:
         np.savez(d / "probs.npz", test_probs=self.test_probs, dev_probs=self.dev_probs)
         keys = ("best_epoch", "history", "hparams", "wall_time", "method", "seed", "config", "info")
         meta = {k: getattr(self, k) for k in keys}
-        tmp = d / "result.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1, default=_jsonable))
-        tmp.replace(d / "result.json")
+        write_text_atomic(d / "result.json", json.dumps(meta, indent=1, default=_jsonable))
         return d
 
     @classmethod

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from emodebias.bench.grid import RunSpec, cluster_k, group_kind
+from emodebias.fileio import replacing, write_text_atomic
 
 SCHEMA_VERSION = 1
 RECORD = "record.json"
@@ -136,13 +137,10 @@ def write_failure(out: Path, spec: RunSpec, exc: BaseException) -> Path:
     """Keep the error of a failed run (it is retried on the next invocation)."""
     path = Path(out) / "failures" / f"{spec.hash}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    tmp.write_text(json.dumps({"hash": spec.hash, "name": spec.name, "spec": spec.to_dict(),
-                               "error": f"{type(exc).__name__}: {exc}", "traceback": tb},
-                              indent=1, default=str))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(
+        {"hash": spec.hash, "name": spec.name, "spec": spec.to_dict(),
+         "error": f"{type(exc).__name__}: {exc}", "traceback": tb}, indent=1, default=str))
 
 
 def clean_stale(out: Path) -> int:
@@ -255,9 +253,8 @@ def collect(out: Path, path: Path | None = None) -> pd.DataFrame:
     """All records under `out` -> one tidy Parquet table (default `<out>/results.parquet`)."""
     df = tidy_frame(iter_records(out))
     path = Path(path) if path else Path(out) / "results.parquet"
-    tmp = path.with_suffix(path.suffix + f".tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        df.to_parquet(tmp, index=False)
     return df
 
 

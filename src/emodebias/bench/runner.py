@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from emodebias.bench.grid import RunSpec
 from emodebias.bench.results import clean_stale, is_done, write_failure, write_run
+from emodebias.fileio import write_text_atomic
 from emodebias.workers import init_worker
 
 DEFAULT_EXECUTOR = "emodebias.bench.pipeline:execute"
@@ -131,10 +131,9 @@ def prepare_out(out: Path, specs: list[RunSpec]) -> list[RunSpec]:
     """Create the output folder, drop stale temporaries, list specs; return those not done."""
     out.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
-    tmp = out / f"specs.jsonl.tmp-{os.getpid()}"
-    tmp.write_text("".join(json.dumps({"hash": s.hash, "name": s.name, "spec": s.to_dict()},
-                                      sort_keys=True) + "\n" for s in specs))
-    tmp.replace(out / "specs.jsonl")
+    write_text_atomic(out / "specs.jsonl", "".join(
+        json.dumps({"hash": s.hash, "name": s.name, "spec": s.to_dict()}, sort_keys=True) + "\n"
+        for s in specs))
     return [s for s in specs if not is_done(out, s)]
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emodebias.fileio import write_text_atomic
+
 
 @dataclass
 class GroupAssignment:
@@ -59,9 +61,7 @@ class GroupAssignment:
             arrays["probs"] = self.probs
         np.savez(directory / "groups.npz", **arrays)
         meta = {"names": self.names, "source": self.source, "info": self.info}
-        tmp = directory / "groups.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1, default=str))
-        tmp.replace(directory / "groups.json")
+        write_text_atomic(directory / "groups.json", json.dumps(meta, indent=1, default=str))
         return directory
 
     @classmethod

@@ -6,18 +6,26 @@ counts n_{c,g} come from the training set being manipulated (FairLib BT, BTObj="
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from emodebias.methods.base import Method, Prepared, register
 
+if TYPE_CHECKING:
+    from emodebias.train import TrainData
 
-def class_group_counts(majority: np.ndarray, groups: np.ndarray, n_classes: int, n_groups: int):
-    """n_{c,g} [C, G] over rows whose class and group are both known, and that mask."""
-    known = (majority >= 0) & (groups >= 0)
-    counts = np.zeros((n_classes, n_groups), dtype=np.int64)
-    np.add.at(counts, (majority[known], groups[known]), 1)
-    return counts, known
+
+def training_cells(data: TrainData) -> tuple[np.ndarray, ...]:
+    """(rows, their majority class, their group, n_{c,g} [C, G] over rows whose class and
+    group are both known, that mask) of the training set."""
+    idx = np.asarray(data.train_idx, dtype=np.int64)
+    maj, grp = data.majority[idx], data.groups[idx]
+    known = (maj >= 0) & (grp >= 0)
+    counts = np.zeros((data.n_classes, data.n_groups), dtype=np.int64)
+    np.add.at(counts, (maj[known], grp[known]), 1)
+    return idx, maj, grp, counts, known
 
 
 @register("rw")
@@ -33,9 +41,7 @@ class RW(Method):
 
     @classmethod
     def prepare(cls, data, hp, gen, config) -> Prepared:
-        idx = np.asarray(data.train_idx, dtype=np.int64)
-        maj, grp = data.majority[idx], data.groups[idx]
-        counts, known = class_group_counts(maj, grp, data.n_classes, data.n_groups)
+        idx, maj, grp, counts, known = training_cells(data)
         n_c = counts.sum(1)
         w = np.ones(len(idx))
         w[known] = n_c[maj[known]] / counts[maj[known], grp[known]]
@@ -58,9 +64,7 @@ class DS(Method):
 
     @classmethod
     def prepare(cls, data, hp, gen, config) -> Prepared:
-        idx = np.asarray(data.train_idx, dtype=np.int64)
-        maj, grp = data.majority[idx], data.groups[idx]
-        counts, known = class_group_counts(maj, grp, data.n_classes, data.n_groups)
+        idx, maj, grp, counts, known = training_cells(data)
         keep: list[np.ndarray] = []
         for c in range(data.n_classes):
             present = counts[c][counts[c] > 0]
