@@ -396,9 +396,12 @@ def test_stacking_ignores_attributes_added_to_torch_module_at_runtime(monkeypatc
 
 
 def test_runs_of_one_cell_share_batches_and_equal_runs_alone(monkeypatch) -> None:
-    """ERM, RW, GDRO and GADRO with one seed on one split draw the same batches: the stack reads
-    each batch once (SharedRows) and every run still equals the run trained alone."""
+    """ERM, RW, GDRO and GADRO with one seed on one split draw the same batches: on the PyTorch
+    path the stack reads each batch once (SharedRows) and every run still equals the run trained
+    alone."""
     from emodebias import train as train_mod
+
+    cfg = replace(CFG, kernels="torch")
 
     seen = []
     original = train_mod.FeatureBank.batch
@@ -410,13 +413,13 @@ def test_runs_of_one_cell_share_batches_and_equal_runs_alone(monkeypatch) -> Non
 
     monkeypatch.setattr(train_mod.FeatureBank, "batch", spy)
     data = random_data(6)
-    runs = [RunConfig(m, {}, 3, CFG) for m in ("erm", "rw", "gdro", "gadro")]
+    runs = [RunConfig(m, {}, 3, cfg) for m in ("erm", "rw", "gdro", "gadro")]
     stacked = fit_many(data, runs)
     assert [r.info["stack_size"] for r in stacked] == [2, 2, 2, 2]
     assert seen and max(seen) == 1  # two runs per stack, one distinct batch per step
     monkeypatch.setattr(train_mod.FeatureBank, "batch", original)
     for run, got in zip(runs, stacked, strict=True):
-        alone = fit(data, run.method, {}, run.seed, CFG)
+        alone = fit(data, run.method, {}, run.seed, cfg)
         assert alone.best_epoch == got.best_epoch
         np.testing.assert_allclose(got.test_probs, alone.test_probs, atol=1e-5)
 

@@ -1,5 +1,6 @@
-"""The feature rows training reads: a compact float32 bank (or memmap streaming) and a picklable
-reference to a memory-mapped store, so worker processes reopen it instead of copying it."""
+"""The feature rows training reads: a compact bank (or the memory-mapped store itself) and a
+picklable reference to a memory-mapped store, so worker processes reopen it instead of copying
+it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from emodebias import kernels
+from emodebias.fused import BankRows
 from emodebias.model import SharedRows
 
 
@@ -55,27 +58,53 @@ def _available_bytes() -> float:
 class FeatureBank:
     """The feature rows a set of stacks needs, compacted and on the device.
 
-    Rows are copied once as float32 when they fit `preload_max_gb` (and a quarter of the
-    available RAM); otherwise each batch is read from the memory-mapped store, so stores larger
-    than RAM still train.
+    With the native kernels (`native`, CPU only) the rows stay in the store's float16 / float32
+    and row-major: copied once when they fit `max_gb` (and a quarter of the available RAM), else
+    read in place from the memory-mapped store; batches are `BankRows` (indices the kernels
+    read through). Without them, rows are copied once as float32, layer-major, when they fit,
+    else each batch is read from the memory-mapped store, and batches are float32 tensors.
+    Either way stores larger than RAM still train.
     """
 
-    def __init__(self, features: Any, rows: np.ndarray, device: torch.device, max_gb: float):
-        self.rows = np.unique(rows)
-        self.lookup = np.full(len(features), -1, dtype=np.int64)
-        self.lookup[self.rows] = np.arange(len(self.rows))
+    def __init__(self, features: Any, rows: np.ndarray, device: torch.device, max_gb: float,
+                 native: bool = False):
         self.source, self.device = features, device
         shape = features.shape
         self.n_layers, self.dim = int(shape[1]), int(shape[2])
-        nbytes = len(self.rows) * self.n_layers * self.dim * 4
-        self.x = None  # preloaded rows, layer-major [L, n, D] float32
+        self.native = native and device.type == "cpu" and kernels.library() is not None
+        dtype = np.dtype(features.dtype) if self.native else np.dtype(np.float32)
+        if dtype not in (np.float16, np.float32):
+            dtype = np.dtype(np.float32)
+        self.rows = np.unique(rows)
+        nbytes = len(self.rows) * self.n_layers * self.dim * dtype.itemsize
+        fits = nbytes <= min(max_gb * 2**30, _available_bytes() / 4)
+        self.x = None  # preloaded rows: [n, L, D] (native) or layer-major [L, n, D] float32
         self._buf: torch.Tensor | None = None
-        if nbytes <= min(max_gb * 2**30, _available_bytes() / 4):
-            self.x = torch.empty((self.n_layers, len(self.rows), self.dim), dtype=torch.float32)
-            for s in range(0, len(self.rows), 4096):  # float16 -> float32 once, in chunks
-                chunk = torch.from_numpy(np.asarray(features[self.rows[s : s + 4096]]))
-                self.x[:, s : s + len(chunk)] = chunk.transpose(0, 1)
-            self.x = self.x.to(device)
+        if self.native and not fits and isinstance(features, np.ndarray) \
+                and features.dtype == dtype and features.flags.c_contiguous:
+            self.rows = np.arange(len(features))  # read the store in place
+            self.x = features
+        elif fits:
+            self.x = self._preload(torch.from_numpy(np.empty(0, dtype)).dtype)
+        elif self.native:  # nothing the kernels can read in place: the PyTorch path
+            self.native = False
+        self.lookup = np.full(len(features), -1, dtype=np.int64)
+        self.lookup[self.rows] = np.arange(len(self.rows))
+
+    def _preload(self, dtype: torch.dtype) -> torch.Tensor:
+        """Copy the bank's rows once, in chunks (row-major for the kernels, else layer-major)."""
+        n = len(self.rows)
+        if self.native:
+            x = torch.empty((n, self.n_layers, self.dim), dtype=dtype)
+        else:
+            x = torch.empty((self.n_layers, n, self.dim), dtype=dtype)
+        for s in range(0, n, 4096):
+            chunk = torch.from_numpy(np.asarray(self.source[self.rows[s : s + 4096]])).to(dtype)
+            if self.native:
+                x[s : s + len(chunk)] = chunk
+            else:
+                x[:, s : s + len(chunk)] = chunk.transpose(0, 1)
+        return x.to(self.device)
 
     def _buffer(self, n: int) -> torch.Tensor:
         """[L, n, D] in one reused allocation: a fresh tensor per batch costs more in page
@@ -85,9 +114,12 @@ class FeatureBank:
             self._buf = torch.empty(size, device=self.device)
         return self._buf[:size].view(self.n_layers, n, self.dim)
 
-    def batch(self, rows: torch.Tensor) -> torch.Tensor | SharedRows:
-        """Features of per-run rows [R, B]: each distinct row list is read once (`SharedRows`)
-        when runs share batches, else `features(rows)`."""
+    def batch(self, rows: torch.Tensor) -> torch.Tensor | SharedRows | BankRows:
+        """Features of per-run rows [R, B]: `BankRows` with the native kernels; else each
+        distinct row list is read once (`SharedRows`) when runs share batches, or
+        `features(rows)`."""
+        if self.native:
+            return BankRows(self.x, rows.contiguous())
         uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
         if len(uniq) == len(rows):
             return self.features(rows)
@@ -97,10 +129,12 @@ class FeatureBank:
         """Bank positions of store rows (which must be in the bank)."""
         return torch.as_tensor(self.lookup[np.asarray(full_rows)], device=self.device)
 
-    def features(self, rows: torch.Tensor) -> torch.Tensor:
-        """float32 features [*rows.shape, L, D] for compact row indices (preloaded: a
-        layer-major view, each layer's rows contiguous (see `LayerMix`), into a buffer that the
-        next call reuses)."""
+    def features(self, rows: torch.Tensor) -> torch.Tensor | BankRows:
+        """Features [*rows.shape, L, D] for compact row indices: `BankRows` with the native
+        kernels; else float32 (preloaded: a layer-major view, each layer's rows contiguous (see
+        `LayerMix`), into a buffer that the next call reuses)."""
+        if self.native:
+            return BankRows(self.x, rows.contiguous())
         flat = rows.reshape(-1)
         if self.x is not None:
             x = torch.index_select(self.x, 1, flat, out=self._buffer(len(flat)))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from emodebias.fused import BankRows, bank_mix, bank_mix_chain
+
 HIDDEN = 256
 
 
@@ -142,14 +144,17 @@ class LayerMix(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(n_runs, n_layers))
 
-    def forward(self, x: torch.Tensor | SharedRows) -> torch.Tensor:
-        """x [R, B, L, D], `SharedRows`, or one batch for all runs [B, L, D] -> [R, B, D].
+    def forward(self, x: torch.Tensor | SharedRows | BankRows) -> torch.Tensor:
+        """x [R, B, L, D], `SharedRows`, `BankRows` (native kernels), or one batch for all runs
+        [B, L, D] -> [R, B, D].
 
         Layer-major inputs (each layer's [B, D] block contiguous, as FeatureBank returns them)
         mix with one matrix product per run read in place; other layouts use a batched
         [1, L] @ [L, D] product per row, also without reordering x.
         """
         w = torch.softmax(self.weight, dim=-1)
+        if isinstance(x, BankRows):
+            return bank_mix(w, x)
         b, n_layers, d = x.shape[-3:]
         if isinstance(x, SharedRows):
             u = x.x
@@ -195,9 +200,13 @@ class SERHead(nn.Module):
         h = self.encoder(x)
         return self.out(h), h
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor | SharedRows | BankRows) -> torch.Tensor:
         """Logits [R, B, K] only: the same map as `forward`, at a third of its cost."""
-        return linear_chain(self.encoder.mix(x), self.encoder.proj, self.out)
+        enc = self.encoder
+        if isinstance(x, BankRows):
+            return bank_mix_chain(torch.softmax(enc.mix.weight, -1), enc.proj.weight,
+                                  enc.proj.bias, self.out.weight, self.out.bias, x)
+        return linear_chain(enc.mix(x), enc.proj, self.out)
 
 
 class StackedMLP(nn.Module):

@@ -154,8 +154,13 @@ class TrainConfig:
     device: str = "cpu"
     select: str = "dev_loss"
     max_stack: int = 64  # most runs trained together in one stack
-    preload_max_gb: float = 1.0  # preload rows as float32 up to this (and 1/4 of free RAM)
+    preload_max_gb: float = 1.0  # preload rows up to this (and 1/4 of free RAM)
     eval_chunk: int = 1024
+    kernels: str = "auto"  # "auto": native CPU kernels where they build; "torch": PyTorch only
+
+    def __post_init__(self) -> None:
+        if self.kernels not in ("auto", "torch"):
+            raise ValueError(f"kernels must be 'auto' or 'torch', not {self.kernels!r}")
 
 
 @dataclass
@@ -288,12 +293,14 @@ def _reads_groups(cls: type[Method]) -> bool:
 
 def _stack_key(p: _Plan) -> tuple:
     """Runs with equal keys may train in one stack (lengths may differ unless the method
-    reads the global step)."""
+    reads the global step; runs with no full batch, whose first step comes later, stack only
+    with each other)."""
     if not p.cls.trains:
         return ("untrained", p.pos)
     d = p.data
     cfg = tuple(sorted(asdict(p.run.config).items()))
-    length = len(p.prep.idx) if p.cls.reads_step else None
+    n = len(p.prep.idx)
+    length = n if p.cls.reads_step(p.hp) else n >= p.run.config.batch_size
     groups = None
     if _reads_groups(p.cls):
         groups = (d.n_groups, d.group_probs is not None and p.cls.supervision == "soft")
@@ -401,11 +408,11 @@ def _train_chunk(chunk: list[_Plan], rows: np.ndarray,
                  banks: dict[tuple, FeatureBank]) -> Iterator[tuple[int, FitResult]]:
     """Train one stack on the bank of its store's `rows` (built once per store in `banks`)."""
     cfg = chunk[0].run.config
-    key = (store_id(chunk[0].data.features), cfg.device, cfg.preload_max_gb)
+    key = (store_id(chunk[0].data.features), cfg.device, cfg.preload_max_gb, cfg.kernels)
     if key not in banks:
         banks.clear()  # one store's bank at a time
         banks[key] = FeatureBank(chunk[0].data.features, rows, torch.device(cfg.device),
-                                 cfg.preload_max_gb)
+                                 cfg.preload_max_gb, native=cfg.kernels == "auto")
     results = _train_stack(chunk, banks[key])
     yield from ((p.pos, res) for p, res in zip(chunk, results, strict=True))
 

@@ -109,8 +109,6 @@ class Method(nn.Module):
     # read only by the per-run hooks (prepare / postprocess): runs may differ in them and stack
     PER_RUN_HPARAMS: ClassVar[frozenset[str]] = frozenset()
     trains: ClassVar[bool] = True
-    # the loss reads the global `step`: only runs of equal train length may share a stack
-    reads_step: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ class-level API
     @classmethod
@@ -130,6 +128,12 @@ class Method(nn.Module):
                 v = type(default)(v)
             hp[k] = v
         return hp
+
+    @classmethod
+    def reads_step(cls, hp: dict[str, Any]) -> bool:
+        """Whether the loss reads the global `step` (a shared count that a shorter run's own
+        steps lag behind): then only runs of equal train length share a stack."""
+        return False
 
     @classmethod
     def structural_hparams(cls) -> frozenset[str]:

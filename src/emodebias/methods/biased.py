@@ -132,7 +132,12 @@ class DisEnt(Method):
     supervision = "none"
     HPARAMS = {"q": 0.7, "ema": 0.7, "lambda_dis": 1.0, "lambda_swap_b": 1.0,
                "lambda_swap": 1.0, "curr_step": 0}
-    reads_step = True  # curr_step warm-up
+
+    @classmethod
+    def reads_step(cls, hp: dict) -> bool:
+        """The swap starts after `curr_step` global steps; with 0 it starts at every run's
+        second step whatever the stack, so runs of any length stack."""
+        return hp["curr_step"] > 0
 
     def build(self) -> None:
         c = self.ctx

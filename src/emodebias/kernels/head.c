@@ -1,0 +1,251 @@
+/* Fused CPU kernels for the SER head on feature-bank rows (see emodebias/fused.py).
+ *
+ * Built on first use by emodebias.kernels with the system C compiler (GCC or Clang: 8-wide vector
+ * extensions, lowered to whatever SIMD the CPU has). float32 arithmetic; the bank holds float16 or
+ * float32 rows [N, L, D], read in place (no gathered copy). One thread: grids get their
+ * parallelism from worker processes. Shapes:
+ *   rows [R, B] (rs = B) or one row list that every run reads [B] (rs = 0)
+ *   s [R, L] softmaxed layer weights, h / dh [R, B, D]
+ *   w1 [R, D, H], b1 [R, H], w2 [R, H, K], b2 [R, K], mt [R, K, D] = (w1 w2)^T, c [R, K]
+ */
+#include <stdint.h>
+#include <string.h>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));
+
+static inline v8 ld(const float *p) { return *(const v8u *)p; }
+static inline void st(float *p, v8 v) { *(v8u *)p = v; }
+static inline v8 splat(float a) { return (v8){a, a, a, a, a, a, a, a}; }
+static inline float hsum(v8 v) {
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+static inline float half_to_float(uint16_t h) {
+#ifdef __F16C__
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (!man) {
+        bits = sign;
+    } else {  /* subnormal: normalise */
+        exp = 113;
+        while (!(man & 0x400)) { man <<= 1; exp--; }
+        bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+/* Eight features from x + i as float32 (x: float16 when `half`, else float32). */
+static inline v8 ldx(const void *x, int half, int64_t i) {
+    if (!half) return ld((const float *)x + i);
+    const uint16_t *p = (const uint16_t *)x + i;
+#ifdef __F16C__
+    return (v8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    v8 v;
+    for (int j = 0; j < 8; j++) v[j] = half_to_float(p[j]);
+    return v;
+#endif
+}
+
+static inline float ldx1(const void *x, int half, int64_t i) {
+    return half ? half_to_float(((const uint16_t *)x)[i]) : ((const float *)x)[i];
+}
+
+static inline const void *row_at(const void *bank, int half, int64_t row, int64_t n) {
+    return (const char *)bank + row * n * (half ? 2 : 4);
+}
+
+static inline float dotx(const void *x, int half, const float *g, int64_t n) {
+    v8 a0 = splat(0.f), a1 = splat(0.f);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 += ldx(x, half, i) * ld(g + i);
+        a1 += ldx(x, half, i + 8) * ld(g + i + 8);
+    }
+    for (; i + 8 <= n; i += 8) a0 += ldx(x, half, i) * ld(g + i);
+    float s = hsum(a0 + a1);
+    for (; i < n; i++) s += ldx1(x, half, i) * g[i];
+    return s;
+}
+
+static inline float dot(const float *a, const float *b, int64_t n) { return dotx(a, 0, b, n); }
+
+static inline void axpy(float *y, float a, const float *x, int64_t n) {
+    v8 av = splat(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) st(y + i, ld(y + i) + av * ld(x + i));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+/* out[k] = <a, m + k * n> for k < K: `a` is read once per block of four rows of m. */
+static void dots(const float *a, const float *m, int64_t n, int64_t K, float *out) {
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4) {
+        const float *m0 = m + k * n, *m1 = m0 + n, *m2 = m1 + n, *m3 = m2 + n;
+        v8 a0 = splat(0.f), a1 = splat(0.f), a2 = splat(0.f), a3 = splat(0.f);
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            v8 x = ld(a + i);
+            a0 += x * ld(m0 + i);
+            a1 += x * ld(m1 + i);
+            a2 += x * ld(m2 + i);
+            a3 += x * ld(m3 + i);
+        }
+        float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
+        for (; i < n; i++) {
+            s0 += a[i] * m0[i];
+            s1 += a[i] * m1[i];
+            s2 += a[i] * m2[i];
+            s3 += a[i] * m3[i];
+        }
+        out[k] = s0, out[k + 1] = s1, out[k + 2] = s2, out[k + 3] = s3;
+    }
+    for (; k < K; k++) out[k] = dot(a, m + k * n, n);
+}
+
+/* h = sum_l s[l] x[l] for one feature row x [L, D]. */
+static void mix_row(const void *x, int half, const float *s, int64_t L, int64_t D, float *h) {
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) {
+        v8 acc = splat(s[0]) * ldx(x, half, d);
+        for (int64_t l = 1; l < L; l++) acc += splat(s[l]) * ldx(x, half, l * D + d);
+        st(h + d, acc);
+    }
+    for (; d < D; d++) {
+        float acc = s[0] * ldx1(x, half, d);
+        for (int64_t l = 1; l < L; l++) acc += s[l] * ldx1(x, half, l * D + d);
+        h[d] = acc;
+    }
+}
+
+/* h[r, b] = sum_l s[r, l] x[rows[r, b], l]; shared rows are converted once (into buf [L*D]) for
+ * all runs. */
+void mix_forward(const void *bank, int half, int64_t L, int64_t D, const int64_t *rows,
+                 int64_t R, int64_t B, int64_t rs, const float *s, float *h, float *buf) {
+    int64_t n = L * D;
+    if (rs == 0) {
+        for (int64_t b = 0; b < B; b++) {
+            const void *x = row_at(bank, half, rows[b], n);
+            if (half) {
+                for (int64_t i = 0; i < n; i++) buf[i] = ldx1(x, half, i);
+                x = buf;
+            }
+            for (int64_t r = 0; r < R; r++) mix_row(x, 0, s + r * L, L, D, h + (r * B + b) * D);
+        }
+        return;
+    }
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t b = 0; b < B; b++)
+            mix_row(row_at(bank, half, rows[r * rs + b], n), half, s + r * L, L, D,
+                    h + (r * B + b) * D);
+}
+
+/* ds[r, l] = sum_b <x[rows[r, b], l], g[r, b]>: the layer weights' gradient. */
+void mix_backward(const void *bank, int half, int64_t L, int64_t D, const int64_t *rows,
+                  int64_t R, int64_t B, int64_t rs, const float *g, float *ds) {
+    memset(ds, 0, sizeof(float) * R * L);
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t b = 0; b < B; b++) {
+            const char *x = row_at(bank, half, rows[r * rs + b], L * D);
+            const float *gb = g + (r * B + b) * D;
+            for (int64_t l = 0; l < L; l++)
+                ds[r * L + l] += dotx(x + l * D * (half ? 2 : 4), half, gb, D);
+        }
+}
+
+/* w2t[k, :] = w2[:, k] for one run. */
+static void transpose_w2(const float *w2, int64_t H, int64_t K, float *w2t) {
+    for (int64_t i = 0; i < H; i++)
+        for (int64_t k = 0; k < K; k++) w2t[k * H + i] = w2[i * K + k];
+}
+
+/* mt[r] = (w1 w2)^T and c[r] = b1 w2 + b2: the head as one linear map (K rows of D).
+ * work: K * (H + 1) floats. */
+void chain_prepare(const float *w1, const float *b1, const float *w2, const float *b2,
+                   int64_t R, int64_t D, int64_t H, int64_t K, float *mt, float *c, float *work) {
+    float *w2t = work, *col = work + K * H;
+    for (int64_t r = 0; r < R; r++) {
+        transpose_w2(w2 + r * H * K, H, K, w2t);
+        const float *w = w1 + r * D * H;
+        float *m = mt + r * K * D;
+        for (int64_t d = 0; d < D; d++) {
+            dots(w + d * H, w2t, H, K, col);
+            for (int64_t k = 0; k < K; k++) m[k * D + d] = col[k];
+        }
+        dots(b1 + r * H, w2t, H, K, c + r * K);
+        for (int64_t k = 0; k < K; k++) c[r * K + k] += b2[r * K + k];
+    }
+}
+
+/* logits[r, b, k] = <mt[r, k], h[r, b]> + c[r, k] */
+void chain_logits(const float *h, const float *mt, const float *c, int64_t R, int64_t B,
+                  int64_t D, int64_t K, float *logits) {
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t b = 0; b < B; b++) {
+            float *out = logits + (r * B + b) * K;
+            dots(h + (r * B + b) * D, mt + r * K * D, D, K, out);
+            for (int64_t k = 0; k < K; k++) out[k] += c[r * K + k];
+        }
+}
+
+/* The gradients of logits = h (w1 w2) + b1 w2 + b2 from g = dlogits [R, B, K]:
+ *   dmt = g^T h,  dh = g mt,  dw1[d] = sum_k dmt[k, d] w2[:, k],
+ *   dw2[:, k] = sum_d dmt[k, d] w1[d] + b1 sum_b g[:, k],  db1 = w2 sum_b g,  db2 = sum_b g.
+ * dw1 and dw2 come from one pass over w1. work: K * (D + 2 H) floats. */
+void chain_backward(const float *g, const float *h, const float *mt, const float *w1,
+                    const float *b1, const float *w2, int64_t R, int64_t B, int64_t D, int64_t H,
+                    int64_t K, float *dh, float *dw1, float *db1, float *dw2, float *db2,
+                    float *work) {
+    float *dmt = work, *w2t = work + K * D, *dw2t = w2t + K * H;
+    for (int64_t r = 0; r < R; r++) {
+        const float *gr = g + r * B * K, *hr = h + r * B * D, *m = mt + r * K * D;
+        const float *w = w1 + r * D * H;
+        float *gs = db2 + r * K;
+        memset(dmt, 0, sizeof(float) * K * D);
+        memset(gs, 0, sizeof(float) * K);
+        for (int64_t b = 0; b < B; b++) {
+            float *dhb = dh + (r * B + b) * D;
+            memset(dhb, 0, sizeof(float) * D);
+            for (int64_t k = 0; k < K; k++) {
+                float gk = gr[b * K + k];
+                gs[k] += gk;
+                axpy(dmt + k * D, gk, hr + b * D, D);
+                axpy(dhb, gk, m + k * D, D);
+            }
+        }
+        transpose_w2(w2 + r * H * K, H, K, w2t);
+        memset(dw2t, 0, sizeof(float) * K * H);
+        float *dw = dw1 + r * D * H;
+        for (int64_t d = 0; d < D; d++) {
+            float *row = dw + d * H;
+            memset(row, 0, sizeof(float) * H);
+            for (int64_t k = 0; k < K; k++) {
+                float a = dmt[k * D + d];
+                axpy(row, a, w2t + k * H, H);
+                axpy(dw2t + k * H, a, w + d * H, H);
+            }
+        }
+        const float *b1r = b1 + r * H;
+        float *dw2r = dw2 + r * H * K, *db1r = db1 + r * H;
+        for (int64_t i = 0; i < H; i++) {
+            float acc = 0.f;
+            for (int64_t k = 0; k < K; k++) {
+                dw2r[i * K + k] = dw2t[k * H + i] + b1r[i] * gs[k];
+                acc += gs[k] * w2t[k * H + i];
+            }
+            db1r[i] = acc;
+        }
+    }
+}

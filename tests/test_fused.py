@@ -1,0 +1,187 @@
+"""Native kernels (emodebias/kernels/head.c via emodebias.fused) against float64 references.
+
+Every value and gradient of the fused layer mix and linear head is checked against an einsum
+computation in float64, for float16 and float32 banks, per-run and shared rows, dimensions that
+are not multiples of the 8-wide vectors (the scalar tails), and the portable float16 conversion
+(built with -mno-f16c) on normal, subnormal and non-finite values. Training with the kernels is
+checked against the PyTorch path, and an in-place memory-mapped bank against a preloaded one.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from emodebias import fused, kernels
+from emodebias.feature_bank import FeatureBank
+from emodebias.fused import BankRows, bank_mix, bank_mix_chain
+from emodebias.labels import soft_from_votes
+from emodebias.train import RunConfig, TrainConfig, TrainData, fit, fit_many
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                                reason="no C compiler on this machine: the kernels cannot build")
+
+
+def test_library_builds_and_loads() -> None:
+    assert kernels.library() is not None
+    assert kernels.build().exists()  # cached: the second build is the same file
+
+
+def _params(runs: int, d: int, hid: int, k: int, layers: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+
+    def p(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g) * scale).requires_grad_()
+
+    return (p(runs, layers), p(runs, d, hid, scale=d ** -0.5), p(runs, hid),
+            p(runs, hid, k, scale=hid ** -0.5), p(runs, k))
+
+
+def _reference(bank: torch.Tensor, rows: torch.Tensor, a, w1, b1, w2, b2) -> torch.Tensor:
+    """float64 logits of mix -> Linear -> Linear on gathered rows."""
+    x = bank.double()[rows]  # [R, B, L, D] or [B, L, D]
+    s = torch.softmax(a.double(), -1)
+    eq = "rl,rbld->rbd" if rows.dim() == 2 else "rl,bld->rbd"
+    h = torch.einsum(eq, s, x)
+    return (h @ w1.double() + b1.double()[:, None]) @ w2.double() + b2.double()[:, None]
+
+
+def _grads(fn, params, g: torch.Tensor) -> list[torch.Tensor]:
+    for p in params:
+        p.grad = None
+    out = fn()
+    (out.double() * g).sum().backward()
+    return [out.detach().double()] + [p.grad.double().clone() for p in params]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("dims", [(3, 20, 12, 5), (13, 64, 32, 6)])  # (L, D, H, K)
+def test_mix_chain_values_and_gradients(dtype, shared, dims) -> None:
+    layers, d, hid, k = dims
+    runs, b, n = 3, 7, 30
+    gen = torch.Generator().manual_seed(1)
+    bank = torch.randn(n, layers, d, generator=gen).to(dtype)
+    rows = torch.randint(0, n, (b,) if shared else (runs, b), generator=gen)
+    params = _params(runs, d, hid, k, layers)
+    a, w1, b1, w2, b2 = params
+    g = torch.randn(runs, b, k, generator=gen, dtype=torch.float64)
+    got = _grads(lambda: bank_mix_chain(torch.softmax(a, -1), w1, b1, w2, b2,
+                                        BankRows(bank, rows)), params, g)
+    want = _grads(lambda: _reference(bank, rows, *params), params, g)
+    for name, x, y in zip(("logits", "a", "w1", "b1", "w2", "b2"), got, want, strict=True):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-4,
+                                   atol=1e-5 * float(y.abs().max()), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_mix_values_and_gradients(dtype) -> None:
+    gen = torch.Generator().manual_seed(2)
+    bank = torch.randn(25, 4, 19, generator=gen).to(dtype)
+    rows = torch.randint(0, 25, (2, 6), generator=gen)
+    a = torch.randn(2, 4, generator=gen).requires_grad_()
+    g = torch.randn(2, 6, 19, generator=gen, dtype=torch.float64)
+    got = _grads(lambda: bank_mix(torch.softmax(a, -1), BankRows(bank, rows)), [a], g)
+    want = _grads(lambda: torch.einsum("rl,rbld->rbd", torch.softmax(a.double(), -1),
+                                       bank.double()[rows]), [a], g)
+    for x, y in zip(got, want, strict=True):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_memmap_bank_reads_the_file_in_place(tmp_path) -> None:
+    x = np.random.default_rng(3).normal(size=(40, 3, 16)).astype(np.float16)
+    mm = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16,
+                                   shape=x.shape)
+    mm[:] = x
+    mm.flush()
+    ro = np.load(tmp_path / "f.npy", mmap_mode="r")
+    s = torch.softmax(torch.randn(2, 3), -1)
+    rows = torch.tensor([[0, 5, 39], [7, 7, 1]])
+    np.testing.assert_array_equal(bank_mix(s, BankRows(ro, rows)).numpy(),
+                                  bank_mix(s, BankRows(torch.from_numpy(x), rows)).numpy())
+    bank = FeatureBank(ro, np.arange(40), torch.device("cpu"), max_gb=0.0, native=True)
+    assert bank.native and bank.x is ro  # too big to preload: the store itself is read
+
+
+def test_portable_float16_conversion(tmp_path) -> None:
+    """The non-F16C path converts normal, subnormal, zero, infinite and NaN halves exactly."""
+    lib = kernels.load(kernels.build(tmp_path, ("-mno-f16c",)))
+    vals = np.array([0.0, -0.0, 1.0, -2.5, 65504.0, 6.1e-5, 5.96e-8, -3.0e-6, np.inf, -np.inf,
+                     np.nan, 0.333], dtype=np.float16)
+    bank = np.ascontiguousarray(np.tile(vals, 2).reshape(3, 1, 8))  # 24 values, 8 per row
+    rows = torch.arange(3)
+    s = torch.ones(1, 1)
+    h = torch.empty(1, 3, 8)
+    buf = torch.empty(8)
+    lib.mix_forward(bank.ctypes.data, 1, 1, 8, rows.data_ptr(), 1, 3, 0, s.data_ptr(),
+                    h.data_ptr(), buf.data_ptr())
+    np.testing.assert_array_equal(h.numpy().reshape(-1), bank.reshape(-1).astype(np.float32))
+    rows2 = torch.arange(3).reshape(1, 3)  # per-run rows: the direct (unbuffered) path
+    lib.mix_forward(bank.ctypes.data, 1, 1, 8, rows2.data_ptr(), 1, 3, 3, s.data_ptr(),
+                    h.data_ptr(), buf.data_ptr())
+    np.testing.assert_array_equal(h.numpy().reshape(-1), bank.reshape(-1).astype(np.float32))
+
+
+def test_kernels_can_be_disabled(monkeypatch) -> None:
+    monkeypatch.setenv("EMODEBIAS_KERNELS", "0")
+    kernels.library.cache_clear()
+    try:
+        assert kernels.library() is None
+        bank = FeatureBank(np.zeros((4, 2, 8), np.float16), np.arange(4), torch.device("cpu"),
+                           1.0, native=True)
+        assert not bank.native and bank.x.dtype == torch.float32
+        with pytest.raises(RuntimeError, match="unavailable"):
+            fused._lib()
+    finally:
+        monkeypatch.delenv("EMODEBIAS_KERNELS")
+        kernels.library.cache_clear()
+    assert kernels.library() is not None
+
+
+def test_train_config_rejects_unknown_kernels() -> None:
+    with pytest.raises(ValueError, match="kernels"):
+        TrainConfig(kernels="cuda")
+
+
+def _data(seed: int = 0, n: int = 150) -> TrainData:
+    rng = np.random.default_rng(seed)
+    votes = rng.integers(0, 4, size=(n, 4)).astype(float)
+    votes[np.arange(n), rng.integers(0, 4, n)] += 5
+    x = rng.normal(size=(n, 3, 24)).astype(np.float16)
+    return TrainData(x, soft_from_votes(votes), np.arange(100), np.arange(100, 125),
+                     np.arange(125, n), rng.integers(0, 2, n), n_groups=2)
+
+
+@pytest.mark.parametrize("method", ["erm", "gdro", "lff", "adv", "disent"])
+def test_training_with_kernels_equals_pytorch_path(method: str) -> None:
+    """Same selected epoch and probabilities within float32 rounding (the sums differ only in
+    order); covers the fused head (erm, gdro, lff) and the fused mix under h_S (adv, disent)."""
+    data = _data()
+    cfg = TrainConfig(epochs=5, batch_size=16, lr=1e-3)
+    native = fit(data, method, seed=4, config=cfg)
+    plain = fit(data, method, seed=4, config=replace(cfg, kernels="torch"))
+    assert native.best_epoch == plain.best_epoch
+    np.testing.assert_allclose(native.test_probs, plain.test_probs, atol=2e-5)
+    dev_n = [h["dev_loss"] for h in native.history]
+    dev_p = [h["dev_loss"] for h in plain.history]
+    np.testing.assert_allclose(dev_n, dev_p, rtol=1e-5)
+
+
+def test_in_place_memmap_training_equals_preloaded(tmp_path) -> None:
+    data = _data(1)
+    mm = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16,
+                                   shape=data.features.shape)
+    mm[:] = data.features
+    mm.flush()
+    on_disk = replace(data, features=np.load(tmp_path / "f.npy", mmap_mode="r"))
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-3)
+    runs = [RunConfig("erm", {}, s, cfg) for s in (0, 1)]
+    loaded = fit_many(on_disk, runs)
+    streamed = fit_many(on_disk, [replace(r, config=replace(cfg, preload_max_gb=0.0))
+                                  for r in runs])
+    for a, b in zip(loaded, streamed, strict=True):
+        np.testing.assert_array_equal(a.test_probs, b.test_probs)
