@@ -58,6 +58,10 @@ class BankRows:
         return n_runs, self.rows.shape[1], self.rows.shape[1]
 
 
+def _round4(k: int) -> int:
+    return (k + 3) // 4 * 4
+
+
 def _p(t: torch.Tensor) -> int:
     return t.data_ptr()
 
@@ -113,7 +117,7 @@ class _BankMixChain(torch.autograd.Function):
         k = w2.shape[2]
         h = _mix(x, s.contiguous())
         mt, c = w1.new_empty(n_runs, k, d), w1.new_empty(n_runs, k)
-        work = w1.new_empty(k * (hid + 1))
+        work = w1.new_empty(_round4(k) * hid)
         lib.chain_prepare(_p(w1), _p(b1), _p(w2), _p(b2), n_runs, d, hid, k, _p(mt), _p(c),
                           _p(work))
         logits = w1.new_empty(n_runs, h.shape[1], k)
@@ -131,7 +135,7 @@ class _BankMixChain(torch.autograd.Function):
         dh = torch.empty_like(h)
         dw1, db1, dw2 = torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2)
         db2 = g.new_empty(n_runs, k)
-        work = g.new_empty(k * d + 2 * k * hid)
+        work = g.new_empty(k * d + 2 * _round4(k) * hid)
         _lib().chain_backward(_p(g), _p(h), _p(mt), _p(w1), _p(b1), _p(w2), n_runs, b, d, hid, k,
                               _p(dh), _p(dw1), _p(db1), _p(dw2), _p(db2), _p(work))
         return _mix_grad(ctx.x, dh), dw1, db1, dw2, db2, None

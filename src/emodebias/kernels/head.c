@@ -165,27 +165,71 @@ void mix_backward(const void *bank, int half, int64_t L, int64_t D, const int64_
         }
 }
 
-/* w2t[k, :] = w2[:, k] for one run. */
+/* w2t[k, :] = w2[:, k] for one run, rows K..K4-1 zero (K4 = K rounded up to 4). */
 static void transpose_w2(const float *w2, int64_t H, int64_t K, float *w2t) {
+    int64_t k4 = (K + 3) & ~(int64_t)3;
+    memset(w2t + K * H, 0, sizeof(float) * (k4 - K) * H);
     for (int64_t i = 0; i < H; i++)
         for (int64_t k = 0; k < K; k++) w2t[k * H + i] = w2[i * K + k];
 }
 
-/* mt[r] = (w1 w2)^T and c[r] = b1 w2 + b2: the head as one linear map (K rows of D).
- * work: K * (H + 1) floats. */
+/* The eight horizontal sums of a[0..7] as one vector (a transpose-and-add tree). */
+static inline v8 hsum8(const v8 a[8]) {
+    v8 t[4], u[2];
+    for (int j = 0; j < 4; j++)
+        t[j] = __builtin_shufflevector(a[2 * j], a[2 * j + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+               __builtin_shufflevector(a[2 * j], a[2 * j + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+    for (int j = 0; j < 2; j++)
+        u[j] = __builtin_shufflevector(t[2 * j], t[2 * j + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+               __builtin_shufflevector(t[2 * j], t[2 * j + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+    return __builtin_shufflevector(u[0], u[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(u[0], u[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+/* out[e * 4 + j] = <w[e], t[j]> for rows e = 0, 1 of w (two rows of H) and j < 4. */
+static void dots_2x4(const float *w, const float *t, int64_t H, float out[8]) {
+    v8 a[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= H; i += 8) {
+        v8 x0 = ld(w + i), x1 = ld(w + H + i);
+        for (int j = 0; j < 4; j++) {
+            v8 y = ld(t + j * H + i);
+            a[j] += x0 * y;
+            a[4 + j] += x1 * y;
+        }
+    }
+    v8 s = hsum8(a);
+    for (int e = 0; e < 2; e++)
+        for (int j = 0; j < 4; j++) {
+            float acc = s[e * 4 + j];
+            for (int64_t r = i; r < H; r++) acc += w[e * H + r] * t[j * H + r];
+            out[e * 4 + j] = acc;
+        }
+}
+
+/* mt[r] = (w1 w2)^T and c[r] = b1 w2 + b2: the head as one linear map (K rows of D), two rows
+ * of w1 against four columns of w2 at a time. work: K4 * H floats. */
 void chain_prepare(const float *w1, const float *b1, const float *w2, const float *b2,
                    int64_t R, int64_t D, int64_t H, int64_t K, float *mt, float *c, float *work) {
-    float *w2t = work, *col = work + K * H;
+    float *w2t = work, out[8];
     for (int64_t r = 0; r < R; r++) {
         transpose_w2(w2 + r * H * K, H, K, w2t);
         const float *w = w1 + r * D * H;
         float *m = mt + r * K * D;
-        for (int64_t d = 0; d < D; d++) {
-            dots(w + d * H, w2t, H, K, col);
-            for (int64_t k = 0; k < K; k++) m[k * D + d] = col[k];
+        for (int64_t d = 0; d < D; d += 2) {
+            int64_t rows = D - d < 2 ? 1 : 2;
+            for (int64_t k = 0; k < K; k += 4) {
+                if (rows == 2) {
+                    dots_2x4(w + d * H, w2t + k * H, H, out);
+                } else {
+                    for (int j = 0; j < 4; j++) out[j] = dot(w + d * H, w2t + (k + j) * H, H);
+                }
+                for (int64_t j = 0; j < 4 && k + j < K; j++)
+                    for (int64_t e = 0; e < rows; e++) m[(k + j) * D + d + e] = out[e * 4 + j];
+            }
         }
-        dots(b1 + r * H, w2t, H, K, c + r * K);
-        for (int64_t k = 0; k < K; k++) c[r * K + k] += b2[r * K + k];
+        for (int64_t k = 0; k < K; k++)
+            c[r * K + k] = b2[r * K + k] + dot(b1 + r * H, w2t + k * H, H);
     }
 }
 
@@ -200,15 +244,45 @@ void chain_logits(const float *h, const float *mt, const float *c, int64_t R, in
         }
 }
 
+/* For rows d..d+3 of w (4 rows of H): dw[d + e] = sum_k dm[k, d + e] w2t[k] and
+ * dw2t[k] += sum_e dm[k, d + e] w[d + e], with dm [K, D]. */
+static void outer_4(const float *w, const float *dm, int64_t d, int64_t D, const float *w2t,
+                    int64_t H, int64_t K, float *dw, float *dw2t) {
+    int64_t i = 0;
+    for (; i + 8 <= H; i += 8) {
+        v8 x0 = ld(w + i), x1 = ld(w + H + i), x2 = ld(w + 2 * H + i), x3 = ld(w + 3 * H + i);
+        v8 r0 = splat(0.f), r1 = splat(0.f), r2 = splat(0.f), r3 = splat(0.f);
+        for (int64_t k = 0; k < K; k++) {
+            const float *a = dm + k * D + d;
+            v8 a0 = splat(a[0]), a1 = splat(a[1]), a2 = splat(a[2]), a3 = splat(a[3]);
+            v8 t = ld(w2t + k * H + i);
+            r0 += a0 * t, r1 += a1 * t, r2 += a2 * t, r3 += a3 * t;
+            float *o = dw2t + k * H + i;
+            st(o, ld(o) + ((a0 * x0 + a1 * x1) + (a2 * x2 + a3 * x3)));
+        }
+        st(dw + i, r0), st(dw + H + i, r1), st(dw + 2 * H + i, r2), st(dw + 3 * H + i, r3);
+    }
+    for (; i < H; i++)
+        for (int64_t e = 0; e < 4; e++) {
+            float acc = 0.f;
+            for (int64_t k = 0; k < K; k++) {
+                acc += dm[k * D + d + e] * w2t[k * H + i];
+                dw2t[k * H + i] += dm[k * D + d + e] * w[e * H + i];
+            }
+            dw[e * H + i] = acc;
+        }
+}
+
 /* The gradients of logits = h (w1 w2) + b1 w2 + b2 from g = dlogits [R, B, K]:
  *   dmt = g^T h,  dh = g mt,  dw1[d] = sum_k dmt[k, d] w2[:, k],
  *   dw2[:, k] = sum_d dmt[k, d] w1[d] + b1 sum_b g[:, k],  db1 = w2 sum_b g,  db2 = sum_b g.
- * dw1 and dw2 come from one pass over w1. work: K * (D + 2 H) floats. */
+ * dw1 and dw2 come from one pass over w1, four rows at a time. work: K * D + 2 * K4 * H. */
 void chain_backward(const float *g, const float *h, const float *mt, const float *w1,
                     const float *b1, const float *w2, int64_t R, int64_t B, int64_t D, int64_t H,
                     int64_t K, float *dh, float *dw1, float *db1, float *dw2, float *db2,
                     float *work) {
-    float *dmt = work, *w2t = work + K * D, *dw2t = w2t + K * H;
+    int64_t k4 = (K + 3) & ~(int64_t)3;
+    float *dmt = work, *w2t = work + K * D, *dw2t = w2t + k4 * H;
     for (int64_t r = 0; r < R; r++) {
         const float *gr = g + r * B * K, *hr = h + r * B * D, *m = mt + r * K * D;
         const float *w = w1 + r * D * H;
@@ -228,7 +302,9 @@ void chain_backward(const float *g, const float *h, const float *mt, const float
         transpose_w2(w2 + r * H * K, H, K, w2t);
         memset(dw2t, 0, sizeof(float) * K * H);
         float *dw = dw1 + r * D * H;
-        for (int64_t d = 0; d < D; d++) {
+        int64_t d = 0;
+        for (; d + 4 <= D; d += 4) outer_4(w + d * H, dmt, d, D, w2t, H, K, dw + d * H, dw2t);
+        for (; d < D; d++) {
             float *row = dw + d * H;
             memset(row, 0, sizeof(float) * H);
             for (int64_t k = 0; k < K; k++) {
