@@ -10,7 +10,7 @@ in another order: equal to float32 rounding (tests compare both).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,12 +58,37 @@ class BankRows:
         return n_runs, self.rows.shape[1], self.rows.shape[1]
 
 
+@dataclass
+class ChainGradSink:
+    """A head's weight gradients in factored form, summed over a step's backward calls and
+    handed to the optimiser (`StackedAdam.step`), which updates W1 without ever writing its
+    gradient: dw1 = dmt^T w2^T and dw2 = w1^T dmt^T + bias, with w1, w2 as in the forward."""
+
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def add(self, dmt: torch.Tensor, bias: torch.Tensor) -> None:
+        self.parts.append((dmt, bias))
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(dmt [R, K, D], bias [R, H, K]) summed, or None when nothing is pending; clears."""
+        if not self.parts:
+            return None
+        dmt, bias = (sum(x[1:], x[0]) for x in zip(*self.parts, strict=True))
+        self.parts.clear()
+        return dmt, bias
+
+
 def _round4(k: int) -> int:
     return (k + 3) // 4 * 4
 
 
 def _p(t: torch.Tensor) -> int:
     return t.data_ptr()
+
+
+def _opt(t: torch.Tensor | None) -> int | None:
+    """An optional output's address (None = NULL: not computed)."""
+    return None if t is None else t.data_ptr()
 
 
 def _lib() -> Any:
@@ -107,10 +132,11 @@ class _BankMix(torch.autograd.Function):
 
 class _BankMixChain(torch.autograd.Function):
     """logits = mix(x, s) (w1 w2) + b1 w2 + b2 through mt = (w1 w2)^T [R, K, D], as
-    `model._LinearChain` does; gradients from `chain_backward` and `mix_backward`."""
+    `model._LinearChain` does; gradients from `chain_backward` and `mix_backward`. With a
+    `ChainGradSink`, w1's and w2's gradients go to the sink (factored) instead of autograd."""
 
     @staticmethod
-    def forward(ctx, s, w1, b1, w2, b2, x):  # noqa: ANN001, ANN205 - autograd signature
+    def forward(ctx, s, w1, b1, w2, b2, x, sink):  # noqa: ANN001, ANN205 - autograd signature
         lib = _lib()
         w1, b1, w2, b2 = (t.contiguous() for t in (w1, b1, w2, b2))
         n_runs, d, hid = w1.shape
@@ -122,7 +148,7 @@ class _BankMixChain(torch.autograd.Function):
                           _p(work))
         logits = w1.new_empty(n_runs, h.shape[1], k)
         lib.chain_logits(_p(h), _p(mt), _p(c), n_runs, h.shape[1], d, k, _p(logits))
-        ctx.x = x
+        ctx.x, ctx.sink = x, sink
         ctx.save_for_backward(h, mt, w1, b1, w2)
         return logits
 
@@ -132,13 +158,17 @@ class _BankMixChain(torch.autograd.Function):
         g = g.contiguous()
         n_runs, d, hid = w1.shape
         b, k = g.shape[1:]
-        dh = torch.empty_like(h)
-        dw1, db1, dw2 = torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2)
-        db2 = g.new_empty(n_runs, k)
-        work = g.new_empty(k * d + 2 * _round4(k) * hid)
+        dh, dmt = torch.empty_like(h), g.new_empty(n_runs, k, d)
+        db1, db2 = torch.empty_like(b1), g.new_empty(n_runs, k)
+        dw1 = dw2 = None
+        if ctx.sink is None:
+            dw1, dw2 = torch.empty_like(w1), torch.empty_like(w2)
+        work = g.new_empty(2 * _round4(k) * hid)
         _lib().chain_backward(_p(g), _p(h), _p(mt), _p(w1), _p(b1), _p(w2), n_runs, b, d, hid, k,
-                              _p(dh), _p(dw1), _p(db1), _p(dw2), _p(db2), _p(work))
-        return _mix_grad(ctx.x, dh), dw1, db1, dw2, db2, None
+                              _p(dh), _p(dmt), _p(db1), _p(db2), _opt(dw1), _opt(dw2), _p(work))
+        if ctx.sink is not None:
+            ctx.sink.add(dmt, b1.unsqueeze(2) * db2.unsqueeze(1))
+        return _mix_grad(ctx.x, dh), dw1, db1, dw2, db2, None, None
 
 
 def bank_mix(s: torch.Tensor, x: BankRows) -> torch.Tensor:
@@ -147,6 +177,28 @@ def bank_mix(s: torch.Tensor, x: BankRows) -> torch.Tensor:
 
 
 def bank_mix_chain(s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-                   b2: torch.Tensor, x: BankRows) -> torch.Tensor:
-    """Logits [R, B, K] of the linear head (mix -> Linear -> Linear) on bank rows."""
-    return _BankMixChain.apply(s, w1, b1, w2, b2, x)
+                   b2: torch.Tensor, x: BankRows, sink: ChainGradSink | None = None
+                   ) -> torch.Tensor:
+    """Logits [R, B, K] of the linear head (mix -> Linear -> Linear) on bank rows; with `sink`,
+    w1's and w2's gradients are deferred to it (see `ChainGradSink`)."""
+    return _BankMixChain.apply(s, w1, b1, w2, b2, x, sink)
+
+
+def adam_chain(w1: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: torch.Tensor,
+               w2: torch.Tensor, dmt: torch.Tensor, active: np.ndarray | None,
+               hp: tuple[float, float, float, float, float]) -> torch.Tensor:
+    """Adam (L2 weight decay; hp = lr, beta1, beta2, eps, weight decay) on w1 [R, D, H] in
+    place, from the factored gradient dmt^T w2^T, for the `active` runs (all when None): moments
+    m, v and step counts t [R] advance as torch's Adam's would. Returns w1_old^T dmt^T
+    [R, H, K], w2's gradient without its b1 term."""
+    n_runs, d, hid = w1.shape
+    k = w2.shape[2]
+    on = np.ones(n_runs, np.uint8) if active is None else np.asarray(active, np.uint8)
+    on = np.ascontiguousarray(on)
+    args = np.asarray(hp, dtype=np.float64)
+    dw2 = w2.new_empty(w2.shape)
+    work = w1.new_empty(2 * _round4(k) * hid + 4 * hid)
+    dmt, w2 = dmt.contiguous(), w2.contiguous()
+    _lib().adam_chain(_p(w1), _p(m), _p(v), _p(t), _p(w2), _p(dmt), on.ctypes.data,
+                      n_runs, d, hid, k, args.ctypes.data, _p(dw2), _p(work))
+    return dw2

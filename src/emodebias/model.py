@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from emodebias.fused import BankRows, bank_mix, bank_mix_chain
+from emodebias.fused import BankRows, ChainGradSink, bank_mix, bank_mix_chain
 
 HIDDEN = 256
 
@@ -194,6 +194,13 @@ class SERHead(nn.Module):
         super().__init__()
         self.encoder = Encoder(gens, n_layers, dim, hidden)
         self.out = StackedLinear(gens, hidden, n_classes)
+        self.sink: ChainGradSink | None = None  # see `defer_weight_grads`
+
+    def defer_weight_grads(self) -> tuple[torch.Tensor, torch.Tensor, ChainGradSink]:
+        """Route the two weights' gradients of `logits` on `BankRows` to a sink (factored) for
+        an optimiser that updates W1 without materialising its gradient (`StackedAdam`)."""
+        self.sink = ChainGradSink()
+        return self.encoder.proj.weight, self.out.weight, self.sink
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (logits [R, B, K], h_S [R, B, 256]), for losses that read h_S."""
@@ -205,7 +212,7 @@ class SERHead(nn.Module):
         enc = self.encoder
         if isinstance(x, BankRows):
             return bank_mix_chain(torch.softmax(enc.mix.weight, -1), enc.proj.weight,
-                                  enc.proj.bias, self.out.weight, self.out.bias, x)
+                                  enc.proj.bias, self.out.weight, self.out.bias, x, self.sink)
         return linear_chain(enc.mix(x), enc.proj, self.out)
 
 

@@ -8,15 +8,23 @@ import numpy as np
 import torch
 from torch.optim.adam import adam as _adam_fn
 
+from emodebias.fused import ChainGradSink, adam_chain
+
 
 class StackedAdam:
     """torch's Adam (L2 weight decay) over stacked parameters [R, ...], run by run: each run's
     slices carry their own step count, and runs left out of a step (masked) keep parameters,
     moments and step count, so a run gives the same numbers whatever it is stacked with.
-    Uses the fused kernel where the device supports it, else the foreach one."""
+    Uses the fused kernel where the device supports it, else the foreach one.
+
+    `chains` lists heads whose (W1, W2) gradients arrive in factored form (`ChainGradSink`,
+    native kernels): W1 is updated by `fused.adam_chain` without its gradient ever being
+    written, W2 gets its gradient from the same pass; a W1 that also has an ordinary gradient
+    gets the factored part added to it instead."""
 
     def __init__(self, groups: list[dict[str, Any]], n_runs: int, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 chains: list[tuple[torch.Tensor, torch.Tensor, ChainGradSink]] = ()) -> None:
         self.groups = [(list(g["params"]), float(g["lr"])) for g in groups]
         self.n_runs, self.wd, self.betas, self.eps = n_runs, weight_decay, betas, eps
         self.m = [[torch.zeros_like(p) for p in ps] for ps, _ in self.groups]
@@ -30,6 +38,10 @@ class StackedAdam:
                       for (ps, _), ms, vs, ts in zip(self.groups, self.m, self.v, self.t,
                                                     strict=True)]
         self.fused: bool | None = None
+        self.chains = list(chains)
+        # where each parameter's state lives: id -> (group, index)
+        self.where = {id(p): (gi, pi) for gi, (ps, _) in enumerate(self.groups)
+                      for pi, p in enumerate(ps)}
 
     def zero_grad(self) -> None:
         for ps, _ in self.groups:
@@ -39,6 +51,8 @@ class StackedAdam:
     @torch.no_grad()
     def step(self, active: np.ndarray | None = None) -> None:
         """Update every run, or only the runs where `active` [R] (host bool array) holds."""
+        for w1, w2, sink in self.chains:
+            self._chain_step(w1, w2, sink, active)
         runs = range(self.n_runs) if active is None else np.flatnonzero(active).tolist()
         for (params, lr), views in zip(self.groups, self.views, strict=True):
             lists: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
@@ -51,6 +65,23 @@ class StackedAdam:
                         out.append(x[r])
             if lists[0]:
                 self._adam(lists, lr)
+
+    def _chain_step(self, w1: torch.Tensor, w2: torch.Tensor, sink: ChainGradSink,
+                    active: np.ndarray | None) -> None:
+        pending = sink.take()
+        if pending is None:
+            return
+        dmt, bias = pending
+        if w1.grad is not None:  # W1 also has an ordinary gradient: add the factored one
+            w1.grad += torch.bmm(dmt.mT, w2.mT)
+            dw2 = torch.bmm(w1.mT, dmt.mT)
+        else:
+            gi, pi = self.where[id(w1)]
+            hp = (self.groups[gi][1], *self.betas, self.eps, self.wd)
+            dw2 = adam_chain(w1.data, self.m[gi][pi], self.v[gi][pi], self.t[gi][pi], w2.data,
+                             dmt, active, hp)
+        dw2 += bias
+        w2.grad = dw2 if w2.grad is None else w2.grad + dw2
 
     def _adam(self, lists: tuple[list[torch.Tensor], ...], lr: float) -> None:
         kw = {"amsgrad": False, "beta1": self.betas[0], "beta2": self.betas[1], "lr": lr,

@@ -23,7 +23,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("head.c")
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=gnu11")
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 # argument types of each exported function (pointers as addresses)
@@ -32,7 +32,8 @@ SIGNATURES: dict[str, tuple] = {
     "mix_backward": (_P, ctypes.c_int, _I, _I, _P, _I, _I, _I, _P, _P),
     "chain_prepare": (_P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P),
     "chain_logits": (_P, _P, _P, _I, _I, _I, _I, _P),
-    "chain_backward": (_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P),
+    "chain_backward": (_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P),
+    "adam_chain": (_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P),
 }
 
 
@@ -73,8 +74,8 @@ def build(cache: Path | None = None, extra_flags: tuple[str, ...] = ()) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True,
-                              text=True)
+        proc = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"],
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed on {SOURCE.name}: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, out)

@@ -8,6 +8,7 @@
  *   s [R, L] softmaxed layer weights, h / dh [R, B, D]
  *   w1 [R, D, H], b1 [R, H], w2 [R, H, K], b2 [R, K], mt [R, K, D] = (w1 w2)^T, c [R, K]
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #ifdef __F16C__
@@ -244,6 +245,15 @@ void chain_logits(const float *h, const float *mt, const float *c, int64_t R, in
         }
 }
 
+struct adam_args {
+    float *m, *v;
+    const float *hp;  /* 1 - beta1, beta2, 1 - beta2, eps, weight decay, lr / bc1, 1 / sqrt(bc2) */
+    float *buf;       /* 4 * H */
+};
+
+static void weight_pass(float *w, const float *dm, const float *w2t, int64_t D, int64_t H,
+                        int64_t K, float *dw, float *dw2t, const struct adam_args *adam);
+
 /* For rows d..d+3 of w (4 rows of H): dw[d + e] = sum_k dm[k, d + e] w2t[k] and
  * dw2t[k] += sum_e dm[k, d + e] w[d + e], with dm [K, D]. */
 static void outer_4(const float *w, const float *dm, int64_t d, int64_t D, const float *w2t,
@@ -274,20 +284,20 @@ static void outer_4(const float *w, const float *dm, int64_t d, int64_t D, const
 }
 
 /* The gradients of logits = h (w1 w2) + b1 w2 + b2 from g = dlogits [R, B, K]:
- *   dmt = g^T h,  dh = g mt,  dw1[d] = sum_k dmt[k, d] w2[:, k],
- *   dw2[:, k] = sum_d dmt[k, d] w1[d] + b1 sum_b g[:, k],  db1 = w2 sum_b g,  db2 = sum_b g.
- * dw1 and dw2 come from one pass over w1, four rows at a time. work: K * D + 2 * K4 * H. */
+ *   dmt = g^T h,  dh = g mt,  db1 = w2 sum_b g,  db2 = sum_b g, and, unless dw1 is NULL (the
+ *   optimiser then takes dw1 = dmt^T w2^T in factored form, see adam_chain),
+ *   dw1[d] = sum_k dmt[k, d] w2[:, k],  dw2[:, k] = sum_d dmt[k, d] w1[d] + b1 sum_b g[:, k],
+ * dw1 and dw2 from one pass over w1, four rows at a time. work: 2 * K4 * H floats. */
 void chain_backward(const float *g, const float *h, const float *mt, const float *w1,
                     const float *b1, const float *w2, int64_t R, int64_t B, int64_t D, int64_t H,
-                    int64_t K, float *dh, float *dw1, float *db1, float *dw2, float *db2,
-                    float *work) {
+                    int64_t K, float *dh, float *dmt, float *db1, float *db2, float *dw1,
+                    float *dw2, float *work) {
     int64_t k4 = (K + 3) & ~(int64_t)3;
-    float *dmt = work, *w2t = work + K * D, *dw2t = w2t + k4 * H;
+    float *w2t = work, *dw2t = w2t + k4 * H;
     for (int64_t r = 0; r < R; r++) {
         const float *gr = g + r * B * K, *hr = h + r * B * D, *m = mt + r * K * D;
-        const float *w = w1 + r * D * H;
-        float *gs = db2 + r * K;
-        memset(dmt, 0, sizeof(float) * K * D);
+        float *gs = db2 + r * K, *dm = dmt + r * K * D;
+        memset(dm, 0, sizeof(float) * K * D);
         memset(gs, 0, sizeof(float) * K);
         for (int64_t b = 0; b < B; b++) {
             float *dhb = dh + (r * B + b) * D;
@@ -295,33 +305,93 @@ void chain_backward(const float *g, const float *h, const float *mt, const float
             for (int64_t k = 0; k < K; k++) {
                 float gk = gr[b * K + k];
                 gs[k] += gk;
-                axpy(dmt + k * D, gk, hr + b * D, D);
+                axpy(dm + k * D, gk, hr + b * D, D);
                 axpy(dhb, gk, m + k * D, D);
             }
         }
         transpose_w2(w2 + r * H * K, H, K, w2t);
-        memset(dw2t, 0, sizeof(float) * K * H);
-        float *dw = dw1 + r * D * H;
-        int64_t d = 0;
-        for (; d + 4 <= D; d += 4) outer_4(w + d * H, dmt, d, D, w2t, H, K, dw + d * H, dw2t);
-        for (; d < D; d++) {
-            float *row = dw + d * H;
-            memset(row, 0, sizeof(float) * H);
-            for (int64_t k = 0; k < K; k++) {
-                float a = dmt[k * D + d];
-                axpy(row, a, w2t + k * H, H);
-                axpy(dw2t + k * H, a, w + d * H, H);
-            }
-        }
         const float *b1r = b1 + r * H;
-        float *dw2r = dw2 + r * H * K, *db1r = db1 + r * H;
         for (int64_t i = 0; i < H; i++) {
             float acc = 0.f;
-            for (int64_t k = 0; k < K; k++) {
-                dw2r[i * K + k] = dw2t[k * H + i] + b1r[i] * gs[k];
-                acc += gs[k] * w2t[k * H + i];
-            }
-            db1r[i] = acc;
+            for (int64_t k = 0; k < K; k++) acc += gs[k] * w2t[k * H + i];
+            db1[r * H + i] = acc;
         }
+        if (!dw1) continue;
+        memset(dw2t, 0, sizeof(float) * K * H);
+        /* without adam, weight_pass only reads w */
+        weight_pass((float *)(w1 + r * D * H), dm, w2t, D, H, K, dw1 + r * D * H, dw2t, NULL);
+        float *dw2r = dw2 + r * H * K;
+        for (int64_t i = 0; i < H; i++)
+            for (int64_t k = 0; k < K; k++)
+                dw2r[i * K + k] = dw2t[k * H + i] + b1r[i] * gs[k];
+    }
+}
+
+/* torch's Adam (L2 weight decay) on n contiguous elements with gradient g; the bias correction
+ * of the second moment multiplies by 1 / sqrt(bc2), as torch's fused GPU kernels do. */
+static void adam_rows(float *restrict p, float *restrict m, float *restrict v,
+                      const float *restrict g, int64_t n, const float *hp) {
+    float b1c = hp[0], beta2 = hp[1], b2c = hp[2], eps = hp[3], wd = hp[4], step = hp[5],
+          rbc2s = hp[6];
+    for (int64_t i = 0; i < n; i++) {
+        float gi = g[i] + wd * p[i];
+        float mi = m[i] + b1c * (gi - m[i]);
+        float vi = v[i] * beta2 + b2c * gi * gi;
+        p[i] = p[i] - step * (mi / (sqrtf(vi) * rbc2s + eps));
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+/* One pass over w [D, H]: g[d] = sum_k dm[k, d] w2t[k] and dw2t[k] += sum_d dm[k, d] w[d] (the
+ * old rows), four rows at a time; g goes to dw rows, or, with `adam`, into a 4-row buffer that
+ * updates those rows of w and its moments (adam: m, v, hyperparameters, buffer). */
+static void weight_pass(float *w, const float *dm, const float *w2t, int64_t D, int64_t H,
+                        int64_t K, float *dw, float *dw2t, const struct adam_args *adam) {
+    int64_t d = 0;
+    for (; d < D; d += 4) {
+        int64_t rows = D - d < 4 ? D - d : 4;
+        float *g = adam ? adam->buf : dw + d * H;
+        if (rows == 4) {
+            outer_4(w + d * H, dm, d, D, w2t, H, K, g, dw2t);
+        } else {
+            for (int64_t e = 0; e < rows; e++) {
+                float *row = g + e * H;
+                memset(row, 0, sizeof(float) * H);
+                for (int64_t k = 0; k < K; k++) {
+                    float a = dm[k * D + d + e];
+                    axpy(row, a, w2t + k * H, H);
+                    axpy(dw2t + k * H, a, w + (d + e) * H, H);
+                }
+            }
+        }
+        if (adam) adam_rows(w + d * H, adam->m + d * H, adam->v + d * H, g, rows * H, adam->hp);
+    }
+}
+
+/* Adam on w1 [R, D, H] from its factored gradient dw1 = dmt^T w2^T (+ wd w1), for the runs
+ * where active[r]: step counts t[r] += 1, then one pass that also returns
+ * dw2[r] = w1_old^T dmt^T (without the b1 term). lr_etc: lr, beta1, beta2, eps, weight decay.
+ * work: 2 * K4 * H + 4 * H floats. */
+void adam_chain(float *w1, float *m1, float *v1, float *t, const float *w2, const float *dmt,
+                const uint8_t *active, int64_t R, int64_t D, int64_t H, int64_t K,
+                const double *lr_etc, float *dw2, float *work) {
+    int64_t k4 = (K + 3) & ~(int64_t)3;
+    float *w2t = work, *dw2t = w2t + k4 * H;
+    double lr = lr_etc[0], beta1 = lr_etc[1], beta2 = lr_etc[2];
+    for (int64_t r = 0; r < R; r++) {
+        if (!active[r]) continue;
+        t[r] += 1.f;
+        double bc1 = 1.0 - pow(beta1, t[r]), bc2 = 1.0 - pow(beta2, t[r]);
+        float hp[7] = {(float)(1.0 - beta1), (float)beta2, (float)(1.0 - beta2),
+                       (float)lr_etc[3], (float)lr_etc[4], (float)(lr / bc1),
+                       (float)(1.0 / sqrt(bc2))};
+        struct adam_args a = {m1 + r * D * H, v1 + r * D * H, hp, dw2t + k4 * H};
+        transpose_w2(w2 + r * H * K, H, K, w2t);
+        memset(dw2t, 0, sizeof(float) * K * H);
+        weight_pass(w1 + r * D * H, dmt + r * K * D, w2t, D, H, K, NULL, dw2t, &a);
+        float *dw2r = dw2 + r * H * K;
+        for (int64_t i = 0; i < H; i++)
+            for (int64_t k = 0; k < K; k++) dw2r[i * K + k] = dw2t[k * H + i];
     }
 }
