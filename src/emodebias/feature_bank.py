@@ -85,21 +85,19 @@ class FeatureBank:
             self.rows = np.arange(len(features))  # read the store in place
             self.x = features
         elif fits:
-            self.x = self._preload(torch.from_numpy(np.empty(0, dtype)).dtype)
+            self.x = self._preload(dtype)
         elif self.native:  # nothing the kernels can read in place: the PyTorch path
             self.native = False
         self.lookup = np.full(len(features), -1, dtype=np.int64)
         self.lookup[self.rows] = np.arange(len(self.rows))
 
-    def _preload(self, dtype: torch.dtype) -> torch.Tensor:
+    def _preload(self, dtype: np.dtype) -> torch.Tensor:
         """Copy the bank's rows once, in chunks (row-major for the kernels, else layer-major)."""
         n = len(self.rows)
-        if self.native:
-            x = torch.empty((n, self.n_layers, self.dim), dtype=dtype)
-        else:
-            x = torch.empty((self.n_layers, n, self.dim), dtype=dtype)
+        shape = (n, self.n_layers, self.dim) if self.native else (self.n_layers, n, self.dim)
+        x = torch.from_numpy(np.empty(shape, dtype))
         for s in range(0, n, 4096):
-            chunk = torch.from_numpy(np.asarray(self.source[self.rows[s : s + 4096]])).to(dtype)
+            chunk = torch.from_numpy(np.asarray(self.source[self.rows[s : s + 4096]], dtype))
             if self.native:
                 x[s : s + len(chunk)] = chunk
             else:

@@ -140,7 +140,9 @@ void mix_forward(const void *bank, int half, int64_t L, int64_t D, const int64_t
         for (int64_t b = 0; b < B; b++) {
             const void *x = row_at(bank, half, rows[b], n);
             if (half) {
-                for (int64_t i = 0; i < n; i++) buf[i] = ldx1(x, half, i);
+                int64_t i = 0;
+                for (; i + 8 <= n; i += 8) st(buf + i, ldx(x, 1, i));
+                for (; i < n; i++) buf[i] = ldx1(x, 1, i);
                 x = buf;
             }
             for (int64_t r = 0; r < R; r++) mix_row(x, 0, s + r * L, L, D, h + (r * B + b) * D);
