@@ -60,7 +60,7 @@ def _grads(fn, params, g: torch.Tensor) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("shared", [False, True])
-@pytest.mark.parametrize("dims", [(3, 20, 12, 5), (13, 64, 32, 6)])  # (L, D, H, K)
+@pytest.mark.parametrize("dims", [(3, 20, 12, 5), (13, 64, 32, 6), (2, 150, 8, 3)])  # L D H K
 def test_mix_chain_values_and_gradients(dtype, shared, dims) -> None:
     layers, d, hid, k = dims
     runs, b, n = 3, 7, 30
@@ -75,6 +75,35 @@ def test_mix_chain_values_and_gradients(dtype, shared, dims) -> None:
     want = _grads(lambda: _reference(bank, rows, *params), params, g)
     for name, x, y in zip(("logits", "a", "w1", "b1", "w2", "b2"), got, want, strict=True):
         np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-4,
+                                   atol=1e-5 * float(y.abs().max()), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("deferred", [False, True])
+def test_mix_linear_values_and_gradients(dtype, shared, deferred) -> None:
+    """The h_S encoder (mix -> Linear) on bank rows against float64; with a sink, W's gradient
+    is the sink's u^T v instead of autograd's."""
+    layers, d, hid, runs, b, n = 3, 75, 12, 2, 6, 30
+    gen = torch.Generator().manual_seed(7)
+    bank = torch.randn(n, layers, d, generator=gen).to(dtype)
+    rows = torch.randint(0, n, (b,) if shared else (runs, b), generator=gen)
+    a, w, bias = _params(runs, d, hid, 1, layers)[:3]
+    g = torch.randn(runs, b, hid, generator=gen, dtype=torch.float64)
+    sink = fused.FactoredGrad() if deferred else None
+    got = _grads(lambda: fused.bank_mix_linear(torch.softmax(a, -1), w, bias,
+                                               BankRows(bank, rows), sink),
+                 [a, bias] if deferred else [a, w, bias], g)
+    if deferred:
+        pending = sink.take()
+        assert pending.n_out == 0 and sink.take() is None
+        got.insert(2, torch.bmm(pending.u.mT, pending.v).double())
+    x = bank.double()[rows]
+    eq = "rl,rbld->rbd" if shared is False else "rl,bld->rbd"
+    want = _grads(lambda: torch.einsum(eq, torch.softmax(a.double(), -1), x) @ w.double()
+                  + bias.double()[:, None], [a, w, bias], g)
+    for name, u, y in zip(("h", "a", "w", "b"), got, want, strict=True):
+        np.testing.assert_allclose(u.numpy(), y.numpy(), rtol=1e-4,
                                    atol=1e-5 * float(y.abs().max()), err_msg=name)
 
 
@@ -156,7 +185,7 @@ def _data(seed: int = 0, n: int = 150) -> TrainData:
                      np.arange(125, n), rng.integers(0, 2, n), n_groups=2)
 
 
-@pytest.mark.parametrize("method", ["erm", "gdro", "lff", "adv", "disent"])
+@pytest.mark.parametrize("method", ["erm", "gdro", "lff", "adv", "madv", "mmd", "disent"])
 def test_training_with_kernels_equals_pytorch_path(method: str) -> None:
     """Same selected epoch and probabilities within float32 rounding (the sums differ only in
     order); covers the fused head (erm, gdro, lff) and the fused mix under h_S (adv, disent)."""
@@ -187,9 +216,11 @@ def test_in_place_memmap_training_equals_preloaded(tmp_path) -> None:
         np.testing.assert_array_equal(a.test_probs, b.test_probs)
 
 
-def test_adam_chain_matches_torch_adam_on_the_materialised_gradient() -> None:
-    """One step of the factored Adam equals torch's Adam on dw1 = dmt^T w2^T (+ L2 decay) for
-    the active runs, leaves idle runs untouched, and returns w1_old^T dmt^T."""
+@pytest.mark.parametrize("n_out", [5, 0])
+def test_adam_outer_matches_torch_adam_on_the_materialised_gradient(n_out: int) -> None:
+    """One step of the factored Adam equals torch's Adam on dw1 = u^T v (+ L2 decay) for the
+    active runs, leaves idle runs untouched, and returns w1_old^T u^T for the first n_out rows
+    of u (a chain's dmt with v = w2^T, plus an encoder's rank-7 (mix, dh) part)."""
     from torch.optim.adam import adam
 
     gen = torch.Generator().manual_seed(5)
@@ -200,22 +231,28 @@ def test_adam_chain_matches_torch_adam_on_the_materialised_gradient() -> None:
     t = torch.tensor([0.0, 3.0, 7.0])
     w2 = torch.randn(runs, hid, k, generator=gen)
     dmt = torch.randn(runs, k, d, generator=gen)
+    mix, dh = torch.randn(runs, 7, d, generator=gen), torch.randn(runs, 7, hid, generator=gen)
+    u, v_ = torch.cat([dmt, mix], 1), torch.cat([w2.mT, dh], 1)
+    if not n_out:  # an encoder's part only
+        u, v_ = mix, dh
     active = np.array([True, False, True])
     hp = (1e-2, 0.9, 0.999, 1e-8, 0.01)
     ref = [x.clone() for x in (w1, m, v)]
     ref_t = [t[r].clone() for r in range(runs)]
-    grads = torch.bmm(dmt.mT, w2.mT)
-    want_dw2 = torch.bmm(w1.mT, dmt.mT)
+    grads = torch.bmm(u.mT, v_)
+    want_dw2 = torch.bmm(u[:, :n_out], w1)
     on = [0, 2]
     adam([ref[0][r] for r in on], [grads[r] for r in on], [ref[1][r] for r in on],
          [ref[2][r] for r in on], [], [ref_t[r] for r in on], foreach=False, amsgrad=False,
          beta1=0.9, beta2=0.999, lr=1e-2, weight_decay=0.01, eps=1e-8, maximize=False)
-    dw2 = fused.adam_chain(w1, m, v, t, w2, dmt, active, hp)
+    dw2 = fused.adam_outer(w1, m, v, t, fused.PendingGrad(u.contiguous(), v_.contiguous(), n_out,
+                                                           []), active, hp)
     for got, want in zip((w1, m, v), ref, strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-5, atol=1e-7)
     np.testing.assert_array_equal(w1[1].numpy(), ref[0][1].numpy())  # idle run untouched
     np.testing.assert_array_equal(t.numpy(), [1.0, 3.0, 8.0])
     np.testing.assert_allclose(dw2[on].numpy(), want_dw2[on].numpy(), rtol=1e-5, atol=1e-5)
+    assert dw2.shape == (runs, n_out, hid) and not dw2[1].any()
 
 
 @pytest.mark.parametrize("dense_too", [False, True])
@@ -233,9 +270,9 @@ def test_deferred_head_gradients_equal_ordinary_ones(dense_too: bool) -> None:
 
     def train(defer: bool) -> dict[str, torch.Tensor]:
         head = SERHead([torch.Generator().manual_seed(s) for s in (0, 1)], 3, 16, 4, hidden=8)
-        chains = [head.defer_weight_grads()] if defer else []
+        factored = [head.encoder.defer_weight_grads()] if defer else []
         opt = StackedAdam([{"params": list(head.parameters()), "lr": 1e-2}], 2, 0.01,
-                          chains=chains)
+                          factored=factored)
         for step in range(3):
             loss = sum((head.logits(BankRows(bank, r)) * soft).sum() for r in rows)
             if dense_too:

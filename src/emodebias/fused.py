@@ -59,23 +59,54 @@ class BankRows:
 
 
 @dataclass
-class ChainGradSink:
-    """A head's weight gradients in factored form, summed over a step's backward calls and
-    handed to the optimiser (`StackedAdam.step`), which updates W1 without ever writing its
-    gradient: dw1 = dmt^T w2^T and dw2 = w1^T dmt^T + bias, with w1, w2 as in the forward."""
+class FactoredGrad:
+    """A weight W [R, D, H]'s gradient in factored form, dW = sum of u^T v over the parts
+    (u [R, n, D], v [R, n, H]), gathered over a step's backward calls and handed to the optimiser
+    (`StackedAdam.step`), which updates W without ever writing dW (`adam_outer`).
 
-    parts: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    An encoder's backward adds (mix, dh): rank B. A linear chain's backward adds (dmt, W2^T):
+    rank K, and asks for W2's gradient, W_old^T dmt^T + bias, from the same pass over W."""
 
-    def add(self, dmt: torch.Tensor, bias: torch.Tensor) -> None:
-        self.parts.append((dmt, bias))
+    chains: dict[int, list] = field(default_factory=dict)  # id(W2) -> [W2, sum dmt, sum bias]
+    outers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
-    def take(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(dmt [R, K, D], bias [R, H, K]) summed, or None when nothing is pending; clears."""
-        if not self.parts:
+    def add(self, u: torch.Tensor, v: torch.Tensor) -> None:
+        self.outers.append((u, v))
+
+    def add_chain(self, dmt: torch.Tensor, w2: torch.Tensor, bias: torch.Tensor) -> None:
+        part = self.chains.get(id(w2))
+        if part is None:
+            self.chains[id(w2)] = [w2, dmt, bias]
+        else:
+            part[1], part[2] = part[1] + dmt, part[2] + bias
+
+    def take(self) -> PendingGrad | None:
+        """Every part as one (u, v) with the chains' rows first, or None; clears."""
+        if not self.chains and not self.outers:
             return None
-        dmt, bias = (sum(x[1:], x[0]) for x in zip(*self.parts, strict=True))
-        self.parts.clear()
-        return dmt, bias
+        heads, us, vs, start = [], [], [], 0
+        for w2, dmt, bias in self.chains.values():
+            k = dmt.shape[1]
+            heads.append((w2, bias, start, start + k))
+            us.append(dmt)
+            vs.append(w2.detach().mT)
+            start += k
+        us += [u for u, _ in self.outers]
+        vs += [v for _, v in self.outers]
+        self.chains, self.outers = {}, []
+        u, v = (x[0] if len(x) == 1 else torch.cat(x, 1) for x in (us, vs))
+        return PendingGrad(u.contiguous(), v.contiguous(), start, heads)
+
+
+@dataclass(frozen=True)
+class PendingGrad:
+    """`FactoredGrad.take`: u [R, n, D], v [R, n, H]; rows < n_out belong to the chains in
+    `heads` ((W2, bias, first row, end row) each)."""
+
+    u: torch.Tensor
+    v: torch.Tensor
+    n_out: int
+    heads: list[tuple[torch.Tensor, torch.Tensor, int, int]]
 
 
 def _round4(k: int) -> int:
@@ -133,11 +164,12 @@ class _BankMix(torch.autograd.Function):
 class _BankMixChain(torch.autograd.Function):
     """logits = mix(x, s) (w1 w2) + b1 w2 + b2 through mt = (w1 w2)^T [R, K, D], as
     `model._LinearChain` does; gradients from `chain_backward` and `mix_backward`. With a
-    `ChainGradSink`, w1's and w2's gradients go to the sink (factored) instead of autograd."""
+    `FactoredGrad` sink, w1's and w2's gradients go to it instead of autograd."""
 
     @staticmethod
     def forward(ctx, s, w1, b1, w2, b2, x, sink):  # noqa: ANN001, ANN205 - autograd signature
         lib = _lib()
+        ctx.w2 = w2  # the parameter itself: a sink hands its gradient to it
         w1, b1, w2, b2 = (t.contiguous() for t in (w1, b1, w2, b2))
         n_runs, d, hid = w1.shape
         k = w2.shape[2]
@@ -167,8 +199,32 @@ class _BankMixChain(torch.autograd.Function):
         _lib().chain_backward(_p(g), _p(h), _p(mt), _p(w1), _p(b1), _p(w2), n_runs, b, d, hid, k,
                               _p(dh), _p(dmt), _p(db1), _p(db2), _opt(dw1), _opt(dw2), _p(work))
         if ctx.sink is not None:
-            ctx.sink.add(dmt, b1.unsqueeze(2) * db2.unsqueeze(1))
+            ctx.sink.add_chain(dmt, ctx.w2, b1.unsqueeze(2) * db2.unsqueeze(1))
         return _mix_grad(ctx.x, dh), dw1, db1, dw2, db2, None, None
+
+
+class _BankMixLinear(torch.autograd.Function):
+    """h = mix(x, s) w + b [R, B, H] on bank rows: the encoder of heads that read h_S. With a
+    `FactoredGrad` sink, w's gradient goes to it as (mix, dh) instead of autograd."""
+
+    @staticmethod
+    def forward(ctx, s, w, b, x, sink):  # noqa: ANN001, ANN205 - autograd signature
+        hm = _mix(x, s.contiguous())
+        ctx.x, ctx.sink = x, sink
+        ctx.save_for_backward(hm, w)
+        return torch.baddbmm(b.unsqueeze(1), hm, w)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        hm, w = ctx.saved_tensors
+        g = g.contiguous()
+        ds = _mix_grad(ctx.x, torch.bmm(g, w.mT))
+        dw = None
+        if ctx.sink is not None:
+            ctx.sink.add(hm, g)
+        elif ctx.needs_input_grad[1]:
+            dw = torch.bmm(hm.mT, g)
+        return ds, dw, g.sum(1), None, None
 
 
 def bank_mix(s: torch.Tensor, x: BankRows) -> torch.Tensor:
@@ -177,28 +233,33 @@ def bank_mix(s: torch.Tensor, x: BankRows) -> torch.Tensor:
 
 
 def bank_mix_chain(s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-                   b2: torch.Tensor, x: BankRows, sink: ChainGradSink | None = None
+                   b2: torch.Tensor, x: BankRows, sink: FactoredGrad | None = None
                    ) -> torch.Tensor:
     """Logits [R, B, K] of the linear head (mix -> Linear -> Linear) on bank rows; with `sink`,
-    w1's and w2's gradients are deferred to it (see `ChainGradSink`)."""
+    w1's and w2's gradients are deferred to it (see `FactoredGrad`)."""
     return _BankMixChain.apply(s, w1, b1, w2, b2, x, sink)
 
 
-def adam_chain(w1: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: torch.Tensor,
-               w2: torch.Tensor, dmt: torch.Tensor, active: np.ndarray | None,
+def bank_mix_linear(s: torch.Tensor, w: torch.Tensor, b: torch.Tensor, x: BankRows,
+                    sink: FactoredGrad | None = None) -> torch.Tensor:
+    """h_S [R, B, H] = mix(x, s) w + b on bank rows; with `sink`, w's gradient is deferred to it."""
+    return _BankMixLinear.apply(s, w, b, x, sink)
+
+
+def adam_outer(w: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: torch.Tensor,
+               grad: PendingGrad, active: np.ndarray | None,
                hp: tuple[float, float, float, float, float]) -> torch.Tensor:
-    """Adam (L2 weight decay; hp = lr, beta1, beta2, eps, weight decay) on w1 [R, D, H] in
-    place, from the factored gradient dmt^T w2^T, for the `active` runs (all when None): moments
-    m, v and step counts t [R] advance as torch's Adam's would. Returns w1_old^T dmt^T
-    [R, H, K], w2's gradient without its b1 term."""
-    n_runs, d, hid = w1.shape
-    k = w2.shape[2]
+    """Adam (L2 weight decay; hp = lr, beta1, beta2, eps, weight decay) on w [R, D, H] in place,
+    from the factored gradient u^T v, for the `active` runs (all when None): moments m, v and
+    step counts t [R] advance as torch's Adam's would. Returns u[:, :n_out] w_old
+    [R, n_out, H] (zeros for idle runs): the chains' W2 gradients, transposed, without bias."""
+    n_runs, d, hid = w.shape
+    n, n_out = grad.u.shape[1], grad.n_out
     on = np.ones(n_runs, np.uint8) if active is None else np.asarray(active, np.uint8)
     on = np.ascontiguousarray(on)
     args = np.asarray(hp, dtype=np.float64)
-    dw2 = w2.new_empty(w2.shape)
-    work = w1.new_empty(2 * _round4(k) * hid + 4 * hid)
-    dmt, w2 = dmt.contiguous(), w2.contiguous()
-    _lib().adam_chain(_p(w1), _p(m), _p(v), _p(t), _p(w2), _p(dmt), on.ctypes.data,
-                      n_runs, d, hid, k, args.ctypes.data, _p(dw2), _p(work))
-    return dw2
+    out = w.new_zeros(n_runs, n_out, hid)
+    work = w.new_empty(4 * hid)
+    _lib().adam_outer(_p(w), _p(m), _p(v), _p(t), _p(grad.u), _p(grad.v), on.ctypes.data,
+                      n_runs, d, hid, n, n_out, args.ctypes.data, _p(out), _p(work))
+    return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from emodebias.fused import BankRows, ChainGradSink, bank_mix, bank_mix_chain
+from emodebias.fused import BankRows, FactoredGrad, bank_mix, bank_mix_chain, bank_mix_linear
 
 HIDDEN = 256
 
@@ -179,8 +179,19 @@ class Encoder(nn.Module):
         super().__init__()
         self.mix = LayerMix(len(gens), n_layers)
         self.proj = StackedLinear(gens, dim, hidden)
+        self.sink: FactoredGrad | None = None  # see `defer_weight_grads`
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def defer_weight_grads(self) -> tuple[torch.Tensor, FactoredGrad]:
+        """Route the projection weight's gradient, from this encoder and from a head's `logits`
+        on `BankRows`, to a sink (factored) for an optimiser that updates the weight without
+        materialising its gradient (`StackedAdam`)."""
+        self.sink = FactoredGrad()
+        return self.proj.weight, self.sink
+
+    def forward(self, x: torch.Tensor | SharedRows | BankRows) -> torch.Tensor:
+        if isinstance(x, BankRows):
+            return bank_mix_linear(torch.softmax(self.mix.weight, -1), self.proj.weight,
+                                   self.proj.bias, x, self.sink)
         return self.proj(self.mix(x))
 
 
@@ -194,13 +205,6 @@ class SERHead(nn.Module):
         super().__init__()
         self.encoder = Encoder(gens, n_layers, dim, hidden)
         self.out = StackedLinear(gens, hidden, n_classes)
-        self.sink: ChainGradSink | None = None  # see `defer_weight_grads`
-
-    def defer_weight_grads(self) -> tuple[torch.Tensor, torch.Tensor, ChainGradSink]:
-        """Route the two weights' gradients of `logits` on `BankRows` to a sink (factored) for
-        an optimiser that updates W1 without materialising its gradient (`StackedAdam`)."""
-        self.sink = ChainGradSink()
-        return self.encoder.proj.weight, self.out.weight, self.sink
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (logits [R, B, K], h_S [R, B, 256]), for losses that read h_S."""
@@ -212,7 +216,7 @@ class SERHead(nn.Module):
         enc = self.encoder
         if isinstance(x, BankRows):
             return bank_mix_chain(torch.softmax(enc.mix.weight, -1), enc.proj.weight,
-                                  enc.proj.bias, self.out.weight, self.out.bias, x, self.sink)
+                                  enc.proj.bias, self.out.weight, self.out.bias, x, enc.sink)
         return linear_chain(enc.mix(x), enc.proj, self.out)
 
 

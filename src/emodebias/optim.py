@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.optim.adam import adam as _adam_fn
 
-from emodebias.fused import ChainGradSink, adam_chain
+from emodebias.fused import FactoredGrad, adam_outer
 
 
 class StackedAdam:
@@ -17,14 +17,14 @@ class StackedAdam:
     moments and step count, so a run gives the same numbers whatever it is stacked with.
     Uses the fused kernel where the device supports it, else the foreach one.
 
-    `chains` lists heads whose (W1, W2) gradients arrive in factored form (`ChainGradSink`,
-    native kernels): W1 is updated by `fused.adam_chain` without its gradient ever being
-    written, W2 gets its gradient from the same pass; a W1 that also has an ordinary gradient
-    gets the factored part added to it instead."""
+    `factored` lists weights whose gradients arrive in factored form (`FactoredGrad`, native
+    kernels): such a W is updated by `fused.adam_outer` without its gradient ever being written,
+    and a linear chain's W2 gets its gradient from the same pass; a W that also has an ordinary
+    gradient gets the factored part added to it instead."""
 
     def __init__(self, groups: list[dict[str, Any]], n_runs: int, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 chains: list[tuple[torch.Tensor, torch.Tensor, ChainGradSink]] = ()) -> None:
+                 factored: list[tuple[torch.Tensor, FactoredGrad]] = ()) -> None:
         self.groups = [(list(g["params"]), float(g["lr"])) for g in groups]
         self.n_runs, self.wd, self.betas, self.eps = n_runs, weight_decay, betas, eps
         self.m = [[torch.zeros_like(p) for p in ps] for ps, _ in self.groups]
@@ -38,7 +38,7 @@ class StackedAdam:
                       for (ps, _), ms, vs, ts in zip(self.groups, self.m, self.v, self.t,
                                                     strict=True)]
         self.fused: bool | None = None
-        self.chains = list(chains)
+        self.factored = list(factored)
         # where each parameter's state lives: id -> (group, index)
         self.where = {id(p): (gi, pi) for gi, (ps, _) in enumerate(self.groups)
                       for pi, p in enumerate(ps)}
@@ -51,8 +51,8 @@ class StackedAdam:
     @torch.no_grad()
     def step(self, active: np.ndarray | None = None) -> None:
         """Update every run, or only the runs where `active` [R] (host bool array) holds."""
-        for w1, w2, sink in self.chains:
-            self._chain_step(w1, w2, sink, active)
+        for w, sink in self.factored:
+            self._factored_step(w, sink, active)
         runs = range(self.n_runs) if active is None else np.flatnonzero(active).tolist()
         for (params, lr), views in zip(self.groups, self.views, strict=True):
             lists: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
@@ -66,22 +66,22 @@ class StackedAdam:
             if lists[0]:
                 self._adam(lists, lr)
 
-    def _chain_step(self, w1: torch.Tensor, w2: torch.Tensor, sink: ChainGradSink,
-                    active: np.ndarray | None) -> None:
+    def _factored_step(self, w: torch.Tensor, sink: FactoredGrad,
+                       active: np.ndarray | None) -> None:
         pending = sink.take()
         if pending is None:
             return
-        dmt, bias = pending
-        if w1.grad is not None:  # W1 also has an ordinary gradient: add the factored one
-            w1.grad += torch.bmm(dmt.mT, w2.mT)
-            dw2 = torch.bmm(w1.mT, dmt.mT)
+        if w.grad is not None:  # W also has an ordinary gradient: add the factored one
+            w.grad += torch.bmm(pending.u.mT, pending.v)
+            out = torch.bmm(pending.u[:, : pending.n_out], w)
         else:
-            gi, pi = self.where[id(w1)]
+            gi, pi = self.where[id(w)]
             hp = (self.groups[gi][1], *self.betas, self.eps, self.wd)
-            dw2 = adam_chain(w1.data, self.m[gi][pi], self.v[gi][pi], self.t[gi][pi], w2.data,
-                             dmt, active, hp)
-        dw2 += bias
-        w2.grad = dw2 if w2.grad is None else w2.grad + dw2
+            out = adam_outer(w.data, self.m[gi][pi], self.v[gi][pi], self.t[gi][pi], pending,
+                             active, hp)
+        for w2, bias, start, stop in pending.heads:
+            dw2 = (out[:, start:stop].mT + bias).contiguous()  # the fused Adam wants p's layout
+            w2.grad = dw2 if w2.grad is None else w2.grad + dw2
 
     def _adam(self, lists: tuple[list[torch.Tensor], ...], lr: float) -> None:
         kw = {"amsgrad": False, "beta1": self.betas[0], "beta2": self.betas[1], "lr": lr,

@@ -36,7 +36,7 @@ from emodebias.fileio import write_text_atomic
 from emodebias.labels import strict_majority
 from emodebias.losses import class_balanced_ce, class_weights_for
 from emodebias.methods import Batch, Method, MethodContext, Prepared, get_method
-from emodebias.model import SERHead, run_slice
+from emodebias.model import Encoder, run_slice
 from emodebias.optim import StackedAdam
 from emodebias.workers import init_worker
 
@@ -580,9 +580,9 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[FitResult]:
     method = cls([p.hp for p in plans], ctx).to(device)
     class_w = np.stack([class_weights_for(p.data.soft[p.prep.idx]) for p in plans])
     method.class_w.copy_(torch.as_tensor(class_w, dtype=torch.float32))
-    heads = [m for m in method.modules() if isinstance(m, SERHead)] if bank.native else []
+    encoders = [m for m in method.modules() if isinstance(m, Encoder)] if bank.native else []
     opt = StackedAdam(method.param_groups(cfg.lr), n_runs, cfg.weight_decay,
-                      chains=[h.defer_weight_grads() for h in heads])
+                      factored=[e.defer_weight_grads() for e in encoders])
 
     def eval_set(part: str) -> _EvalSet:
         ids = [getattr(p.data, part) for p in plans]
@@ -644,8 +644,8 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[FitResult]:
             best_state[k] = torch.where(mask_k, v, best_state[k])
         log.info("epoch %d/%d dev loss %s", epoch, cfg.epochs, dev_list)
 
-    for h in heads:  # back to ordinary gradients (the model may be trained further)
-        h.sink = None
+    for e in encoders:  # back to ordinary gradients (the model may be trained further)
+        e.sink = None
     method.load_state_dict(best_state)
     dev_probs = dev.probs(dev.logits(method, bank, cfg.eval_chunk))
     test_probs = test.probs(test.logits(method, bank, cfg.eval_chunk))

@@ -33,7 +33,7 @@ SIGNATURES: dict[str, tuple] = {
     "chain_prepare": (_P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P),
     "chain_logits": (_P, _P, _P, _I, _I, _I, _I, _P),
     "chain_backward": (_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P),
-    "adam_chain": (_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P),
+    "adam_outer": (_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _P, _P, _P),
 }
 
 

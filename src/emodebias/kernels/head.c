@@ -266,17 +266,68 @@ struct adam_args {
 };
 
 static void weight_pass(float *w, const float *dm, const float *w2t, int64_t D, int64_t H,
-                        int64_t K, float *dw, float *dw2t, const struct adam_args *adam);
+                        int64_t K, int64_t K_out, float *dw, float *dw2t,
+                        const struct adam_args *adam);
 
-/* For rows d..d+3 of w (4 rows of H): dw[d + e] = sum_k dm[k, d + e] w2t[k] and
- * dw2t[k] += sum_e dm[k, d + e] w[d + e], with dm [K, D]. */
+/* Keep values in vector registers: compilers otherwise fold each use into a memory operand, and
+ * the loads (not the multiply-adds) then bound the loop. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define REGS3(a, b, c) __asm__("" : "+x"(a), "+x"(b), "+x"(c))
+#else
+#define REGS3(a, b, c) ((void)0)
+#endif
+
+/* dw[e] += sum_k dm[k, d + e] f[k] over K factor rows f [K, H] (rows e < 4): 24 columns at a
+ * time (twelve independent sums, three loads of f per four broadcasts), then 8 at a time. */
+static void factor_4(const float *dm, int64_t d, int64_t D, const float *f, int64_t H, int64_t K,
+                     float *dw) {
+    int64_t i = 0;
+    for (; i + 24 <= H; i += 24) {
+        v8 acc[12] = {0};
+        for (int64_t k = 0; k < K; k++) {
+            const float *a = dm + k * D + d;
+            const float *fk = f + k * H + i;
+            v8 t0 = ld(fk), t1 = ld(fk + 8), t2 = ld(fk + 16);
+            REGS3(t0, t1, t2);
+            for (int e = 0; e < 4; e++) {
+                v8 ae = splat(a[e]);
+                acc[3 * e] += ae * t0;
+                acc[3 * e + 1] += ae * t1;
+                acc[3 * e + 2] += ae * t2;
+            }
+        }
+        for (int e = 0; e < 4; e++)
+            for (int j = 0; j < 3; j++) {
+                float *o = dw + e * H + i + 8 * j;
+                st(o, ld(o) + acc[3 * e + j]);
+            }
+    }
+    for (; i + 8 <= H; i += 8) {
+        v8 acc[4] = {0};
+        for (int64_t k = 0; k < K; k++) {
+            const float *a = dm + k * D + d;
+            v8 t = ld(f + k * H + i);
+            for (int e = 0; e < 4; e++) acc[e] += splat(a[e]) * t;
+        }
+        for (int e = 0; e < 4; e++) st(dw + e * H + i, ld(dw + e * H + i) + acc[e]);
+    }
+    for (; i < H; i++)
+        for (int e = 0; e < 4; e++) {
+            float acc = 0.f;
+            for (int64_t k = 0; k < K; k++) acc += dm[k * D + d + e] * f[k * H + i];
+            dw[e * H + i] += acc;
+        }
+}
+
+/* For rows d..d+3 of w (4 rows of H): dw[d + e] = sum_k dm[k, d + e] w2t[k] over k < K, and
+ * dw2t[k] += sum_e dm[k, d + e] w[d + e] for k < K_out, with dm [K, D]. */
 static void outer_4(const float *w, const float *dm, int64_t d, int64_t D, const float *w2t,
-                    int64_t H, int64_t K, float *dw, float *dw2t) {
+                    int64_t H, int64_t K, int64_t K_out, float *dw, float *dw2t) {
     int64_t i = 0;
     for (; i + 8 <= H; i += 8) {
         v8 x0 = ld(w + i), x1 = ld(w + H + i), x2 = ld(w + 2 * H + i), x3 = ld(w + 3 * H + i);
         v8 r0 = splat(0.f), r1 = splat(0.f), r2 = splat(0.f), r3 = splat(0.f);
-        for (int64_t k = 0; k < K; k++) {
+        for (int64_t k = 0; k < K_out; k++) {
             const float *a = dm + k * D + d;
             v8 a0 = splat(a[0]), a1 = splat(a[1]), a2 = splat(a[2]), a3 = splat(a[3]);
             v8 t = ld(w2t + k * H + i);
@@ -289,17 +340,18 @@ static void outer_4(const float *w, const float *dm, int64_t d, int64_t D, const
     for (; i < H; i++)
         for (int64_t e = 0; e < 4; e++) {
             float acc = 0.f;
-            for (int64_t k = 0; k < K; k++) {
+            for (int64_t k = 0; k < K_out; k++) {
                 acc += dm[k * D + d + e] * w2t[k * H + i];
                 dw2t[k * H + i] += dm[k * D + d + e] * w[e * H + i];
             }
             dw[e * H + i] = acc;
         }
+    if (K > K_out) factor_4(dm + K_out * D, d, D, w2t + K_out * H, H, K - K_out, dw);
 }
 
 /* The gradients of logits = h (w1 w2) + b1 w2 + b2 from g = dlogits [R, B, K]:
  *   dmt = g^T h,  dh = g mt,  db1 = w2 sum_b g,  db2 = sum_b g, and, unless dw1 is NULL (the
- *   optimiser then takes dw1 = dmt^T w2^T in factored form, see adam_chain),
+ *   optimiser then takes dw1 = dmt^T w2^T in factored form, see adam_outer),
  *   dw1[d] = sum_k dmt[k, d] w2[:, k],  dw2[:, k] = sum_d dmt[k, d] w1[d] + b1 sum_b g[:, k],
  * dw1 and dw2 from one pass over w1, four rows at a time. work: 2 * K4 * H floats. */
 void chain_backward(const float *g, const float *h, const float *mt, const float *w1,
@@ -333,7 +385,7 @@ void chain_backward(const float *g, const float *h, const float *mt, const float
         if (!dw1) continue;
         memset(dw2t, 0, sizeof(float) * K * H);
         /* without adam, weight_pass only reads w */
-        weight_pass((float *)(w1 + r * D * H), dm, w2t, D, H, K, dw1 + r * D * H, dw2t, NULL);
+        weight_pass((float *)(w1 + r * D * H), dm, w2t, D, H, K, K, dw1 + r * D * H, dw2t, NULL);
         float *dw2r = dw2 + r * H * K;
         for (int64_t i = 0; i < H; i++)
             for (int64_t k = 0; k < K; k++)
@@ -357,17 +409,19 @@ static void adam_rows(float *restrict p, float *restrict m, float *restrict v,
     }
 }
 
-/* One pass over w [D, H]: g[d] = sum_k dm[k, d] w2t[k] and dw2t[k] += sum_d dm[k, d] w[d] (the
- * old rows), four rows at a time; g goes to dw rows, or, with `adam`, into a 4-row buffer that
- * updates those rows of w and its moments (adam: m, v, hyperparameters, buffer). */
+/* One pass over w [D, H]: g[d] = sum_k dm[k, d] w2t[k] (k < K) and dw2t[k] += sum_d dm[k, d] w[d]
+ * (the old rows; k < K_out), four rows at a time; g goes to dw rows, or, with `adam`, into a
+ * 4-row buffer that updates those rows of w and its moments (adam: m, v, hyperparameters,
+ * buffer). */
 static void weight_pass(float *w, const float *dm, const float *w2t, int64_t D, int64_t H,
-                        int64_t K, float *dw, float *dw2t, const struct adam_args *adam) {
+                        int64_t K, int64_t K_out, float *dw, float *dw2t,
+                        const struct adam_args *adam) {
     int64_t d = 0;
     for (; d < D; d += 4) {
         int64_t rows = D - d < 4 ? D - d : 4;
         float *g = adam ? adam->buf : dw + d * H;
         if (rows == 4) {
-            outer_4(w + d * H, dm, d, D, w2t, H, K, g, dw2t);
+            outer_4(w + d * H, dm, d, D, w2t, H, K, K_out, g, dw2t);
         } else {
             for (int64_t e = 0; e < rows; e++) {
                 float *row = g + e * H;
@@ -375,7 +429,7 @@ static void weight_pass(float *w, const float *dm, const float *w2t, int64_t D, 
                 for (int64_t k = 0; k < K; k++) {
                     float a = dm[k * D + d + e];
                     axpy(row, a, w2t + k * H, H);
-                    axpy(dw2t + k * H, a, w + (d + e) * H, H);
+                    if (k < K_out) axpy(dw2t + k * H, a, w + (d + e) * H, H);
                 }
             }
         }
@@ -383,15 +437,14 @@ static void weight_pass(float *w, const float *dm, const float *w2t, int64_t D, 
     }
 }
 
-/* Adam on w1 [R, D, H] from its factored gradient dw1 = dmt^T w2^T (+ wd w1), for the runs
- * where active[r]: step counts t[r] += 1, then one pass that also returns
- * dw2[r] = w1_old^T dmt^T (without the b1 term). lr_etc: lr, beta1, beta2, eps, weight decay.
- * work: 2 * K4 * H + 4 * H floats. */
-void adam_chain(float *w1, float *m1, float *v1, float *t, const float *w2, const float *dmt,
-                const uint8_t *active, int64_t R, int64_t D, int64_t H, int64_t K,
-                const double *lr_etc, float *dw2, float *work) {
-    int64_t k4 = (K + 3) & ~(int64_t)3;
-    float *w2t = work, *dw2t = w2t + k4 * H;
+/* Adam on w [R, D, H] from its gradient in factored form, dw = u^T v (+ wd w) with u [R, N, D]
+ * and v [R, N, H], for the runs where active[r]: step counts t[r] += 1, then one pass over w
+ * that also returns out[r, k] = sum_d u[r, k, d] w_old[r, d] for the first N_out rows of u
+ * (out [R, N_out, H]; a linear chain's second weight gradient, transposed). lr_etc: lr, beta1,
+ * beta2, eps, weight decay. work: 4 * H floats. */
+void adam_outer(float *w, float *m, float *v, float *t, const float *u, const float *vt,
+                const uint8_t *active, int64_t R, int64_t D, int64_t H, int64_t N, int64_t N_out,
+                const double *lr_etc, float *out, float *work) {
     double lr = lr_etc[0], beta1 = lr_etc[1], beta2 = lr_etc[2];
     for (int64_t r = 0; r < R; r++) {
         if (!active[r]) continue;
@@ -400,12 +453,9 @@ void adam_chain(float *w1, float *m1, float *v1, float *t, const float *w2, cons
         float hp[7] = {(float)(1.0 - beta1), (float)beta2, (float)(1.0 - beta2),
                        (float)lr_etc[3], (float)lr_etc[4], (float)(lr / bc1),
                        (float)(1.0 / sqrt(bc2))};
-        struct adam_args a = {m1 + r * D * H, v1 + r * D * H, hp, dw2t + k4 * H};
-        transpose_w2(w2 + r * H * K, H, K, w2t);
-        memset(dw2t, 0, sizeof(float) * K * H);
-        weight_pass(w1 + r * D * H, dmt + r * K * D, w2t, D, H, K, NULL, dw2t, &a);
-        float *dw2r = dw2 + r * H * K;
-        for (int64_t i = 0; i < H; i++)
-            for (int64_t k = 0; k < K; k++) dw2r[i * K + k] = dw2t[k * H + i];
+        struct adam_args a = {m + r * D * H, v + r * D * H, hp, work};
+        float *o = N_out ? out + r * N_out * H : NULL;
+        if (o) memset(o, 0, sizeof(float) * N_out * H);
+        weight_pass(w + r * D * H, u + r * N * D, vt + r * N * H, D, H, N, N_out, NULL, o, &a);
     }
 }
