@@ -25,6 +25,14 @@ static inline float hsum(v8 v) {
     return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
 
+/* Keep values in vector registers: compilers otherwise fold each use into a memory operand, and
+ * the loads (not the multiply-adds) then bound the loop. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define REG(a) __asm__("" : "+x"(a))
+#else
+#define REG(a) ((void)0)
+#endif
+
 static inline float half_to_float(uint16_t h) {
 #ifdef __F16C__
     return _cvtsh_ss(h);
@@ -209,6 +217,7 @@ static void dots_2x4(const float *w, const float *t, int64_t H, float out[8]) {
         v8 x0 = ld(w + i), x1 = ld(w + H + i);
         for (int j = 0; j < 4; j++) {
             v8 y = ld(t + j * H + i);
+            REG(y);
             a[j] += x0 * y;
             a[4 + j] += x1 * y;
         }
@@ -269,13 +278,6 @@ static void weight_pass(float *w, const float *dm, const float *w2t, int64_t D, 
                         int64_t K, int64_t K_out, float *dw, float *dw2t,
                         const struct adam_args *adam);
 
-/* Keep values in vector registers: compilers otherwise fold each use into a memory operand, and
- * the loads (not the multiply-adds) then bound the loop. */
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define REGS3(a, b, c) __asm__("" : "+x"(a), "+x"(b), "+x"(c))
-#else
-#define REGS3(a, b, c) ((void)0)
-#endif
 
 /* dw[e] += sum_k dm[k, d + e] f[k] over K factor rows f [K, H] (rows e < 4): 24 columns at a
  * time (twelve independent sums, three loads of f per four broadcasts), then 8 at a time. */
@@ -288,7 +290,9 @@ static void factor_4(const float *dm, int64_t d, int64_t D, const float *f, int6
             const float *a = dm + k * D + d;
             const float *fk = f + k * H + i;
             v8 t0 = ld(fk), t1 = ld(fk + 8), t2 = ld(fk + 16);
-            REGS3(t0, t1, t2);
+            REG(t0);
+            REG(t1);
+            REG(t2);
             for (int e = 0; e < 4; e++) {
                 v8 ae = splat(a[e]);
                 acc[3 * e] += ae * t0;
@@ -331,6 +335,7 @@ static void outer_4(const float *w, const float *dm, int64_t d, int64_t D, const
             const float *a = dm + k * D + d;
             v8 a0 = splat(a[0]), a1 = splat(a[1]), a2 = splat(a[2]), a3 = splat(a[3]);
             v8 t = ld(w2t + k * H + i);
+            REG(t);
             r0 += a0 * t, r1 += a1 * t, r2 += a2 * t, r3 += a3 * t;
             float *o = dw2t + k * H + i;
             st(o, ld(o) + ((a0 * x0 + a1 * x1) + (a2 * x2 + a3 * x3)));
