@@ -358,3 +358,24 @@ def test_hard_group_method_without_groups_raises() -> None:
         with pytest.raises(GroupSupervisionError, match="--groups"):
             get_method(name).check_data(data)
     get_method("lff").check_data(data)
+
+
+@pytest.mark.parametrize("hidden", [[5], [6, 4, 3]])
+def test_split_mlp_gradients_equal_two_passes(hidden: list[int]) -> None:
+    """`StackedMLP.forward_split`: x's gradient from the output only, the weights' from output
+    and last hidden activation: as two passes (the hidden one on detached x) would give."""
+    from emodebias.model import StackedMLP
+
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    mlp = StackedMLP(gens, 7, hidden, 3)
+    x = torch.randn(2, 9, 7, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    g_out, g_last = torch.randn(2, 9, 3), torch.randn(2, 9, hidden[-1])
+    out, last = mlp.forward_split(x)
+    got = torch.autograd.grad((out * g_out).sum() + (last * g_last).sum(), [x, *mlp.parameters()])
+    ref_out, _ = mlp(x)
+    _, ref_last = mlp(x.detach())
+    want = torch.autograd.grad((ref_out * g_out).sum() + (ref_last * g_last).sum(),
+                               [x, *mlp.parameters()])
+    torch.testing.assert_close(out, ref_out)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

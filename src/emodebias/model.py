@@ -236,6 +236,49 @@ class StackedMLP(nn.Module):
             x = torch.relu(layer(x))
         return self.out(x), x
 
+    def forward_split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward`, except that x gets its gradient from the output only: the last hidden
+        activation's gradient trains the weights but stops at x (as if that activation had
+        been computed from x.detach()), without a second pass over a detached copy."""
+        layers = [*self.hidden, self.out]
+        params = [p for layer in layers for p in (layer.weight, layer.bias)]
+        return _SplitMLP.apply(x, *params)
+
+
+class _SplitMLP(torch.autograd.Function):
+    """ReLU MLP (weight, bias pairs; the last layer linear) -> (output, last hidden). Backward
+    carries two gradient streams through the layers: output + hidden (the weights') and
+    output only (x's), sharing the forward activations and the ReLU masks."""
+
+    @staticmethod
+    def forward(ctx, x, *params):  # noqa: ANN001, ANN205 - autograd signature
+        acts = [x]
+        for i in range(0, len(params) - 2, 2):
+            acts.append(torch.relu(torch.baddbmm(params[i + 1].unsqueeze(1), acts[-1],
+                                                 params[i])))
+        out = torch.baddbmm(params[-1].unsqueeze(1), acts[-1], params[-2])
+        ctx.save_for_backward(*acts, *params)
+        ctx.n_acts = len(acts)
+        return out, acts[-1]
+
+    @staticmethod
+    def backward(ctx, g_out, g_last):  # noqa: ANN001, ANN205
+        saved = ctx.saved_tensors
+        acts, params = saved[: ctx.n_acts], saved[ctx.n_acts :]
+        grads = [None] * len(params)
+        grads[-2], grads[-1] = torch.bmm(acts[-1].mT, g_out), g_out.sum(1)
+        only = torch.bmm(g_out, params[-2].mT)  # the output's stream
+        both = only if g_last is None else only + g_last
+        for i in range(len(params) - 4, -1, -2):  # hidden layers, last first
+            mask = acts[i // 2 + 1] > 0
+            both, only = both * mask, only * mask
+            grads[i], grads[i + 1] = torch.bmm(acts[i // 2].mT, both), both.sum(1)
+            w = params[i].mT
+            only = torch.bmm(only, w)
+            if i:
+                both = torch.bmm(both, w)
+        return (only, *grads)
+
 
 def run_slice(state: dict[str, torch.Tensor], r: int) -> dict[str, torch.Tensor]:
     """The state of run r from a stacked state dict (each tensor keeps a run dim of size 1)."""

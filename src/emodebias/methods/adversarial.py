@@ -4,7 +4,7 @@ Gradient reversal (Ganin & Lempitsky 2015): each discriminator D_j minimises CE(
 while the head receives −(λ_adv / N)·∇CE, i.e. the head minimises L_SER − (λ_adv/N)·Σ_j CE_j.
 Discriminators are FairLib MLPs (2 hidden layers of 300, ReLU) with their own Adam lr 1e-3.
 MADV adds the orthogonality term λ_div·Σ_{j<j'} DiffLoss(H_j, H_j') on the discriminators'
-last hidden activations (computed on detached h_S, so it trains the discriminators only), with
+last hidden activations (their gradient stops at h_S, so it trains the discriminators only), with
 DiffLoss = mean((Ĥ_j Ĥ_j'ᵀ)²) on row-L2-normalised activations (Han et al. EACL 2021).
 Rows with an unknown group (-1) are left out of the adversary's CE.
 """
@@ -81,15 +81,14 @@ class ADV(Method):
         total = torch.zeros(h.shape[0], device=h.device)
         lam_div = self.hp_vec("lambda_div")
         diverse = n > 1 and bool((lam_div > 0).any())
-        # with the diversity term, one pass per discriminator over [reversed h_S; detached h_S]
-        x = torch.cat([reversed_h, h.detach()], dim=1) if diverse else reversed_h
-        b = h.shape[1]
+        # with the diversity term, the activations feeding it train the discriminators only
+        # (as on detached h_S): one forward per discriminator, two gradient streams back
         hidden = []
         for disc in self.discs:
-            out, last = disc(x)
-            ce = F.cross_entropy(out[:, :b].transpose(1, 2), target, reduction="none")
+            out, last = disc.forward_split(reversed_h) if diverse else disc(reversed_h)
+            ce = F.cross_entropy(out.transpose(1, 2), target, reduction="none")
             total = total + masked_mean(ce, known)
-            hidden.append(last[:, b:])
+            hidden.append(last)
         if diverse:
             div = sum(diff_loss(a, c) for a, c in itertools.combinations(hidden, 2))
             total = total + lam_div * div
