@@ -99,7 +99,7 @@ def test_mix_linear_values_and_gradients(dtype, shared, deferred) -> None:
         assert pending.n_out == 0 and sink.take() is None
         got.insert(2, torch.bmm(pending.u.mT, pending.v).double())
     x = bank.double()[rows]
-    eq = "rl,rbld->rbd" if shared is False else "rl,bld->rbd"
+    eq = "rl,bld->rbd" if shared else "rl,rbld->rbd"
     want = _grads(lambda: torch.einsum(eq, torch.softmax(a.double(), -1), x) @ w.double()
                   + bias.double()[:, None], [a, w, bias], g)
     for name, u, y in zip(("h", "a", "w", "b"), got, want, strict=True):
@@ -224,7 +224,7 @@ def test_adam_outer_matches_torch_adam_on_the_materialised_gradient(n_out: int) 
     from torch.optim.adam import adam
 
     gen = torch.Generator().manual_seed(5)
-    runs, d, hid, k = 3, 10, 12, 5
+    runs, d, hid, k = 3, 10, 37, 5  # hid: a 24-wide block, an 8-wide one and a scalar tail
     w1 = torch.randn(runs, d, hid, generator=gen)
     m = torch.randn(runs, d, hid, generator=gen) * 0.01
     v = torch.rand(runs, d, hid, generator=gen) * 1e-4
@@ -255,11 +255,12 @@ def test_adam_outer_matches_torch_adam_on_the_materialised_gradient(n_out: int) 
     assert dw2.shape == (runs, n_out, hid) and not dw2[1].any()
 
 
-@pytest.mark.parametrize("dense_too", [False, True])
-def test_deferred_head_gradients_equal_ordinary_ones(dense_too: bool) -> None:
-    """StackedAdam with a head's gradients deferred to its sink (two logits calls in one step;
-    with `dense_too`, W1 also gets an ordinary gradient through `head(x)`) makes the same
-    update as autograd's materialised gradients."""
+@pytest.mark.parametrize("h_s", [None, "bank", "dense"])
+def test_deferred_head_gradients_equal_ordinary_ones(h_s: str | None) -> None:
+    """StackedAdam with W1's gradients deferred to the encoder's sink (two logits calls in one
+    step) makes the same update as autograd's materialised gradients; with `h_s`, the step also
+    reads h_S: on bank rows (a second, rank-B part in the same sink) or on dense features (W1
+    also gets an ordinary gradient, to which the factored one is added)."""
     from emodebias.model import SERHead
     from emodebias.optim import StackedAdam
 
@@ -275,8 +276,9 @@ def test_deferred_head_gradients_equal_ordinary_ones(dense_too: bool) -> None:
                           factored=factored)
         for step in range(3):
             loss = sum((head.logits(BankRows(bank, r)) * soft).sum() for r in rows)
-            if dense_too:
-                loss = loss + head(BankRows(bank, rows[0]))[1].square().mean()
+            if h_s:
+                x = BankRows(bank, rows[0])
+                loss = loss + head(x if h_s == "bank" else x.dense())[1].square().mean()
             opt.zero_grad()
             loss.backward()
             opt.step(None if step != 1 else np.array([True, False]))

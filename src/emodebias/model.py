@@ -268,7 +268,7 @@ class _SplitMLP(torch.autograd.Function):
         grads = [None] * len(params)
         grads[-2], grads[-1] = torch.bmm(acts[-1].mT, g_out), g_out.sum(1)
         only = torch.bmm(g_out, params[-2].mT)  # the output's stream
-        both = only if g_last is None else only + g_last
+        both = only + g_last
         for i in range(len(params) - 4, -1, -2):  # hidden layers, last first
             mask = acts[i // 2 + 1] > 0
             both, only = both * mask, only * mask

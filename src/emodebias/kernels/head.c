@@ -278,7 +278,6 @@ static void weight_pass(float *w, const float *dm, const float *w2t, int64_t D, 
                         int64_t K, int64_t K_out, float *dw, float *dw2t,
                         const struct adam_args *adam);
 
-
 /* dw[e] += sum_k dm[k, d + e] f[k] over K factor rows f [K, H] (rows e < 4): 24 columns at a
  * time (twelve independent sums, three loads of f per four broadcasts), then 8 at a time. */
 static void factor_4(const float *dm, int64_t d, int64_t D, const float *f, int64_t H, int64_t K,
@@ -445,8 +444,8 @@ static void weight_pass(float *w, const float *dm, const float *w2t, int64_t D, 
 /* Adam on w [R, D, H] from its gradient in factored form, dw = u^T v (+ wd w) with u [R, N, D]
  * and v [R, N, H], for the runs where active[r]: step counts t[r] += 1, then one pass over w
  * that also returns out[r, k] = sum_d u[r, k, d] w_old[r, d] for the first N_out rows of u
- * (out [R, N_out, H]; a linear chain's second weight gradient, transposed). lr_etc: lr, beta1,
- * beta2, eps, weight decay. work: 4 * H floats. */
+ * (out [R, N_out, H], zeros on entry: accumulated; a linear chain's second weight gradient,
+ * transposed). lr_etc: lr, beta1, beta2, eps, weight decay. work: 4 * H floats. */
 void adam_outer(float *w, float *m, float *v, float *t, const float *u, const float *vt,
                 const uint8_t *active, int64_t R, int64_t D, int64_t H, int64_t N, int64_t N_out,
                 const double *lr_etc, float *out, float *work) {
@@ -460,7 +459,6 @@ void adam_outer(float *w, float *m, float *v, float *t, const float *u, const fl
                        (float)(1.0 / sqrt(bc2))};
         struct adam_args a = {m + r * D * H, v + r * D * H, hp, work};
         float *o = N_out ? out + r * N_out * H : NULL;
-        if (o) memset(o, 0, sizeof(float) * N_out * H);
         weight_pass(w + r * D * H, u + r * N * D, vt + r * N * H, D, H, N, N_out, NULL, o, &a);
     }
 }
