@@ -76,6 +76,11 @@ def test_mix_chain_values_and_gradients(dtype, shared, dims) -> None:
     for name, x, y in zip(("logits", "a", "w1", "b1", "w2", "b2"), got, want, strict=True):
         np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-4,
                                    atol=1e-5 * float(y.abs().max()), err_msg=name)
+    with torch.no_grad():  # evaluation: row by row, the mix never stored
+        ev = bank_mix_chain(torch.softmax(a, -1), w1, b1, w2, b2, BankRows(bank, rows))
+    assert not ev.requires_grad
+    np.testing.assert_allclose(ev.double().numpy(), want[0].numpy(), rtol=1e-4,
+                               atol=1e-5 * float(want[0].abs().max()), err_msg="no-grad logits")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])

@@ -161,6 +161,34 @@ class _BankMix(torch.autograd.Function):
         return _mix_grad(ctx.x, g.contiguous()), None
 
 
+def _chain_map(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head as one linear map: mt = (w1 w2)^T [R, K, D] and c = b1 w2 + b2 [R, K]."""
+    n_runs, d, hid = w1.shape
+    k = w2.shape[2]
+    mt, c = w1.new_empty(n_runs, k, d), w1.new_empty(n_runs, k)
+    work = w1.new_empty(_round4(k) * hid)
+    _lib().chain_prepare(_p(w1), _p(b1), _p(w2), _p(b2), n_runs, d, hid, k, _p(mt), _p(c),
+                         _p(work))
+    return mt, c
+
+
+def _mix_logits(s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                b2: torch.Tensor, x: BankRows) -> torch.Tensor:
+    """`bank_mix_chain`'s logits without a graph, row by row: the mixed rows [R, B, D] of an
+    evaluation set are never stored (R runs' copies would not fit any cache)."""
+    w1, b1, w2, b2, s = (t.detach().contiguous() for t in (w1, b1, w2, b2, s))
+    mt, c = _chain_map(w1, b1, w2, b2)
+    n_runs, b, rs = x.layout(len(s))
+    n_layers, d = x.bank.shape[1:]
+    k = mt.shape[1]
+    logits = w1.new_empty(n_runs, b, k)
+    buf = w1.new_empty((n_layers + 1) * d)
+    _lib().mix_logits(x.address(), x.half, n_layers, d, _p(x.rows), n_runs, b, rs, _p(s), _p(mt),
+                      _p(c), k, _p(logits), _p(buf))
+    return logits
+
+
 class _BankMixChain(torch.autograd.Function):
     """logits = mix(x, s) (w1 w2) + b1 w2 + b2 through mt = (w1 w2)^T [R, K, D], as
     `model._LinearChain` does; gradients from `chain_backward` and `mix_backward`. With a
@@ -168,18 +196,12 @@ class _BankMixChain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s, w1, b1, w2, b2, x, sink):  # noqa: ANN001, ANN205 - autograd signature
-        lib = _lib()
         ctx.w2 = w2  # the parameter itself: a sink hands its gradient to it
         w1, b1, w2, b2 = (t.contiguous() for t in (w1, b1, w2, b2))
-        n_runs, d, hid = w1.shape
-        k = w2.shape[2]
         h = _mix(x, s.contiguous())
-        mt, c = w1.new_empty(n_runs, k, d), w1.new_empty(n_runs, k)
-        work = w1.new_empty(_round4(k) * hid)
-        lib.chain_prepare(_p(w1), _p(b1), _p(w2), _p(b2), n_runs, d, hid, k, _p(mt), _p(c),
-                          _p(work))
-        logits = w1.new_empty(n_runs, h.shape[1], k)
-        lib.chain_logits(_p(h), _p(mt), _p(c), n_runs, h.shape[1], d, k, _p(logits))
+        mt, c = _chain_map(w1, b1, w2, b2)
+        logits = w1.new_empty(*h.shape[:2], mt.shape[1])
+        _lib().chain_logits(_p(h), _p(mt), _p(c), *h.shape, mt.shape[1], _p(logits))
         ctx.x, ctx.sink = x, sink
         ctx.save_for_backward(h, mt, w1, b1, w2)
         return logits
@@ -237,6 +259,8 @@ def bank_mix_chain(s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torc
                    ) -> torch.Tensor:
     """Logits [R, B, K] of the linear head (mix -> Linear -> Linear) on bank rows; with `sink`,
     w1's and w2's gradients are deferred to it (see `FactoredGrad`)."""
+    if not torch.is_grad_enabled():
+        return _mix_logits(s, w1, b1, w2, b2, x)
     return _BankMixChain.apply(s, w1, b1, w2, b2, x, sink)
 
 

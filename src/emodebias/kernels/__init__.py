@@ -32,6 +32,7 @@ SIGNATURES: dict[str, tuple] = {
     "mix_backward": (_P, ctypes.c_int, _I, _I, _P, _I, _I, _I, _P, _P),
     "chain_prepare": (_P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P),
     "chain_logits": (_P, _P, _P, _I, _I, _I, _I, _P),
+    "mix_logits": (_P, ctypes.c_int, _I, _I, _P, _I, _I, _I, _P, _P, _P, _I, _P, _P),
     "chain_backward": (_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P),
     "adam_outer": (_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _P, _P, _P),
 }
