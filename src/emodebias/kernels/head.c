@@ -130,25 +130,29 @@ static void dots(const float *a, const float *m, int64_t n, int64_t K, float *ou
     for (; k < K; k++) out[k] = dot(a, m + k * n, n);
 }
 
-/* h = sum_l s[l] x[l] for one feature row x [L, D], layer by layer: the row is read front to
- * back (a column-block order jumps between L streams, which the hardware prefetchers follow
- * worse: measured 1.25x slower on rows from memory); h stays in L1. */
+/* h = sum_l s[l] x[l] for one feature row x [L, D]: 64 columns at a time (eight independent
+ * sums, so the adds do not wait on each other). */
 static void mix_row(const void *x, int half, const float *s, int64_t L, int64_t D, float *h) {
     int64_t d = 0;
-    v8 w = splat(s[0]);
-    for (; d + 8 <= D; d += 8) st(h + d, w * ldx(x, half, d));
-    for (; d < D; d++) h[d] = s[0] * ldx1(x, half, d);
-    for (int64_t l = 1; l < L; l++) {
-        w = splat(s[l]);
-        for (d = 0; d + 32 <= D; d += 32) {
-            v8 a0 = ld(h + d) + w * ldx(x, half, l * D + d);
-            v8 a1 = ld(h + d + 8) + w * ldx(x, half, l * D + d + 8);
-            v8 a2 = ld(h + d + 16) + w * ldx(x, half, l * D + d + 16);
-            v8 a3 = ld(h + d + 24) + w * ldx(x, half, l * D + d + 24);
-            st(h + d, a0), st(h + d + 8, a1), st(h + d + 16, a2), st(h + d + 24, a3);
+    for (; d + 64 <= D; d += 64) {
+        v8 acc[8];
+        v8 w = splat(s[0]);
+        for (int j = 0; j < 8; j++) acc[j] = w * ldx(x, half, d + 8 * j);
+        for (int64_t l = 1; l < L; l++) {
+            w = splat(s[l]);
+            for (int j = 0; j < 8; j++) acc[j] += w * ldx(x, half, l * D + d + 8 * j);
         }
-        for (; d + 8 <= D; d += 8) st(h + d, ld(h + d) + w * ldx(x, half, l * D + d));
-        for (; d < D; d++) h[d] += s[l] * ldx1(x, half, l * D + d);
+        for (int j = 0; j < 8; j++) st(h + d + 8 * j, acc[j]);
+    }
+    for (; d + 8 <= D; d += 8) {
+        v8 acc = splat(s[0]) * ldx(x, half, d);
+        for (int64_t l = 1; l < L; l++) acc += splat(s[l]) * ldx(x, half, l * D + d);
+        st(h + d, acc);
+    }
+    for (; d < D; d++) {
+        float acc = s[0] * ldx1(x, half, d);
+        for (int64_t l = 1; l < L; l++) acc += s[l] * ldx1(x, half, l * D + d);
+        h[d] = acc;
     }
 }
 
