@@ -177,7 +177,7 @@ def _mix_logits(s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
                 b2: torch.Tensor, x: BankRows) -> torch.Tensor:
     """`bank_mix_chain`'s logits without a graph, row by row: the mixed rows [R, B, D] of an
     evaluation set are never stored (R runs' copies would not fit any cache)."""
-    w1, b1, w2, b2, s = (t.detach().contiguous() for t in (w1, b1, w2, b2, s))
+    w1, b1, w2, b2, s = (t.contiguous() for t in (w1, b1, w2, b2, s))
     mt, c = _chain_map(w1, b1, w2, b2)
     n_runs, b, rs = x.layout(len(s))
     n_layers, d = x.bank.shape[1:]

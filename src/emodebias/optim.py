@@ -93,5 +93,4 @@ class StackedAdam:
                 return
             except (RuntimeError, NotImplementedError):
                 self.fused = False
-        _adam_fn(*lists[:4], [], lists[4], fused=self.fused,
-                              foreach=not self.fused, **kw)
+        _adam_fn(*lists[:4], [], lists[4], fused=self.fused, foreach=not self.fused, **kw)
