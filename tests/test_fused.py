@@ -126,6 +126,37 @@ def test_mix_values_and_gradients(dtype) -> None:
         np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_disent_evaluation_chains_equal_its_branches(shared: bool) -> None:
+    """DisEnt's evaluation on bank rows (each branch through its half of C_i, as a linear
+    chain) gives C_i([z_l, z_b]) computed from the 256-d branches, in float64."""
+    from emodebias.methods import MethodContext, get_method
+
+    runs, layers, d, k = 2, 3, 20, 4
+    gens = [torch.Generator().manual_seed(r) for r in range(runs)]
+    zeros = np.zeros((runs, 8), dtype=np.int64)
+    cls = get_method("disent")
+    m = cls([cls.resolve()] * runs, MethodContext(layers, d, k, 2, gens, gens, zeros, zeros))
+    with torch.no_grad():  # layer weights and biases away from their zero / uniform starts
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=gens[0]) * 0.3)
+    bank = torch.randn(30, layers, d, generator=gens[1]).to(torch.float16)
+    rows = torch.randint(0, 30, (7,) if shared else (runs, 7), generator=gens[1])
+    with torch.no_grad():
+        got = m.logits(BankRows(bank, rows))
+    x = bank.double()[rows]
+    x = x.expand(runs, *x.shape) if shared else x
+
+    def branch(enc) -> torch.Tensor:
+        s = torch.softmax(enc.mix.weight.double(), -1)
+        h = torch.einsum("rl,rbld->rbd", s, x)
+        return h @ enc.proj.weight.double() + enc.proj.bias.double()[:, None]
+
+    z = torch.cat([branch(m.enc_l), branch(m.enc_b)], -1)
+    want = z @ m.cls_i.weight.double() + m.cls_i.bias.double()[:, None]
+    np.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_memmap_bank_reads_the_file_in_place(tmp_path) -> None:
     x = np.random.default_rng(3).normal(size=(40, 3, 16)).astype(np.float16)
     mm = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16,

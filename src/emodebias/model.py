@@ -188,6 +188,12 @@ class Encoder(nn.Module):
         self.sink = FactoredGrad()
         return self.proj.weight, self.sink
 
+    def chain(self, w2: torch.Tensor, b2: torch.Tensor, x: BankRows) -> torch.Tensor:
+        """Logits [R, B, K] of this encoder followed by the linear map (w2 [R, 256, K], b2
+        [R, K]) on bank rows, as one linear chain: h_S is never formed (`bank_mix_chain`)."""
+        return bank_mix_chain(torch.softmax(self.mix.weight, -1), self.proj.weight,
+                              self.proj.bias, w2, b2, x, self.sink)
+
     def forward(self, x: torch.Tensor | SharedRows | BankRows) -> torch.Tensor:
         if isinstance(x, BankRows):
             return bank_mix_linear(torch.softmax(self.mix.weight, -1), self.proj.weight,
@@ -215,8 +221,7 @@ class SERHead(nn.Module):
         """Logits [R, B, K] only: the same map as `forward`, at a third of its cost."""
         enc = self.encoder
         if isinstance(x, BankRows):
-            return bank_mix_chain(torch.softmax(enc.mix.weight, -1), enc.proj.weight,
-                                  enc.proj.bias, self.out.weight, self.out.bias, x, enc.sink)
+            return enc.chain(self.out.weight, self.out.bias, x)
         return linear_chain(enc.mix(x), enc.proj, self.out)
 
 

@@ -15,7 +15,9 @@ class StackedAdam:
     """torch's Adam (L2 weight decay) over stacked parameters [R, ...], run by run: each run's
     slices carry their own step count, and runs left out of a step (masked) keep parameters,
     moments and step count, so a run gives the same numbers whatever it is stacked with.
-    Uses the fused kernel where the device supports it, else the foreach one.
+    While no step has been masked, each stacked tensor takes one Adam call (the same elementwise
+    update as run by run). Uses the fused kernel where the device supports it, else the foreach
+    one.
 
     `factored` lists weights whose gradients arrive in factored form (`FactoredGrad`, native
     kernels): such a W is updated by `fused.adam_outer` without its gradient ever being written,
@@ -37,6 +39,11 @@ class StackedAdam:
                        for four in zip(ps, ms, vs, ts, strict=True)]
                       for (ps, _), ms, vs, ts in zip(self.groups, self.m, self.v, self.t,
                                                     strict=True)]
+        # the step count every run of a parameter shares while no step has been masked (0-dim
+        # tensors, for one whole-tensor Adam call; None once the runs' counts part)
+        self.shared_t: list[list[torch.Tensor | None]] = [
+            [torch.zeros((), dtype=torch.float32, device=p.device) for p in ps]
+            for ps, _ in self.groups]
         self.fused: bool | None = None
         self.factored = list(factored)
         # where each parameter's state lives: id -> (group, index)
@@ -54,11 +61,20 @@ class StackedAdam:
         for w, sink in self.factored:
             self._factored_step(w, sink, active)
         runs = range(self.n_runs) if active is None else np.flatnonzero(active).tolist()
-        for (params, lr), views in zip(self.groups, self.views, strict=True):
+        for gi, ((params, lr), views) in enumerate(zip(self.groups, self.views, strict=True)):
             lists: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
-            for p, (ps, ms, vs, ts) in zip(params, views, strict=True):
+            for pi, (p, (ps, ms, vs, ts)) in enumerate(zip(params, views, strict=True)):
                 if p.grad is None:
                     continue
+                shared = self.shared_t[gi][pi]
+                if shared is not None and active is None:  # the whole stacked tensor at once
+                    four = (p, p.grad, self.m[gi][pi], self.v[gi][pi], shared)
+                    for out, x in zip(lists, four, strict=True):
+                        out.append(x)
+                    continue
+                if shared is not None:  # a masked step: from now on, per-run step counts
+                    self.t[gi][pi].fill_(shared)
+                    self.shared_t[gi][pi] = None
                 gs = p.grad.unbind(0)
                 for r in runs:
                     for out, x in zip(lists, (ps, gs, ms, vs, ts), strict=True):

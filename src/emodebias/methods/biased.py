@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from emodebias.fused import BankRows
 from emodebias.losses import gce, soft_ce, target_prob
 from emodebias.methods.base import Batch, Method, Prepared, register
 from emodebias.model import HIDDEN, Encoder, SERHead, StackedLinear
@@ -148,7 +149,14 @@ class DisEnt(Method):
         self.ema_b = SampleEMA(c.train_majority, c.n_classes)
         self.ema_d = SampleEMA(c.train_majority, c.n_classes)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor | BankRows) -> torch.Tensor:
+        """C_i([z_l, z_b]). Evaluation on bank rows (no graph) takes each branch through its
+        half of C_i as one linear chain: the 256-d branches, two [B, 768] x [768, 256]
+        products per run, are never formed."""
+        if isinstance(x, BankRows) and not torch.is_grad_enabled():
+            w, b = self.cls_i.weight, self.cls_i.bias
+            return (self.enc_l.chain(w[:, :HIDDEN], b, x)
+                    + self.enc_b.chain(w[:, HIDDEN:], torch.zeros_like(b), x))
         return self.cls_i(torch.cat([self.enc_l(x), self.enc_b(x)], -1))
 
     def swap_perm(self, batch_size: int) -> torch.Tensor:
