@@ -68,8 +68,8 @@ class StackedAdam:
                     continue
                 shared = self.shared_t[gi][pi]
                 if shared is not None and active is None:  # the whole stacked tensor at once
-                    four = (p, p.grad, self.m[gi][pi], self.v[gi][pi], shared)
-                    for out, x in zip(lists, four, strict=True):
+                    whole = (p, p.grad, self.m[gi][pi], self.v[gi][pi], shared)
+                    for out, x in zip(lists, whole, strict=True):
                         out.append(x)
                     continue
                 if shared is not None:  # a masked step: from now on, per-run step counts
