@@ -130,6 +130,13 @@ static void dots(const float *a, const float *m, int64_t n, int64_t K, float *ou
     for (; k < K; k++) out[k] = dot(a, m + k * n, n);
 }
 
+/* out[k] = <h, mt[k]> + c[k] for k < K: one row's logits through the chain's linear map. */
+static inline void logit_row(const float *h, const float *mt, const float *c, int64_t D,
+                             int64_t K, float *out) {
+    dots(h, mt, D, K, out);
+    for (int64_t k = 0; k < K; k++) out[k] += c[k];
+}
+
 /* h = sum_l s[l] x[l] for one feature row x [L, D]: 64 columns at a time (eight independent
  * sums, so the adds do not wait on each other). */
 static void mix_row(const void *x, int half, const float *s, int64_t L, int64_t D, float *h) {
@@ -195,9 +202,7 @@ void mix_logits(const void *bank, int half, int64_t L, int64_t D, const int64_t 
             int rh;
             const void *x = batch_row(bank, half, L * D, rows, r, b, rs, buf, &rh);
             mix_row(x, rh, s + r * L, L, D, h);
-            float *out = logits + (r * B + b) * K;
-            dots(h, mt + r * K * D, D, K, out);
-            for (int64_t k = 0; k < K; k++) out[k] += c[r * K + k];
+            logit_row(h, mt + r * K * D, c + r * K, D, K, logits + (r * B + b) * K);
         }
 }
 
@@ -290,11 +295,9 @@ void chain_prepare(const float *w1, const float *b1, const float *w2, const floa
 void chain_logits(const float *h, const float *mt, const float *c, int64_t R, int64_t B,
                   int64_t D, int64_t K, float *logits) {
     for (int64_t r = 0; r < R; r++)
-        for (int64_t b = 0; b < B; b++) {
-            float *out = logits + (r * B + b) * K;
-            dots(h + (r * B + b) * D, mt + r * K * D, D, K, out);
-            for (int64_t k = 0; k < K; k++) out[k] += c[r * K + k];
-        }
+        for (int64_t b = 0; b < B; b++)
+            logit_row(h + (r * B + b) * D, mt + r * K * D, c + r * K, D, K,
+                      logits + (r * B + b) * K);
 }
 
 struct adam_args {
