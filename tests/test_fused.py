@@ -153,8 +153,77 @@ def test_disent_evaluation_chains_equal_its_branches(shared: bool) -> None:
         return h @ enc.proj.weight.double() + enc.proj.bias.double()[:, None]
 
     z = torch.cat([branch(m.enc_l), branch(m.enc_b)], -1)
-    want = z @ m.cls_i.weight.double() + m.cls_i.bias.double()[:, None]
+    w_i = torch.cat([m.w_l[..., :k], m.w_b[..., :k]], 1).double()  # C_i [R, 512, K]
+    want = z @ w_i + m.bias[:, :k].double()[:, None]
     np.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def _disent(runs: int, layers: int, d: int, k: int, n_train: int):
+    from emodebias.methods import MethodContext, get_method
+
+    gens = [torch.Generator().manual_seed(r) for r in range(runs)]
+    maj = np.tile(np.arange(n_train) % k, (runs, 1))
+    cls = get_method("disent")
+    m = cls([cls.resolve()] * runs, MethodContext(layers, d, k, 2, gens, gens, maj, maj))
+    with torch.no_grad():  # layer weights and biases away from their zero / uniform starts
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=gens[0]) * 0.3)
+    return m
+
+
+def _factored_grads(m) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient after a backward with the encoders' weights deferred to their
+    sinks: W1 = u^T v, a chain's W2 = (u[start:stop] W1)^T + bias (what `StackedAdam` does)."""
+    grads = {id(p): p.grad for p in m.parameters() if p.grad is not None}
+    for enc in (m.enc_l, m.enc_b):
+        w1, pending = enc.proj.weight, enc.sink.take()
+        grads[id(w1)] = torch.bmm(pending.u.mT, pending.v)
+        for w2, bias, start, stop in pending.heads:
+            dw2 = torch.bmm(pending.u[:, start:stop], w1.detach()).mT + bias
+            grads[id(w2)] = grads[id(w2)] + dw2 if id(w2) in grads else dw2
+    return {n: grads[id(p)] for n, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_disent_training_chains_equal_its_branches(deferred: bool) -> None:
+    """DisEnt's training terms on bank rows (each branch one linear chain, with the
+    cross-detached columns, the swap included) give the same losses and every parameter's
+    gradient as the 256-d branches on the same features (PyTorch, float64); with the encoders'
+    weights deferred to sinks, the factored gradients rebuild the same ones."""
+    import copy
+
+    from emodebias.methods import Batch
+
+    runs, layers, d, k, b = 2, 3, 20, 4, 6
+    m = _disent(runs, layers, d, k, n_train=b)
+    ref = copy.deepcopy(m).double()
+    gen = torch.Generator().manual_seed(9)
+    bank = torch.randn(30, layers, d, generator=gen).to(torch.float16)
+    rows = torch.randint(0, 30, (runs, b), generator=gen)
+    soft = torch.softmax(torch.randn(runs, b, k, generator=gen) * 2, -1)
+    perm = torch.stack([torch.randperm(b, generator=gen) for _ in range(runs)])
+    index = torch.arange(b).repeat(runs, 1)
+
+    def batch_of(x, dtype) -> Batch:
+        return Batch(x, soft.to(dtype), soft.argmax(-1), torch.zeros(runs, b, dtype=torch.long),
+                     None, index, torch.ones(runs, b, dtype=dtype))
+
+    if deferred:
+        m.enc_l.defer_weight_grads()
+        m.enc_b.defer_weight_grads()
+    got = m.terms(batch_of(BankRows(bank, rows), torch.float32), perm)
+    want = ref.terms(batch_of(bank.double()[rows], torch.float64), perm)
+    for name in ("dis", "swap", "total"):
+        np.testing.assert_allclose(got[name].detach().numpy(), want[name].detach().numpy(),
+                                   rtol=1e-5, err_msg=name)
+    (got["total"] * torch.tensor([1.0, 0.5])).sum().backward()
+    (want["total"] * torch.tensor([1.0, 0.5], dtype=torch.float64)).sum().backward()
+    grads = (_factored_grads(m) if deferred
+             else {n: p.grad for n, p in m.named_parameters()})
+    for name, p in ref.named_parameters():
+        y = p.grad.numpy()
+        np.testing.assert_allclose(grads[name].numpy(), y, rtol=1e-4,
+                                   atol=1e-5 * float(np.abs(y).max()), err_msg=name)
 
 
 def test_memmap_bank_reads_the_file_in_place(tmp_path) -> None:

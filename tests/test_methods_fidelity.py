@@ -161,8 +161,7 @@ def test_disent_swap_term_and_gradient_isolation() -> None:
     terms = m.terms(b, perm)
     z_l, z_b = m.enc_l(b.x), m.enc_b(b.x)
     # W after this step's EMA update (first update: raw losses, class-max normalised)
-    pred_i = m.cls_i(torch.cat([z_l, z_b], -1))
-    pred_b = m.cls_b(torch.cat([z_l, z_b], -1))
+    pred_i, pred_b = m.classify(z_l, z_b).split(K, -1)
     cb, ci = soft_ce(pred_b, b.soft)[0].detach(), soft_ce(pred_i, b.soft)[0].detach()
     nb, ni = cb.clone(), ci.clone()
     for rows in ([0, 3], [1], [2]):
@@ -170,8 +169,7 @@ def test_disent_swap_term_and_gradient_isolation() -> None:
         ni[rows] /= ci[rows].max()
     w = nb / (nb + ni + 1e-8)
     zb_sw = z_b[:, perm[0]]
-    mix_i = m.cls_i(torch.cat([z_l, zb_sw], -1))
-    mix_b = m.cls_b(torch.cat([z_l, zb_sw], -1))
+    mix_i, mix_b = m.classify(z_l, zb_sw).split(K, -1)
     swap = (w * class_balanced_ce(mix_i, b.soft, m.class_w)[0]).mean().item() + 2.0 * gce_ref(
         mix_b, np.asarray(SOFT)[perm[0].numpy()]).mean()
     dis = (w * class_balanced_ce(pred_i, b.soft, m.class_w)[0]).mean().item() + gce_ref(
@@ -185,7 +183,7 @@ def test_disent_swap_term_and_gradient_isolation() -> None:
     assert m.enc_b.proj.weight.grad is not None  # via the GCE term on C_b
     m.zero_grad()
     z_l, z_b = m.enc_l(b.x), m.enc_b(b.x)
-    only_i = m.cls_i(torch.cat([z_l, z_b[:, perm[0]].detach()], -1)).sum()
+    only_i = m.classify(z_l, z_b[:, perm[0]].detach())[..., :K].sum()
     only_i.backward()
     assert m.enc_b.proj.weight.grad is None
 

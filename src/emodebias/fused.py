@@ -65,18 +65,22 @@ class FactoredGrad:
     (`StackedAdam.step`), which updates W without ever writing dW (`adam_outer`).
 
     An encoder's backward adds (mix, dh): rank B. A linear chain's backward adds (dmt, W2^T):
-    rank K, and asks for W2's gradient, W_old^T dmt^T + bias, from the same pass over W."""
+    rank K, and asks for W2's gradient, W_old^T dmt^T + bias, from the same pass over W. A
+    chain with detached columns adds W2^T with those columns zeroed (they do not reach W)."""
 
-    chains: dict[int, list] = field(default_factory=dict)  # id(W2) -> [W2, sum dmt, sum bias]
+    # (id(W2), detached) -> [W2, sum dmt, sum bias, W2 with its detached columns zeroed]
+    chains: dict[tuple, list] = field(default_factory=dict)
     outers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     def add(self, u: torch.Tensor, v: torch.Tensor) -> None:
         self.outers.append((u, v))
 
-    def add_chain(self, dmt: torch.Tensor, w2: torch.Tensor, bias: torch.Tensor) -> None:
-        part = self.chains.get(id(w2))
+    def add_chain(self, dmt: torch.Tensor, w2: torch.Tensor, bias: torch.Tensor,
+                  w2_to_w: torch.Tensor, detached: tuple[int, int] | None = None) -> None:
+        key = (id(w2), detached)
+        part = self.chains.get(key)
         if part is None:
-            self.chains[id(w2)] = [w2, dmt, bias]
+            self.chains[key] = [w2, dmt, bias, w2_to_w]
         else:
             part[1], part[2] = part[1] + dmt, part[2] + bias
 
@@ -85,11 +89,11 @@ class FactoredGrad:
         if not self.chains and not self.outers:
             return None
         heads, us, vs, start = [], [], [], 0
-        for w2, dmt, bias in self.chains.values():
+        for w2, dmt, bias, w2_to_w in self.chains.values():
             k = dmt.shape[1]
             heads.append((w2, bias, start, start + k))
             us.append(dmt)
-            vs.append(w2.detach().mT)
+            vs.append(w2_to_w.detach().mT)
             start += k
         us += [u for u, _ in self.outers]
         vs += [v for _, v in self.outers]
@@ -189,26 +193,40 @@ def _mix_logits(s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.T
     return logits
 
 
+def _zero_columns(mt: torch.Tensor, w2: torch.Tensor, cols: tuple[int, int] | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """mt [R, K, D] and w2 [R, H, K] with logit columns cols = (start, stop) zeroed: what the
+    encoder's gradients (dh, db1, dW1) see when those columns read its output detached."""
+    if cols is None:
+        return mt, w2
+    keep = torch.ones(mt.shape[1], dtype=mt.dtype, device=mt.device)
+    keep[cols[0]:cols[1]] = 0
+    return mt * keep.unsqueeze(1), (w2 * keep).contiguous()
+
+
 class _BankMixChain(torch.autograd.Function):
     """logits = mix(x, s) (w1 w2) + b1 w2 + b2 through mt = (w1 w2)^T [R, K, D], as
     `model._LinearChain` does; gradients from `chain_backward` and `mix_backward`. With a
-    `FactoredGrad` sink, w1's and w2's gradients go to it instead of autograd."""
+    `FactoredGrad` sink, w1's and w2's gradients go to it instead of autograd. Logit columns
+    `detached` = (start, stop) act on the encoder's output detached: their gradient trains w2
+    and b2 only."""
 
     @staticmethod
-    def forward(ctx, s, w1, b1, w2, b2, x, sink):  # noqa: ANN001, ANN205 - autograd signature
+    def forward(ctx, s, w1, b1, w2, b2, x, sink, detached):  # noqa: ANN001, ANN205
         ctx.w2 = w2  # the parameter itself: a sink hands its gradient to it
         w1, b1, w2, b2 = (t.contiguous() for t in (w1, b1, w2, b2))
         h = _mix(x, s.contiguous())
         mt, c = _chain_map(w1, b1, w2, b2)
         logits = w1.new_empty(*h.shape[:2], mt.shape[1])
         _lib().chain_logits(_p(h), _p(mt), _p(c), *h.shape, mt.shape[1], _p(logits))
-        ctx.x, ctx.sink = x, sink
+        ctx.x, ctx.sink, ctx.detached = x, sink, detached
         ctx.save_for_backward(h, mt, w1, b1, w2)
         return logits
 
     @staticmethod
     def backward(ctx, g):  # noqa: ANN001, ANN205
         h, mt, w1, b1, w2 = ctx.saved_tensors
+        mt, w2_to_w = _zero_columns(mt, w2, ctx.detached)
         g = g.contiguous()
         n_runs, d, hid = w1.shape
         b, k = g.shape[1:]
@@ -218,11 +236,13 @@ class _BankMixChain(torch.autograd.Function):
         if ctx.sink is None:
             dw1, dw2 = torch.empty_like(w1), torch.empty_like(w2)
         work = g.new_empty(2 * _round4(k) * hid)
-        _lib().chain_backward(_p(g), _p(h), _p(mt), _p(w1), _p(b1), _p(w2), n_runs, b, d, hid, k,
-                              _p(dh), _p(dmt), _p(db1), _p(db2), _opt(dw1), _opt(dw2), _p(work))
+        _lib().chain_backward(_p(g), _p(h), _p(mt), _p(w1), _p(b1), _p(w2_to_w), n_runs, b, d,
+                              hid, k, _p(dh), _p(dmt), _p(db1), _p(db2), _opt(dw1), _opt(dw2),
+                              _p(work))
         if ctx.sink is not None:
-            ctx.sink.add_chain(dmt, ctx.w2, b1.unsqueeze(2) * db2.unsqueeze(1))
-        return _mix_grad(ctx.x, dh), dw1, db1, dw2, db2, None, None
+            ctx.sink.add_chain(dmt, ctx.w2, b1.unsqueeze(2) * db2.unsqueeze(1), w2_to_w,
+                               ctx.detached)
+        return _mix_grad(ctx.x, dh), dw1, db1, dw2, db2, None, None, None
 
 
 class _BankMixLinear(torch.autograd.Function):
@@ -255,13 +275,14 @@ def bank_mix(s: torch.Tensor, x: BankRows) -> torch.Tensor:
 
 
 def bank_mix_chain(s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-                   b2: torch.Tensor, x: BankRows, sink: FactoredGrad | None = None
-                   ) -> torch.Tensor:
+                   b2: torch.Tensor, x: BankRows, sink: FactoredGrad | None = None,
+                   detached: tuple[int, int] | None = None) -> torch.Tensor:
     """Logits [R, B, K] of the linear head (mix -> Linear -> Linear) on bank rows; with `sink`,
-    w1's and w2's gradients are deferred to it (see `FactoredGrad`)."""
+    w1's and w2's gradients are deferred to it (see `FactoredGrad`); logit columns `detached`
+    (start, stop) read the first Linear's output detached (their gradient trains w2, b2)."""
     if not torch.is_grad_enabled():
         return _mix_logits(s, w1, b1, w2, b2, x)
-    return _BankMixChain.apply(s, w1, b1, w2, b2, x, sink)
+    return _BankMixChain.apply(s, w1, b1, w2, b2, x, sink, detached)
 
 
 def bank_mix_linear(s: torch.Tensor, w: torch.Tensor, b: torch.Tensor, x: BankRows,

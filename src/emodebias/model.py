@@ -188,11 +188,13 @@ class Encoder(nn.Module):
         self.sink = FactoredGrad()
         return self.proj.weight, self.sink
 
-    def chain(self, w2: torch.Tensor, b2: torch.Tensor, x: BankRows) -> torch.Tensor:
+    def chain(self, w2: torch.Tensor, b2: torch.Tensor, x: BankRows,
+              detached: tuple[int, int] | None = None) -> torch.Tensor:
         """Logits [R, B, K] of this encoder followed by the linear map (w2 [R, 256, K], b2
-        [R, K]) on bank rows, as one linear chain: h_S is never formed (`bank_mix_chain`)."""
+        [R, K]) on bank rows, as one linear chain: h_S is never formed (`bank_mix_chain`).
+        Logit columns `detached` (start, stop) read h_S detached: they train w2 and b2 only."""
         return bank_mix_chain(torch.softmax(self.mix.weight, -1), self.proj.weight,
-                              self.proj.bias, w2, b2, x, self.sink)
+                              self.proj.bias, w2, b2, x, self.sink, detached)
 
     def forward(self, x: torch.Tensor | SharedRows | BankRows) -> torch.Tensor:
         if isinstance(x, BankRows):

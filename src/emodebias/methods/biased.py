@@ -45,7 +45,7 @@ class SampleEMA(nn.Module):
 
     def normalised(self, index: torch.Tensor) -> torch.Tensor:
         """v[index] / max_{j: class j = class i} v[j] -> [R, B]."""
-        top = torch.zeros(self.value.shape[0], self.n_buckets, device=self.value.device)
+        top = self.value.new_zeros(self.value.shape[0], self.n_buckets)
         top = top.scatter_reduce(1, self.labels, self.value, reduce="amax", include_self=True)
         cls = self.labels.gather(1, index)
         return self.value.gather(1, index) / top.gather(1, cls).clamp_min(1e-8)
@@ -127,6 +127,12 @@ class DisEnt(Method):
     [z_l, z_b] (512-d) with cross-detaching. After `curr_step` steps z_b is permuted within the
     batch (per-run permutation): L_swap = W·CE(C_i([z_l, z̃_b]), y) + λ_swap_b·GCE(C_b(...), ỹ).
     Total = L_dis + λ_swap·L_swap; the evaluated model is C_i([z_l, z_b]).
+
+    C_i and C_b (Linear(512 → K) each, drawn as nn.Linear) are stored by branch: w_l [R, 256, 2K]
+    maps z_l to its share of [C_i | C_b]'s logits, w_b maps z_b, `bias` [R, 2K] holds both
+    biases. Every prediction, the swapped ones included, is then a sum of two per-row linear
+    maps of the features, so on bank rows each branch trains as one linear chain (rank-2K
+    gradients, no 256-d branch formed), like the logits-only heads.
     """
 
     family = "biased-learner"
@@ -144,20 +150,39 @@ class DisEnt(Method):
         c = self.ctx
         self.enc_l = Encoder(c.init_gens, c.n_layers, c.dim)
         self.enc_b = Encoder(c.init_gens, c.n_layers, c.dim)
-        self.cls_i = StackedLinear(c.init_gens, 2 * HIDDEN, c.n_classes)
-        self.cls_b = StackedLinear(c.init_gens, 2 * HIDDEN, c.n_classes)
+        cls_i = StackedLinear(c.init_gens, 2 * HIDDEN, c.n_classes)
+        cls_b = StackedLinear(c.init_gens, 2 * HIDDEN, c.n_classes)
+        w_i, w_b = cls_i.weight.detach(), cls_b.weight.detach()
+        self.w_l = nn.Parameter(torch.cat([w_i[:, :HIDDEN], w_b[:, :HIDDEN]], 2))
+        self.w_b = nn.Parameter(torch.cat([w_i[:, HIDDEN:], w_b[:, HIDDEN:]], 2))
+        self.bias = nn.Parameter(torch.cat([cls_i.bias.detach(), cls_b.bias.detach()], 1))
         self.ema_b = SampleEMA(c.train_majority, c.n_classes)
         self.ema_d = SampleEMA(c.train_majority, c.n_classes)
 
+    def classify(self, z_l: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        """[C_i | C_b]([z_l, z_b]) -> [R, B, 2K] (no detaching)."""
+        return torch.bmm(z_l, self.w_l) + torch.bmm(z_b, self.w_b) + self.bias.unsqueeze(1)
+
     def logits(self, x: torch.Tensor | BankRows) -> torch.Tensor:
         """C_i([z_l, z_b]). Evaluation on bank rows (no graph) takes each branch through its
-        half of C_i as one linear chain: the 256-d branches, two [B, 768] x [768, 256]
-        products per run, are never formed."""
+        half of C_i as one linear chain."""
+        k = self.ctx.n_classes
         if isinstance(x, BankRows) and not torch.is_grad_enabled():
-            w, b = self.cls_i.weight, self.cls_i.bias
-            return (self.enc_l.chain(w[:, :HIDDEN], b, x)
-                    + self.enc_b.chain(w[:, HIDDEN:], torch.zeros_like(b), x))
-        return self.cls_i(torch.cat([self.enc_l(x), self.enc_b(x)], -1))
+            return (self.enc_l.chain(self.w_l[..., :k], self.bias[:, :k], x)
+                    + self.enc_b.chain(self.w_b[..., :k], torch.zeros_like(self.bias[:, :k]), x))
+        return self.classify(self.enc_l(x), self.enc_b(x))[..., :k]
+
+    def branch_parts(self, x: torch.Tensor | BankRows) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_l w_l and z_b w_b [R, B, 2K], cross-detached as learner.py: C_b's columns of z_l's
+        part and C_i's columns of z_b's part train the classifiers only."""
+        k = self.ctx.n_classes
+        if isinstance(x, BankRows):
+            zero = torch.zeros_like(self.bias)
+            return (self.enc_l.chain(self.w_l, zero, x, detached=(k, 2 * k)),
+                    self.enc_b.chain(self.w_b, zero, x, detached=(0, k)))
+        z_l, z_b = self.enc_l(x), self.enc_b(x)
+        return (torch.cat([z_l @ self.w_l[..., :k], z_l.detach() @ self.w_l[..., k:]], -1),
+                torch.cat([z_b.detach() @ self.w_b[..., :k], z_b @ self.w_b[..., k:]], -1))
 
     def swap_perm(self, batch_size: int) -> torch.Tensor:
         """One permutation per run from that run's loop generator -> [R, B]."""
@@ -166,9 +191,11 @@ class DisEnt(Method):
 
     def terms(self, batch: Batch, perm: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The loss components [R] (L_dis, L_swap, total) for a given swap permutation."""
-        z_l, z_b = self.enc_l(batch.x), self.enc_b(batch.x)
-        pred_i = self.cls_i(torch.cat([z_l, z_b.detach()], -1))
-        pred_b = self.cls_b(torch.cat([z_l.detach(), z_b], -1))
+        k = self.ctx.n_classes
+        part_l, part_b = self.branch_parts(batch.x)
+        bias = self.bias.unsqueeze(1)
+        pred = part_l + part_b + bias
+        pred_i, pred_b = pred[..., :k], pred[..., k:]
         w = relative_difficulty(
             self.ema_b, self.ema_d, batch.index, soft_ce(pred_b, batch.soft).detach(),
             soft_ce(pred_i, batch.soft).detach(), self.hp_vec("ema"),
@@ -180,10 +207,9 @@ class DisEnt(Method):
         out = {"dis": l_dis, "swap": torch.zeros_like(l_dis), "total": l_dis}
         if perm is None:
             return out
-        z_b_swap = z_b.gather(1, perm.unsqueeze(-1).expand_as(z_b))
+        pred = part_l + part_b.gather(1, perm.unsqueeze(-1).expand_as(part_b)) + bias
+        pred_mix_i, pred_mix_b = pred[..., :k], pred[..., k:]
         soft_swap = batch.soft.gather(1, perm.unsqueeze(-1).expand_as(batch.soft))
-        pred_mix_i = self.cls_i(torch.cat([z_l, z_b_swap.detach()], -1))
-        pred_mix_b = self.cls_b(torch.cat([z_l.detach(), z_b_swap], -1))
         l_swap = (weighted_ce * self.base_loss(pred_mix_i, batch.soft)).mean(-1) + self.hp_vec(
             "lambda_swap_b") * gce(
             pred_mix_b, soft_swap, q, self.base_loss(pred_mix_b, soft_swap)).mean(-1)
