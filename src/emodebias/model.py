@@ -26,6 +26,11 @@ def _uniform(gens: list[torch.Generator], shape: tuple[int, ...], bound: float) 
     return torch.stack([(torch.rand(shape, generator=g) * 2 - 1) * bound for g in gens])
 
 
+def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x [R, B, d_in] @ weight [R, d_in, d_out] + bias [R, d_out], one batched product."""
+    return torch.baddbmm(bias.unsqueeze(1), x, weight)
+
+
 class StackedLinear(nn.Module):
     """R independent Linear(d_in → d_out) layers applied as one batched matmul."""
 
@@ -39,7 +44,7 @@ class StackedLinear(nn.Module):
         """x [R, B, d_in] or shared [B, d_in] -> [R, B, d_out]."""
         if x.dim() == 2:
             return torch.einsum("bi,rio->rbo", x, self.weight) + self.bias.unsqueeze(1)
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
+        return affine(x, self.weight, self.bias)
 
 
 class _LinearChain(torch.autograd.Function):
@@ -261,9 +266,8 @@ class _SplitMLP(torch.autograd.Function):
     def forward(ctx, x, *params):  # noqa: ANN001, ANN205 - autograd signature
         acts = [x]
         for i in range(0, len(params) - 2, 2):
-            acts.append(torch.relu(torch.baddbmm(params[i + 1].unsqueeze(1), acts[-1],
-                                                 params[i])))
-        out = torch.baddbmm(params[-1].unsqueeze(1), acts[-1], params[-2])
+            acts.append(torch.relu(affine(acts[-1], params[i], params[i + 1])))
+        out = affine(acts[-1], params[-2], params[-1])
         ctx.save_for_backward(*acts, *params)
         ctx.n_acts = len(acts)
         return out, acts[-1]
