@@ -318,6 +318,7 @@ class Bench:
     quick: bool
     workers: int = 2
     plain_threads: int = 1
+    device: str = "cpu"  # also time the grids' fit_many here (e.g. cuda), 1 process
     results: dict[str, float] = field(default_factory=dict)
 
 
@@ -432,14 +433,15 @@ def section_idi(b: Bench, tmod: Any | None, folds: list[int], baseline_folds: li
         return
     # every run of the grid in ONE fit_many call: (TrainData, runs) per fold x group source;
     # runs of one method stack across folds and group sources
-    pairs = []
-    for fold, src, rows in cells:
-        data = train_data(b, tmod, _data.imbalance_idx(b.labels, fold, 20), src)
-        pairs.append((data, [tmod.RunConfig(m, seed=0, config=tmod.TrainConfig(epochs=b.epochs))
-                             for _, m in rows]))
+    def pairs(device: str) -> list:
+        config = tmod.TrainConfig(epochs=b.epochs, device=device)
+        return [(train_data(b, tmod, _data.imbalance_idx(b.labels, fold, 20), src),
+                 [tmod.RunConfig(m, seed=0, config=config) for _, m in rows])
+                for fold, src, rows in cells]
+
     torch.set_num_threads(1)
     for workers in sorted({1, b.workers}):
-        res, t_many = timed(tmod.fit_many, pairs, workers=workers)
+        res, t_many = timed(tmod.fit_many, pairs("cpu"), workers=workers)
         stack_sizes = sorted({r.info.get("stack_size", 1) for r in res})
         b.results[f"idi_fit_many_w{workers}_s"] = t_many
         _line(f"emodebias fit_many (one call, all runs), {workers} process(es)",
@@ -448,6 +450,9 @@ def section_idi(b: Bench, tmod: Any | None, folds: list[int], baseline_folds: li
               f"{plain_total / t_many:6.2f}x")
         if b.epochs != 50:
             _line("  projected at 50 epochs (x 50/epochs)", f"{t_many * 50 / b.epochs:7.1f} s")
+    if b.device != "cpu":
+        t_dev = section_device(b, tmod, pairs(b.device), t_many, "idi")
+        _line(f"SPEEDUP vs plain loop (same runs), {b.device}", f"{plain_total / t_dev:6.2f}x")
 
 
 def section_stacking(b: Bench, tmod: Any, sizes: list[int]) -> None:
@@ -473,24 +478,42 @@ def section_emo(b: Bench, tmod: Any, folds: list[int], epochs: int) -> None:
     total_cells = 5 * len(EMO_RATIOS) * len(EMO_DIRECTIONS)
     print(f"\n[4] EMO-Debias grid: {len(EMO_METHODS)} methods x {len(EMO_RATIOS)} ratios x "
           f"{len(EMO_DIRECTIONS)} directions x 5 folds = {len(EMO_METHODS) * total_cells} runs")
-    pairs = []
-    for fold in folds:
-        for ratio in EMO_RATIOS:
-            for direction in EMO_DIRECTIONS:
-                idx = _data.imbalance_idx(b.labels, fold, ratio, direction)
-                pairs.append((train_data(b, tmod, idx, "truth"),
-                              [tmod.RunConfig(m, seed=0, config=tmod.TrainConfig(epochs=epochs))
-                               for m in EMO_METHODS]))
-    n_runs = sum(len(r) for _, r in pairs)
-    sizes = [len(d.train_idx) for d, _ in pairs]
+
+    def pairs(device: str) -> list:
+        config = tmod.TrainConfig(epochs=epochs, device=device)
+        return [(train_data(b, tmod, _data.imbalance_idx(b.labels, fold, ratio, direction),
+                            "truth"), [tmod.RunConfig(m, seed=0, config=config)
+                                       for m in EMO_METHODS])
+                for fold in folds for ratio in EMO_RATIOS for direction in EMO_DIRECTIONS]
+
+    cpu_pairs = pairs("cpu")
+    n_runs = sum(len(r) for _, r in cpu_pairs)
+    sizes = [len(d.train_idx) for d, _ in cpu_pairs]
     torch.set_num_threads(1)
-    _, t = timed(tmod.fit_many, pairs, workers=b.workers)
-    est = t * 5 / len(folds) * 50 / epochs
-    b.results["emo_measured_s"], b.results["emo_extrapolated_s"] = t, est
+    _, t = timed(tmod.fit_many, cpu_pairs, workers=b.workers)
+    scale = 5 / len(folds) * 50 / epochs
+    b.results["emo_measured_s"], b.results["emo_extrapolated_s"] = t, t * scale
     _line(f"folds {folds}: {n_runs} runs ({min(sizes)}-{max(sizes)} train rows), {epochs} "
           f"epochs, {b.workers} process(es)", f"{t:6.1f} s ({t / n_runs:.2f} s/run)")
     _line(f"EXTRAPOLATED to 5 folds x 50 epochs (x {5 / len(folds):g} x {50 / epochs:g})",
-          f"{est / 60:6.1f} min")
+          f"{t * scale / 60:6.1f} min")
+    if b.device != "cpu":
+        t_dev = section_device(b, tmod, pairs(b.device), t, "emo")
+        _line(f"EXTRAPOLATED on {b.device}", f"{t_dev * scale / 60:6.1f} min")
+
+
+def section_device(b: Bench, tmod: Any, pairs: list, t_cpu: float, name: str) -> float:
+    """Time the same grid's `fit_many` on `b.device` (one process) against its CPU time
+    `t_cpu` from the same invocation; a short warm-up call first (CUDA context, kernels)."""
+    data, runs = pairs[0]
+    warm = tmod.TrainConfig(epochs=1, device=b.device)
+    tmod.fit_many(data, [tmod.RunConfig(runs[0].method, seed=0, config=warm)])
+    _, t = timed(tmod.fit_many, pairs, workers=1)
+    b.results[f"{name}_{b.device}_s"] = t
+    _line(f"emodebias fit_many on {b.device} (one call, 1 process)", f"{t:7.1f} s")
+    _line(f"{b.device} SPEEDUP over the CPU ({b.workers} process(es), same run)",
+          f"{t_cpu / t:6.2f}x")
+    return t
 
 
 def section_profile(b: Bench, tmod: Any) -> None:
@@ -536,6 +559,8 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["baseline", "equality", "idi",
                                                               "stacking", "emo"])
     ap.add_argument("--profile", action="store_true", help="also profile fit_many")
+    ap.add_argument("--device", default="cpu",
+                    help="also time the IDI and EMO grids' fit_many on this device (cuda)")
     args = ap.parse_args()
     if args.quick:
         args.epochs = 3 if args.epochs == 50 else args.epochs
@@ -545,7 +570,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     store, labels = _data.crema_store()
     b = Bench(store, labels, labels.majority(), args.epochs, args.quick, args.workers,
-              (args.threads or 1))
+              (args.threads or 1), args.device)
     print(f"store {store.features.shape} {store.features.dtype} at {store.path}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     t0 = time.perf_counter()

@@ -80,7 +80,7 @@ class ADV(Method):
         target = group.clamp_min(0)
         total = torch.zeros(h.shape[0], device=h.device)
         lam_div = self.hp_vec("lambda_div")
-        diverse = n > 1 and bool((lam_div > 0).any())
+        diverse = n > 1 and any(float(h["lambda_div"]) > 0 for h in self.hps)
         # with the diversity term, the activations feeding it train the discriminators only
         # (as on detached h_S): one forward per discriminator, two gradient streams back
         hidden = []

@@ -176,6 +176,7 @@ class Method(nn.Module):
         self.step = 0  # global optimisation step (same for every run of a stack)
         self.epoch = 0
         self.register_buffer("class_w", torch.ones(self.n_runs, ctx.n_classes))
+        self._hp_vecs: dict[tuple[str, torch.device], torch.Tensor] = {}
         self.build()
 
     def build(self) -> None:
@@ -184,8 +185,12 @@ class Method(nn.Module):
         self.head = SERHead(c.init_gens, c.n_layers, c.dim, c.n_classes)
 
     def hp_vec(self, name: str) -> torch.Tensor:
-        """A float hyperparameter as an [R] tensor (runs of a stack may differ)."""
-        return torch.tensor([float(h[name]) for h in self.hps], device=self.class_w.device)
+        """A float hyperparameter as an [R] tensor (runs of a stack may differ); made once per
+        device, so a training step copies nothing from the host (a sync on a GPU)."""
+        key = (name, self.class_w.device)
+        if key not in self._hp_vecs:
+            self._hp_vecs[key] = torch.tensor([float(h[name]) for h in self.hps], device=key[1])
+        return self._hp_vecs[key]
 
     def hp_one(self, name: str) -> Any:
         """A hyperparameter every run of the stack shares."""
