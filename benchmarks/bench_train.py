@@ -439,9 +439,10 @@ def section_idi(b: Bench, tmod: Any | None, folds: list[int], baseline_folds: li
                  [tmod.RunConfig(m, seed=0, config=config) for _, m in rows])
                 for fold, src, rows in cells]
 
+    cpu_pairs = pairs("cpu")
     torch.set_num_threads(1)
     for workers in sorted({1, b.workers}):
-        res, t_many = timed(tmod.fit_many, pairs("cpu"), workers=workers)
+        res, t_many = timed(tmod.fit_many, cpu_pairs, workers=workers)
         stack_sizes = sorted({r.info.get("stack_size", 1) for r in res})
         b.results[f"idi_fit_many_w{workers}_s"] = t_many
         _line(f"emodebias fit_many (one call, all runs), {workers} process(es)",
