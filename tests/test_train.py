@@ -406,8 +406,8 @@ def test_runs_of_one_cell_share_batches_and_equal_runs_alone(monkeypatch) -> Non
     seen = []
     original = train_mod.FeatureBank.batch
 
-    def spy(self, rows):
-        out = original(self, rows)
+    def spy(self, rows, shared=None):
+        out = original(self, rows, shared)
         seen.append(len(getattr(out, "x", out)))
         return out
 
@@ -422,6 +422,40 @@ def test_runs_of_one_cell_share_batches_and_equal_runs_alone(monkeypatch) -> Non
         alone = fit(data, run.method, {}, run.seed, cfg)
         assert alone.best_epoch == got.best_epoch
         np.testing.assert_allclose(got.test_probs, alone.test_probs, atol=1e-5)
+
+
+def test_shared_batches_with_uneven_lengths_and_masked_steps_on_the_pytorch_path(
+        monkeypatch) -> None:
+    """On the PyTorch path the runs that read the same rows are found on the host once per
+    epoch: ERM and RW on one list (same seed) share every batch, a run on a shorter list (its
+    partial batch a masked sub-step of the others) does not, and each equals the run alone."""
+    from emodebias import train as train_mod
+
+    cfg = replace(CFG, kernels="torch")
+    data = random_data(3, n=160)
+    short = replace(data, train_idx=np.arange(70))  # 4 full batches + 6 rows; data has 80
+    pairs = [(data, [RunConfig("erm", {}, 3, cfg), RunConfig("rw", {}, 3, cfg)]),
+             (short, [RunConfig("erm", {}, 3, cfg)])]
+    distinct = []
+    original = train_mod.FeatureBank.batch
+
+    def spy(self, rows, shared=None):
+        out = original(self, rows, shared)
+        distinct.append(len(getattr(out, "x", out)))
+        return out
+
+    monkeypatch.setattr(train_mod.FeatureBank, "batch", spy)
+    stacked = fit_many(pairs)
+    monkeypatch.setattr(train_mod.FeatureBank, "batch", original)
+    assert {r.info["stack_size"] for r in stacked} == {3}
+    assert set(distinct) == {2}  # every step: one batch for ERM + RW, one for the short run
+    flat = [(d, run) for d, runs in pairs for run in runs]
+    for (d, run), res in zip(flat, stacked, strict=True):
+        alone = fit(d, run.method, run.hparams, run.seed, cfg)
+        assert alone.best_epoch == res.best_epoch
+        np.testing.assert_allclose(res.test_probs, alone.test_probs, atol=1e-5)
+        np.testing.assert_allclose([h["train_loss"] for h in res.history],
+                                   [h["train_loss"] for h in alone.history], rtol=1e-5)
 
 
 def test_postprocessing_and_data_level_methods_stack_with_erm() -> None:

@@ -37,6 +37,22 @@ class MemmapRef:
         return np.memmap(self.filename, np.dtype(self.dtype), "r", self.offset, self.shape)
 
 
+@dataclass(frozen=True)
+class RunGroups:
+    """Runs that read the same rows: group[r] is run r's group, `first` [J] one run of each
+    group (a device tensor, to select the groups' rows)."""
+
+    first: torch.Tensor
+    group: tuple[int, ...]
+
+    @classmethod
+    def of(cls, rows: np.ndarray, device: torch.device) -> RunGroups:
+        """Groups of equal rows of a host array [R, ...]."""
+        _, first, inverse = np.unique(rows.reshape(len(rows), -1), axis=0, return_index=True,
+                                      return_inverse=True)
+        return cls(torch.as_tensor(first, device=device), tuple(inverse.reshape(-1).tolist()))
+
+
 def store_id(features: Any) -> tuple:
     """Identity of a feature array: its file region for memory maps, else the object."""
     ref = MemmapRef.of(features)
@@ -112,16 +128,22 @@ class FeatureBank:
             self._buf = torch.empty(size, device=self.device)
         return self._buf[:size].view(self.n_layers, n, self.dim)
 
-    def batch(self, rows: torch.Tensor) -> torch.Tensor | SharedRows | BankRows:
+    def batch(self, rows: torch.Tensor, shared: RunGroups | None = None,
+              ) -> torch.Tensor | SharedRows | BankRows:
         """Features of per-run rows [R, B]: `BankRows` with the native kernels; else each
         distinct row list is read once (`SharedRows`) when runs share batches, or
-        `features(rows)`."""
+        `features(rows)`. `shared` names the runs that share rows when the caller knows them
+        (found on the host, no `torch.unique` and no device-to-host copy per batch)."""
         if self.native:
             return BankRows(self.x, rows.contiguous())
-        uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
-        if len(uniq) == len(rows):
+        if shared is None:
+            uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
+            if len(uniq) == len(rows):
+                return self.features(rows)
+            return SharedRows(self.features(uniq), tuple(inverse.tolist()))
+        if len(shared.first) == len(rows):
             return self.features(rows)
-        return SharedRows(self.features(uniq), tuple(inverse.tolist()))
+        return SharedRows(self.features(rows.index_select(0, shared.first)), shared.group)
 
     def compact(self, full_rows: np.ndarray) -> torch.Tensor:
         """Bank positions of store rows (which must be in the bank)."""

@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emodebias.feature_bank import FeatureBank, MemmapRef, store_id
+from emodebias.feature_bank import FeatureBank, MemmapRef, RunGroups, store_id
 from emodebias.fileio import write_text_atomic
 from emodebias.labels import strict_majority
 from emodebias.losses import class_balanced_ce, class_weights_for
@@ -496,17 +496,45 @@ class _EvalSet:
         return [p[r, :n] for r, n in enumerate(self.sizes)]
 
 
-def _schedule(lengths: np.ndarray, bs: int) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
-    """One epoch's sub-steps (batch size, start position per run, active mask or None = all).
+Start = int | np.ndarray  # a sub-step's first position: one for every run, or per run [R]
+
+
+@dataclass
+class _Positions:
+    """A stack's training inputs by position in each run's list, [R, n, ...]: `order` gathers
+    them into an epoch's order once, so a step takes a column slice of each (no per-step
+    gathers or host-to-device copies)."""
+
+    pos: torch.Tensor  # [R, n] positions in the run's training list
+    rows: torch.Tensor  # [R, n] bank rows
+    soft: torch.Tensor  # [R, n, K]
+    majority: torch.Tensor  # [R, n]
+    group: torch.Tensor  # [R, n]
+    probs: torch.Tensor | None  # [R, n, G]
+    weight: torch.Tensor  # [R, n]
+
+    def take(self, cols: torch.Tensor | slice) -> _Positions:
+        """Every field at columns `cols`: a slice (views), or per-run positions [R, m]."""
+        if isinstance(cols, slice):
+            index: tuple = (slice(None), cols)
+        else:
+            index = (torch.arange(len(cols), device=cols.device).unsqueeze(1), cols)
+        return _Positions(*(None if (t := getattr(self, f.name)) is None else t[index]
+                            for f in fields(self)))
+
+
+def _schedule(lengths: np.ndarray, bs: int) -> list[tuple[int, Start, np.ndarray | None]]:
+    """One epoch's sub-steps (batch size, start position, active mask or None = all).
 
     Run r takes its n_r // bs full batches in order, then its partial batch (if any); runs
-    that have no batch of a sub-step's size at that point are masked (they make no update).
+    that have no batch of a sub-step's size at that point are masked (they make no update;
+    what they read is any of their own positions).
     """
     n_full = lengths // bs
-    steps: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+    steps: list[tuple[int, Start, np.ndarray | None]] = []
     for s in range(int(n_full.max())):
         active = n_full > s
-        steps.append((bs, np.where(active, s * bs, 0), None if active.all() else active))
+        steps.append((bs, s * bs, None if active.all() else active))
     rest = lengths - n_full * bs
     for size in sorted(set(rest[rest > 0].tolist())):
         active = rest == size
@@ -558,19 +586,24 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[FitResult]:
     n_runs = len(plans)
     idx = [p.prep.idx for p in plans]
     lengths = np.array([len(i) for i in idx])
-    train_rows = bank.compact(_pad(idx, idx[0][0]))  # [R, n_max]
-    weight = torch.as_tensor(_pad([np.ones(len(p.prep.idx)) if p.prep.weight is None
-                                   else np.asarray(p.prep.weight) for p in plans], 0.0),
-                             dtype=torch.float32, device=device)
+    host_rows = bank.lookup[_pad(idx, idx[0][0])]  # [R, n_max] bank rows
     maj = _pad([p.data.majority[i] for p, i in zip(plans, idx, strict=True)], -1)
     grp = _pad([p.data.groups[i] for p, i in zip(plans, idx, strict=True)], -1)
     read_probs = d0.group_probs is not None and cls.supervision == "soft" and _reads_groups(cls)
     probs = None if not read_probs else _pad(
         [p.data.group_probs[i] for p, i in zip(plans, idx, strict=True)], 0.0)
-    t_soft = torch.as_tensor(_pad([p.data.soft[i] for p, i in zip(plans, idx, strict=True)], 0.0),
-                             device=device)
-    t_maj, t_grp = torch.as_tensor(maj, device=device), torch.as_tensor(grp, device=device)
-    t_probs = None if probs is None else torch.as_tensor(probs, device=device)
+    n_max, bs = int(lengths.max()), cfg.batch_size
+    table = _Positions(
+        torch.arange(n_max, device=device).expand(n_runs, n_max),
+        torch.as_tensor(host_rows, device=device),
+        torch.as_tensor(_pad([p.data.soft[i] for p, i in zip(plans, idx, strict=True)], 0.0),
+                        device=device),
+        torch.as_tensor(maj, device=device), torch.as_tensor(grp, device=device),
+        None if probs is None else torch.as_tensor(probs, device=device),
+        torch.as_tensor(_pad([np.ones(len(p.prep.idx)) if p.prep.weight is None
+                              else np.asarray(p.prep.weight) for p in plans], 0.0),
+                        dtype=torch.float32, device=device),
+    )
     loop_gens = [_gen(p.seeds[2]) for p in plans]
     ctx = MethodContext(
         bank.n_layers, bank.dim, d0.n_classes, max(p.data.n_groups for p in plans),
@@ -594,25 +627,26 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[FitResult]:
     best_epoch = [0] * n_runs
     best_state = {k: v.clone() for k, v in method.state_dict().items()}
     history: list[list[dict]] = [[] for _ in plans]
-    n_max, bs = int(lengths.max()), cfg.batch_size
     schedule = _schedule(lengths, bs)
     n_batches = torch.as_tensor(-(-lengths // bs), dtype=torch.float32, device=device)
-    runs_ar = torch.arange(n_runs, device=device).unsqueeze(1)
     for epoch in range(1, cfg.epochs + 1):
         method.epoch = epoch
         perm = torch.zeros(n_runs, n_max, dtype=torch.long)
         for r, g in enumerate(loop_gens):
             perm[r, : lengths[r]] = torch.randperm(int(lengths[r]), generator=g)
-        perm = perm.to(device)
+        order = table.take(perm.to(device))
+        shared = None if bank.native else RunGroups.of(
+            np.concatenate([lengths[:, None], np.take_along_axis(host_rows, perm.numpy(), 1)], 1),
+            device)  # runs that read the same rows all epoch
         total = torch.zeros(n_runs, device=device)
         for size, start, active in schedule:
-            cols = torch.as_tensor(start, device=device).unsqueeze(1) + torch.arange(size,
-                                                                                   device=device)
-            pos = perm.gather(1, cols.clamp_max(n_max - 1))
-            rows = train_rows.gather(1, pos)
-            batch = Batch(bank.batch(rows), t_soft[runs_ar, pos], t_maj.gather(1, pos),
-                          t_grp.gather(1, pos), None if t_probs is None else t_probs[runs_ar, pos],
-                          pos, weight.gather(1, pos))
+            if isinstance(start, int):
+                step = order.take(slice(start, start + size))
+            else:
+                cols = torch.as_tensor(start[:, None] + np.arange(size), device=device)
+                step = order.take(cols.clamp_max(n_max - 1))
+            batch = Batch(bank.batch(step.rows, shared), step.soft, step.majority, step.group,
+                          step.probs, step.pos, step.weight)
             saved = None if active is None else _snapshot(method, loop_gens, active, n_runs)
             loss = method.loss(batch)
             opt.zero_grad()
