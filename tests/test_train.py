@@ -395,15 +395,12 @@ def test_stacking_ignores_attributes_added_to_torch_module_at_runtime(monkeypatc
     _impl_key.cache_clear()
 
 
-def test_runs_of_one_cell_share_batches_and_equal_runs_alone(monkeypatch) -> None:
-    """ERM, RW, GDRO and GADRO with one seed on one split draw the same batches: on the PyTorch
-    path the stack reads each batch once (SharedRows) and every run still equals the run trained
-    alone."""
+def spy_distinct_batches(monkeypatch) -> list[int]:
+    """Record how many distinct row lists each batch of the PyTorch path reads (undo with
+    `monkeypatch.undo()`)."""
     from emodebias import train as train_mod
 
-    cfg = replace(CFG, kernels="torch")
-
-    seen = []
+    seen: list[int] = []
     original = train_mod.FeatureBank.batch
 
     def spy(self, rows, shared=None):
@@ -412,12 +409,21 @@ def test_runs_of_one_cell_share_batches_and_equal_runs_alone(monkeypatch) -> Non
         return out
 
     monkeypatch.setattr(train_mod.FeatureBank, "batch", spy)
+    return seen
+
+
+def test_runs_of_one_cell_share_batches_and_equal_runs_alone(monkeypatch) -> None:
+    """ERM, RW, GDRO and GADRO with one seed on one split draw the same batches: on the PyTorch
+    path the stack reads each batch once (SharedRows) and every run still equals the run trained
+    alone."""
+    cfg = replace(CFG, kernels="torch")
+    seen = spy_distinct_batches(monkeypatch)
     data = random_data(6)
     runs = [RunConfig(m, {}, 3, cfg) for m in ("erm", "rw", "gdro", "gadro")]
     stacked = fit_many(data, runs)
+    monkeypatch.undo()
     assert [r.info["stack_size"] for r in stacked] == [2, 2, 2, 2]
     assert seen and max(seen) == 1  # two runs per stack, one distinct batch per step
-    monkeypatch.setattr(train_mod.FeatureBank, "batch", original)
     for run, got in zip(runs, stacked, strict=True):
         alone = fit(data, run.method, {}, run.seed, cfg)
         assert alone.best_epoch == got.best_epoch
@@ -429,24 +435,14 @@ def test_shared_batches_with_uneven_lengths_and_masked_steps_on_the_pytorch_path
     """On the PyTorch path the runs that read the same rows are found on the host once per
     epoch: ERM and RW on one list (same seed) share every batch, a run on a shorter list (its
     partial batch a masked sub-step of the others) does not, and each equals the run alone."""
-    from emodebias import train as train_mod
-
     cfg = replace(CFG, kernels="torch")
     data = random_data(3, n=160)
     short = replace(data, train_idx=np.arange(70))  # 4 full batches + 6 rows; data has 80
     pairs = [(data, [RunConfig("erm", {}, 3, cfg), RunConfig("rw", {}, 3, cfg)]),
              (short, [RunConfig("erm", {}, 3, cfg)])]
-    distinct = []
-    original = train_mod.FeatureBank.batch
-
-    def spy(self, rows, shared=None):
-        out = original(self, rows, shared)
-        distinct.append(len(getattr(out, "x", out)))
-        return out
-
-    monkeypatch.setattr(train_mod.FeatureBank, "batch", spy)
+    distinct = spy_distinct_batches(monkeypatch)
     stacked = fit_many(pairs)
-    monkeypatch.setattr(train_mod.FeatureBank, "batch", original)
+    monkeypatch.undo()
     assert {r.info["stack_size"] for r in stacked} == {3}
     assert set(distinct) == {2}  # every step: one batch for ERM + RW, one for the short run
     flat = [(d, run) for d, runs in pairs for run in runs]
