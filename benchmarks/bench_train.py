@@ -491,11 +491,13 @@ def section_emo(b: Bench, tmod: Any, folds: list[int], epochs: int) -> None:
     n_runs = sum(len(r) for _, r in cpu_pairs)
     sizes = [len(d.train_idx) for d, _ in cpu_pairs]
     torch.set_num_threads(1)
-    _, t = timed(tmod.fit_many, cpu_pairs, workers=b.workers)
+    res, t = timed(tmod.fit_many, cpu_pairs, workers=b.workers)
     scale = 5 / len(folds) * 50 / epochs
     b.results["emo_measured_s"], b.results["emo_extrapolated_s"] = t, t * scale
-    _line(f"folds {folds}: {n_runs} runs ({min(sizes)}-{max(sizes)} train rows), {epochs} "
-          f"epochs, {b.workers} process(es)", f"{t:6.1f} s ({t / n_runs:.2f} s/run)")
+    trained = sum(1 / (1 + r.info.get("twins", 0)) for r in res)  # twins train once
+    _line(f"folds {folds}: {n_runs} runs ({round(trained)} trainings; {min(sizes)}-{max(sizes)} "
+          f"train rows), {epochs} epochs, {b.workers} process(es)",
+          f"{t:6.1f} s ({t / n_runs:.2f} s/run)")
     _line(f"EXTRAPOLATED to 5 folds x 50 epochs (x {5 / len(folds):g} x {50 / epochs:g})",
           f"{t * scale / 60:6.1f} min")
     if b.device != "cpu":

@@ -456,16 +456,25 @@ def test_shared_batches_with_uneven_lengths_and_masked_steps_on_the_pytorch_path
 
 def test_postprocessing_and_data_level_methods_stack_with_erm() -> None:
     """EO thresholds (ERM training + a per-run post-processing hook) and JTT (ERM loss on an
-    upsampled list) share ERM's stack; each equals the run alone, EO keeps its thresholds."""
+    upsampled list) share ERM's stack; EO with ERM's seed on ERM's data is ERM's training, so
+    it trains once (twins); an ERM run on a copy of the data trains on its own. Each equals the
+    run alone, EO keeps its thresholds."""
     data = random_data(8)
     runs = [RunConfig("erm", {}, 2, CFG), RunConfig("eo_thresh", {"min_positives": 2}, 2, CFG),
             RunConfig("jtt", {"id_epochs": 1, "up": 1}, 5, CFG)]
-    stacked = fit_many(data, runs)
-    assert stacked[0].info["stack_size"] == stacked[1].info["stack_size"] >= 2
+    copy = replace(data)  # equal content, another object: not assumed equal
+    pairs = [(data, runs), (copy, [RunConfig("erm", {}, 2, CFG)])]
+    stacked = fit_many(pairs)
+    assert [r.info["twins"] for r in stacked] == [1, 1, 0, 0]
+    # ERM (+ EO) and the copy's ERM in one stack; JTT's upsampled list (131 rows) is too long
+    assert [r.info["stack_size"] for r in stacked] == [2, 2, 1, 2]
     assert "thresholds" in stacked[1].info and "thresholds" not in stacked[0].info
-    np.testing.assert_allclose(stacked[0].state["head.out.weight"],
-                               stacked[1].state["head.out.weight"], atol=1e-6)  # same training
-    for run, got in zip(runs, stacked, strict=True):
-        alone = fit(data, run.method, run.hparams, run.seed, CFG)
+    for k, v in stacked[0].state.items():
+        np.testing.assert_array_equal(stacked[1].state[k].numpy(), v.numpy())  # same training
+    flat = [(d, run) for d, rs in pairs for run in rs]
+    for (d, run), got in zip(flat, stacked, strict=True):
+        alone = fit(d, run.method, run.hparams, run.seed, CFG)
+        assert alone.info["twins"] == 0
         assert alone.best_epoch == got.best_epoch
         np.testing.assert_allclose(got.test_probs, alone.test_probs, atol=1e-5)
+        np.testing.assert_allclose(got.dev_probs, alone.dev_probs, atol=1e-5)

@@ -242,6 +242,7 @@ class _Plan:
     hp: dict[str, Any]
     prep: Prepared | None
     seeds: tuple[int, int, int]
+    twins: list[_Plan] = field(default_factory=list)  # runs whose training is this one's
 
 
 def _plan(data: TrainData, pos: int, run: RunConfig) -> _Plan:
@@ -308,6 +309,25 @@ def _stack_key(p: _Plan) -> tuple:
             p.cls.stack_key(p.hp), cfg, length)
 
 
+def _training_key(p: _Plan) -> tuple:
+    """What a run's training depends on beyond its stack key: its data object, seeds, the
+    hyperparameters training reads, and its rows and weights. Runs of one stack with equal keys
+    (e.g. ERM and EO thresholds, whose head is ERM's, on one cell) train once."""
+    hp = sorted((k, repr(v)) for k, v in p.hp.items() if k not in p.cls.PER_RUN_HPARAMS)
+    weight = None if p.prep.weight is None else np.asarray(p.prep.weight).tobytes()
+    return id(p.data), p.seeds, tuple(hp), np.asarray(p.prep.idx).tobytes(), weight
+
+
+def _merge_twins(members: list[_Plan]) -> list[_Plan]:
+    """One plan per distinct training, the others attached to it as `twins`."""
+    first: dict[tuple, _Plan] = {}
+    for p in members:
+        rep = first.setdefault(_training_key(p), p)
+        if rep is not p:
+            rep.twins.append(p)
+    return list(first.values())
+
+
 def _chunks(members: list[_Plan], max_stack: int) -> list[list[_Plan]]:
     """Split a stack by train length (sorted, ratio <= MAX_LENGTH_RATIO) and max_stack."""
     members = sorted(members, key=lambda p: len(p.prep.idx))
@@ -360,7 +380,7 @@ def fit_stream(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None,
         if not members[0].cls.trains:
             yield members[0].pos, _untrained(members[0].data, members[0])
         else:
-            chunks += _chunks(members, max(1, members[0].run.config.max_stack))
+            chunks += _chunks(_merge_twins(members), max(1, members[0].run.config.max_stack))
     rows = {}  # every row a store's stacks read: one bank per store and process
     for q in plans:
         if q.cls.trains:
@@ -413,8 +433,7 @@ def _train_chunk(chunk: list[_Plan], rows: np.ndarray,
         banks.clear()  # one store's bank at a time
         banks[key] = FeatureBank(chunk[0].data.features, rows, torch.device(cfg.device),
                                  cfg.preload_max_gb, native=cfg.kernels == "auto")
-    results = _train_stack(chunk, banks[key])
-    yield from ((p.pos, res) for p, res in zip(chunk, results, strict=True))
+    yield from _train_stack(chunk, banks[key])
 
 
 # a worker process's bank, kept between the stacks it trains
@@ -577,8 +596,9 @@ def _position_dims(cls: type[Method], hp: dict[str, Any], ctx: MethodContext) ->
             for k, s in shapes[0].items() if s != shapes[1][k]}
 
 
-def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[FitResult]:
-    """Train one stack of runs (same method and settings; own rows, groups and lengths)."""
+def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[tuple[int, FitResult]]:
+    """Train one stack of runs (same method and settings; own rows, groups and lengths) ->
+    (position, result) of each run and of its twins (same head, own per-run hooks)."""
     t0 = time.perf_counter()
     cls, cfg = plans[0].cls, plans[0].run.config
     d0 = plans[0].data
@@ -683,25 +703,26 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[FitResult]:
     method.load_state_dict(best_state)
     dev_probs = dev.probs(dev.logits(method, bank, cfg.eval_chunk))
     test_probs = test.probs(test.logits(method, bank, cfg.eval_chunk))
-    wall = (time.perf_counter() - t0) / n_runs
+    wall = (time.perf_counter() - t0) / sum(1 + len(p.twins) for p in plans)
     final_state = method.state_dict()
     per_position = _position_dims(cls, plans[0].hp, ctx) if lengths.min() < n_max else {}
     results = []
-    for r, p in enumerate(plans):
-        d = p.data
-        state = run_slice(final_state, r)
-        for k, dim in per_position.items():  # drop the padding of per-position state
-            state[k] = state[k].narrow(dim, 0, int(lengths[r])).clone()
-        dev_r, test_r, post = p.cls.postprocess(p.hp, dev_probs[r], test_probs[r], d)
-        info = {"dims": {"n_layers": bank.n_layers, "dim": bank.dim, "n_classes": d.n_classes,
-                         "n_groups": d.n_groups},
-                "n_train": len(p.prep.idx), "prepare": p.prep.info, "stack_size": n_runs,
-                "best_dev_loss": float(best_loss[r]), **post}
-        results.append(FitResult(
-            np.asarray(test_r, dtype=np.float32), np.asarray(dev_r, dtype=np.float32),
-            best_epoch[r], history[r], state, p.hp, wall, p.cls.name,
-            p.run.seed, asdict(p.run.config), info,
-        ))
+    for r, rep in enumerate(plans):
+        for p in (rep, *rep.twins):
+            d = p.data
+            state = run_slice(final_state, r)
+            for k, dim in per_position.items():  # drop the padding of per-position state
+                state[k] = state[k].narrow(dim, 0, int(lengths[r])).clone()
+            dev_r, test_r, post = p.cls.postprocess(p.hp, dev_probs[r], test_probs[r], d)
+            info = {"dims": {"n_layers": bank.n_layers, "dim": bank.dim,
+                             "n_classes": d.n_classes, "n_groups": d.n_groups},
+                    "n_train": len(p.prep.idx), "prepare": p.prep.info, "stack_size": n_runs,
+                    "twins": len(rep.twins), "best_dev_loss": float(best_loss[r]), **post}
+            results.append((p.pos, FitResult(
+                np.asarray(test_r, dtype=np.float32), np.asarray(dev_r, dtype=np.float32),
+                best_epoch[r], [dict(h) for h in history[r]], state, p.hp, wall, p.cls.name,
+                p.run.seed, asdict(p.run.config), info,
+            )))
     return results
 
 
