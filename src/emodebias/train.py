@@ -515,13 +515,10 @@ class _EvalSet:
         return [p[r, :n] for r, n in enumerate(self.sizes)]
 
 
-Start = int | np.ndarray  # a sub-step's first position: one for every run, or per run [R]
-
-
 @dataclass
 class _Positions:
-    """A stack's training inputs by position in each run's list, [R, n, ...]: `order` gathers
-    them into an epoch's order once, so a step takes a column slice of each (no per-step
+    """A stack's training inputs by position in each run's list, [R, n, ...]: `take(perm)`
+    puts them in an epoch's order once, so a step takes a column slice of each (no per-step
     gathers or host-to-device copies)."""
 
     pos: torch.Tensor  # [R, n] positions in the run's training list
@@ -540,6 +537,9 @@ class _Positions:
             index = (torch.arange(len(cols), device=cols.device).unsqueeze(1), cols)
         return _Positions(*(None if (t := getattr(self, f.name)) is None else t[index]
                             for f in fields(self)))
+
+
+Start = int | np.ndarray  # a sub-step's first position: one for every run, or per run [R]
 
 
 def _schedule(lengths: np.ndarray, bs: int) -> list[tuple[int, Start, np.ndarray | None]]:
