@@ -15,9 +15,10 @@ Sections:
    vs the same runs one by one with the plain loop (baseline measured on ``--baseline-folds``
    folds and scaled to 5, labelled as such).
 4. EMO-Debias grid (14 methods × 5 ratios × 2 directions × 5 folds): every cell of
-   ``--emo-folds`` (default all five) in one ``fit_many`` call at ``--emo-epochs``, extrapolated
-   to 50 epochs (labelled as an extrapolation; epoch-independent costs such as JTT's 5-epoch
-   identification phase are scaled too, so the estimate errs high).
+   ``--emo-folds`` (default all five) in one ``fit_many`` call at ``--emo-epochs``, and at 1
+   epoch, extrapolated to 50 epochs (labelled as an extrapolation) as fixed + 50 × per-epoch
+   time from the two, so epoch-independent costs (processes, banks, JTT's 5-epoch
+   identification phase) are counted once.
 
 Run: ``.venv/bin/python benchmarks/bench_train.py [--epochs 50] [--quick] [--profile]``.
 """
@@ -475,13 +476,13 @@ def section_stacking(b: Bench, tmod: Any, sizes: list[int]) -> None:
 
 def section_emo(b: Bench, tmod: Any, folds: list[int], epochs: int) -> None:
     """EMO-Debias grid: every cell of `folds` in ONE fit_many call (b.workers processes) at
-    `epochs`, extrapolated to 5 folds x 50 epochs (labelled as such)."""
+    1 and `epochs` epochs, extrapolated to 5 folds x 50 epochs (labelled as such)."""
     total_cells = 5 * len(EMO_RATIOS) * len(EMO_DIRECTIONS)
     print(f"\n[4] EMO-Debias grid: {len(EMO_METHODS)} methods x {len(EMO_RATIOS)} ratios x "
           f"{len(EMO_DIRECTIONS)} directions x 5 folds = {len(EMO_METHODS) * total_cells} runs")
 
-    def pairs(device: str) -> list:
-        config = tmod.TrainConfig(epochs=epochs, device=device)
+    def pairs(device: str, n_epochs: int = epochs) -> list:
+        config = tmod.TrainConfig(epochs=n_epochs, device=device)
         return [(train_data(b, tmod, _data.imbalance_idx(b.labels, fold, ratio, direction),
                             "truth"), [tmod.RunConfig(m, seed=0, config=config)
                                        for m in EMO_METHODS])
@@ -491,18 +492,33 @@ def section_emo(b: Bench, tmod: Any, folds: list[int], epochs: int) -> None:
     n_runs = sum(len(r) for _, r in cpu_pairs)
     sizes = [len(d.train_idx) for d, _ in cpu_pairs]
     torch.set_num_threads(1)
+    t_one = None
+    if epochs > 1:  # the epoch-independent part (processes, banks, JTT's ERM) from 1 epoch
+        _, t_one = timed(tmod.fit_many, pairs("cpu", 1), workers=b.workers)
+        _line(f"folds {folds}: 1 epoch, {b.workers} process(es)", f"{t_one:6.1f} s")
     res, t = timed(tmod.fit_many, cpu_pairs, workers=b.workers)
-    scale = 5 / len(folds) * 50 / epochs
-    b.results["emo_measured_s"], b.results["emo_extrapolated_s"] = t, t * scale
     trained = sum(1 / (1 + r.info.get("twins", 0)) for r in res)  # twins train once
     _line(f"folds {folds}: {n_runs} runs ({round(trained)} trainings; {min(sizes)}-{max(sizes)} "
           f"train rows), {epochs} epochs, {b.workers} process(es)",
           f"{t:6.1f} s ({t / n_runs:.2f} s/run)")
-    _line(f"EXTRAPOLATED to 5 folds x 50 epochs (x {5 / len(folds):g} x {50 / epochs:g})",
-          f"{t * scale / 60:6.1f} min")
+    fixed, per_epoch = _fixed_and_per_epoch(t_one, t, epochs)
+    t50 = (fixed + 50 * per_epoch) * 5 / len(folds)
+    b.results["emo_measured_s"], b.results["emo_extrapolated_s"] = t, t50
+    _line(f"EXTRAPOLATED to 5 folds x 50 epochs (fixed {fixed:.1f} s + 50 x {per_epoch:.1f} s, "
+          f"x {5 / len(folds):g})", f"{t50 / 60:6.1f} min")
     if b.device != "cpu":
         t_dev = section_device(b, tmod, pairs(b.device), t, "emo")
-        _line(f"EXTRAPOLATED on {b.device}", f"{t_dev * scale / 60:6.1f} min")
+        _line(f"EXTRAPOLATED on {b.device} (x {50 / epochs:g} x {5 / len(folds):g})",
+              f"{t_dev * 50 / epochs * 5 / len(folds) / 60:6.1f} min")
+
+
+def _fixed_and_per_epoch(t_one: float | None, t: float, epochs: int) -> tuple[float, float]:
+    """(epoch-independent seconds, seconds per epoch) of a grid timed at 1 and `epochs` epochs
+    (t = fixed + epochs x per_epoch); without the 1-epoch time, all of t is per epoch."""
+    if t_one is None:
+        return 0.0, t / epochs
+    per_epoch = max(t - t_one, 0.0) / (epochs - 1)
+    return max(t_one - per_epoch, 0.0), per_epoch
 
 
 def section_device(b: Bench, tmod: Any, pairs: list, t_cpu: float, name: str) -> float:
