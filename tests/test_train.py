@@ -478,3 +478,39 @@ def test_postprocessing_and_data_level_methods_stack_with_erm() -> None:
         assert alone.best_epoch == got.best_epoch
         np.testing.assert_allclose(got.test_probs, alone.test_probs, atol=1e-5)
         np.testing.assert_allclose(got.dev_probs, alone.dev_probs, atol=1e-5)
+
+
+def test_jtt_identification_models_of_a_grid_train_in_one_stack(monkeypatch) -> None:
+    """JTT's data-level hook for several runs trains their identification models in one
+    stacked `fit_many`; each run's list equals the one its own `prepare` gives, with each
+    training error 1 + up times."""
+    from emodebias import train as train_mod
+
+    jtt = get_method("jtt")
+    data = random_data(5)
+    other = replace(data, train_idx=np.arange(20, 100))
+
+    def items() -> list:
+        return [(d, jtt.resolve(hp), torch.Generator().manual_seed(s), CFG)
+                for d, hp, s in ((data, {"id_epochs": 2, "up": 2}, 1),
+                                 (other, {"id_epochs": 2, "up": 3}, 2))]
+
+    calls = []
+    original = train_mod.fit_many
+
+    def spy(pairs, runs=None, *, workers=1):
+        out = original(pairs, runs, workers=workers)
+        calls.append([r.info["stack_size"] for r in out])
+        return out
+
+    monkeypatch.setattr(train_mod, "fit_many", spy)
+    together = jtt.prepare_many(items())
+    assert calls == [[2, 2]]  # one call, one stack of both identification models
+    for (d, hp, gen, cfg), got in zip(items(), together, strict=True):
+        alone = jtt.prepare(d, hp, gen, cfg)
+        np.testing.assert_array_equal(got.idx, alone.idx)
+        assert got.info == alone.info and got.info["errors"] > 0
+        rows, counts = np.unique(got.idx, return_counts=True)
+        assert set(rows) == set(d.train_idx)
+        assert sorted(set(counts)) == [1, 1 + hp["up"]]
+        assert (counts > 1).sum() == got.info["errors"]

@@ -245,13 +245,25 @@ class _Plan:
     twins: list[_Plan] = field(default_factory=list)  # runs whose training is this one's
 
 
-def _plan(data: TrainData, pos: int, run: RunConfig) -> _Plan:
-    cls = get_method(run.method)
-    hp = cls.resolve(run.hparams)
-    cls.check_data(data)
-    seeds = _seeds(run.seed)
-    prep = cls.prepare(data, hp, _gen(seeds[1]), run.config) if cls.trains else None
-    return _Plan(pos, data, run, cls, hp, prep, seeds)
+def _plans(pairs: Pairs, workers: int) -> list[_Plan]:
+    """A plan per run, in order; each method's data-level hook runs once for all its runs
+    (`Method.prepare_many`: JTT trains its identification models as one stacked grid)."""
+    plans = []
+    for data, runs in pairs:
+        for run in runs:
+            cls = get_method(run.method)
+            hp = cls.resolve(run.hparams)
+            cls.check_data(data)
+            plans.append(_Plan(len(plans), data, run, cls, hp, None, _seeds(run.seed)))
+    by_class: dict[type[Method], list[_Plan]] = defaultdict(list)
+    for p in plans:
+        if p.cls.trains:
+            by_class[p.cls].append(p)
+    for cls, members in by_class.items():
+        items = [(p.data, p.hp, _gen(p.seeds[1]), p.run.config) for p in members]
+        for p, prep in zip(members, cls.prepare_many(items, workers), strict=True):
+            p.prep = prep
+    return plans
 
 
 # runs of one stack differ in train length by at most this factor (shorter runs idle, masked)
@@ -260,7 +272,8 @@ MAX_LENGTH_RATIO = 1.5
 
 # class attributes that differ between methods yet are per run (defaults, data-level hooks)
 _PER_RUN_ATTRS = frozenset({"name", "family", "supervision", "HPARAMS", "PER_RUN_HPARAMS",
-                            "prepare", "postprocess", "check_data", "resolve", "untrained_probs"})
+                            "prepare", "prepare_many", "postprocess", "check_data", "resolve",
+                            "untrained_probs"})
 
 
 @functools.cache
@@ -369,9 +382,7 @@ def fit_stream(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None,
     `workers`.
     """
     pairs = [(data, runs or [])] if isinstance(data, TrainData) else list(data)
-    plans = [_plan(d, 0, run) for d, rs in pairs for run in rs]
-    for i, p in enumerate(plans):
-        p.pos = i
+    plans = _plans(pairs, workers)
     stacks: dict[tuple, list[_Plan]] = defaultdict(list)
     for p in plans:
         stacks[_stack_key(p)].append(p)

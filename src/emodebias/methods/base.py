@@ -4,7 +4,7 @@ A method is an `nn.Module` holding the stacked parameters of R runs (leading dim
 Two hooks cover every algorithm:
 
 - data level: ``prepare(data, hp, gen, config) -> Prepared`` picks the training rows and per-sample
-  weights once, before training (RW, DS, JTT);
+  weights once, before training (RW, DS, JTT; ``prepare_many`` runs it for a grid's runs at once);
 - loss level: ``loss(batch) -> [R]`` maps a batch (features, soft labels, majority class, group,
   index in the training list, data-level weight) to one loss per run (GDRO, ADV, LfF, ...).
 
@@ -166,6 +166,14 @@ class Method(nn.Module):
     ) -> Prepared:
         """Data-level hook: by default every training row once, unweighted."""
         return Prepared(np.asarray(data.train_idx, dtype=np.int64))
+
+    @classmethod
+    def prepare_many(cls, items: list[tuple[TrainData, dict[str, Any], torch.Generator,
+                                            TrainConfig]], workers: int = 1) -> list[Prepared]:
+        """`prepare` for several runs of this class, (data, hp, gen, config) each: one call per
+        grid, so a hook that trains models (JTT) trains them as one stacked `fit_many` in
+        `workers` processes."""
+        return [cls.prepare(*item) for item in items]
 
     # ------------------------------------------------------------------ instance API
     def __init__(self, hps: list[dict[str, Any]], ctx: MethodContext) -> None:

@@ -254,15 +254,26 @@ class JTT(Method):
 
     @classmethod
     def prepare(cls, data, hp, gen, config) -> Prepared:
+        return cls.prepare_many([(data, hp, gen, config)])[0]
+
+    @classmethod
+    def prepare_many(cls, items, workers: int = 1) -> list[Prepared]:
+        """The identification models (ERM, `id_epochs` epochs, last epoch) of every run in one
+        stacked `fit_many`, then each run's list with its training errors repeated."""
         from dataclasses import replace
 
-        from emodebias.train import fit, predict_probs
+        from emodebias.train import RunConfig, fit_many, predict_probs
 
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-        ident = fit(data, "erm", seed=seed,
-                    config=replace(config, epochs=hp["id_epochs"], select="last"))
-        idx = np.asarray(data.train_idx, dtype=np.int64)
-        probs = predict_probs(ident, data.features, idx, device=config.device)
-        errors = argmax_errors(probs, np.asarray(data.soft)[idx])
-        out = jtt_upsample(idx, errors, hp["up"])
-        return Prepared(out, None, {"errors": int(errors.sum()), "id_seed": seed})
+        seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) for _, _, gen, _ in items]
+        pairs = [(data, [RunConfig("erm", {}, seed, replace(config, epochs=hp["id_epochs"],
+                                                             select="last"))])
+                 for (data, hp, _, config), seed in zip(items, seeds, strict=True)]
+        idents = fit_many(pairs, workers=workers)
+        out = []
+        for (data, hp, _, config), seed, ident in zip(items, seeds, idents, strict=True):
+            idx = np.asarray(data.train_idx, dtype=np.int64)
+            probs = predict_probs(ident, data.features, idx, device=config.device)
+            errors = argmax_errors(probs, np.asarray(data.soft)[idx])
+            out.append(Prepared(jtt_upsample(idx, errors, hp["up"]), None,
+                                {"errors": int(errors.sum()), "id_seed": seed}))
+        return out
