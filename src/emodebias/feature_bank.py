@@ -46,10 +46,10 @@ class RunGroups:
     group: tuple[int, ...]
 
     @classmethod
-    def of(cls, rows: np.ndarray, device: torch.device) -> RunGroups:
-        """Groups of equal rows of a host array [R, ...]."""
-        _, first, inverse = np.unique(rows.reshape(len(rows), -1), axis=0, return_index=True,
-                                      return_inverse=True)
+    def of(cls, rows: np.ndarray, lengths: np.ndarray, device: torch.device) -> RunGroups:
+        """Runs whose padded row lists [R, n] (host) and lengths [R] are equal."""
+        key = np.concatenate([np.asarray(lengths).reshape(-1, 1), rows], 1)
+        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
         return cls(torch.as_tensor(first, device=device), tuple(inverse.reshape(-1).tolist()))
 
 
@@ -130,18 +130,12 @@ class FeatureBank:
 
     def batch(self, rows: torch.Tensor, shared: RunGroups | None = None,
               ) -> torch.Tensor | SharedRows | BankRows:
-        """Features of per-run rows [R, B]: `BankRows` with the native kernels; else each
-        distinct row list is read once (`SharedRows`) when runs share batches, or
-        `features(rows)`. `shared` names the runs that share rows when the caller knows them
-        (found on the host, no `torch.unique` and no device-to-host copy per batch)."""
+        """Features of per-run rows [R, B]: `BankRows` with the native kernels; else, when
+        `shared` (found on the host by the caller) names runs that read the same rows, each
+        distinct row list once (`SharedRows`), or `features(rows)`."""
         if self.native:
             return BankRows(self.x, rows.contiguous())
-        if shared is None:
-            uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
-            if len(uniq) == len(rows):
-                return self.features(rows)
-            return SharedRows(self.features(uniq), tuple(inverse.tolist()))
-        if len(shared.first) == len(rows):
+        if shared is None or len(shared.first) == len(rows):
             return self.features(rows)
         return SharedRows(self.features(rows.index_select(0, shared.first)), shared.group)
 

@@ -493,7 +493,11 @@ class _EvalSet:
         self.sizes = [len(i) for i in idx]
         self.shared = all(np.array_equal(i, idx[0]) for i in idx)
         fill = next((int(i[0]) for i in idx if len(i)), 0)  # any row of the bank
-        self.rows = bank.compact(idx[0] if self.shared else _pad(idx, fill))
+        padded = idx[0] if self.shared else _pad(idx, fill)
+        self.rows = bank.compact(padded)
+        # runs whose lists are equal read each chunk once (PyTorch path)
+        self.groups = None if self.shared or bank.native else RunGroups.of(
+            padded, np.array(self.sizes), device)
         self.soft = torch.as_tensor(_pad(soft, 0.0), device=device)  # [R, m, K]
         mask = _pad([np.ones(n, dtype=np.float32) for n in self.sizes], 0.0)
         self.count = torch.as_tensor(np.maximum(self.sizes, 1), dtype=torch.float32,
@@ -508,7 +512,7 @@ class _EvalSet:
                      for s in range(0, len(self.rows), chunk)]
         else:
             step = max(1, chunk // self.rows.shape[0])
-            parts = [method.logits(bank.batch(self.rows[:, s : s + step]))
+            parts = [method.logits(bank.batch(self.rows[:, s : s + step], self.groups))
                      for s in range(0, self.rows.shape[1], step)]
         if not parts:
             return torch.zeros(*self.soft.shape, device=self.soft.device)
@@ -666,9 +670,8 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[tuple[int, FitRe
         for r, g in enumerate(loop_gens):
             perm[r, : lengths[r]] = torch.randperm(int(lengths[r]), generator=g)
         order = table.take(perm.to(device))
-        shared = None if bank.native else RunGroups.of(
-            np.concatenate([lengths[:, None], np.take_along_axis(host_rows, perm.numpy(), 1)], 1),
-            device)  # runs that read the same rows all epoch
+        shared = None if bank.native else RunGroups.of(  # runs that read the same rows
+            np.take_along_axis(host_rows, perm.numpy(), 1), lengths, device)
         total = torch.zeros(n_runs, device=device)
         for size, start, active in schedule:
             if isinstance(start, int):
