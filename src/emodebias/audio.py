@@ -15,11 +15,13 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from emodebias.errors import UserError
+
 TARGET_SR = 16_000
 MIN_SECONDS = 0.1
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """An audio file could not be used; the message names the file and the reason."""
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from emodebias.errors import UserError
+
 SMOOTHING = 0.05
 
 
-class LabelError(ValueError):
+class LabelError(UserError):
     """Votes or labels that cannot give a distribution (e.g. all-zero votes)."""
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from emodebias.errors import UserError
 from emodebias.fileio import replacing
 
 REQUIRED_COLUMNS = ("utt_id", "path", "speaker")
@@ -27,7 +28,7 @@ SPLIT_VALUES = frozenset({"train", "dev", "test"})
 _META_KEY = b"emodebias"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """A manifest (or the corpus files behind it) is malformed; the message names the bad rows."""
 
 

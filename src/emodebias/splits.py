@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from emodebias.errors import UserError
 from emodebias.fileio import write_text_atomic
 from emodebias.labels import strict_majority
 
@@ -41,7 +42,7 @@ PARTS = ("train", "dev", "test")
 GENDERS = ("F", "M")
 
 
-class SplitError(ValueError):
+class SplitError(UserError):
     """A split cannot be made as asked (unknown fold, bad ratio, no gender column, ...)."""
 
 

@@ -41,6 +41,7 @@ import soundfile as sf
 
 from emodebias.audio import TARGET_SR, AudioError, load_audio
 from emodebias.encoders.base import Encoder
+from emodebias.errors import UserError
 from emodebias.fileio import replacing
 from emodebias.manifest import Manifest
 
@@ -49,7 +50,7 @@ META_FILE = "meta.json"
 FEATURES_FILE = "features.npy"
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A feature store is missing, incomplete, or belongs to another manifest/encoder."""
 
 

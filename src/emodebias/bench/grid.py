@@ -42,6 +42,8 @@ from typing import Any
 
 import yaml
 
+from emodebias.errors import UserError
+
 DIRECTIONS = ("natural", "female-major", "male-major")
 # Methods of DESIGN.md; used to validate names when the method registry is not importable.
 KNOWN_METHODS = (
@@ -60,7 +62,7 @@ ENTRY_KEYS = {"method", "groups", "hparams"} | ENTRY_AXES
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class GridError(ValueError):
+class GridError(UserError):
     """A grid file is malformed; the message names the file, the entry and the key."""
 
 

@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from emodebias.errors import UserError
 
-class EncoderError(RuntimeError):
+
+class EncoderError(UserError, RuntimeError):
     """An encoder could not be built or run; the message says what to do."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emodebias.errors import UserError
 from emodebias.groups.assignment import GroupAssignment
 
 DEFAULT_KS = (2, 4, 8, 16, 32)
@@ -29,7 +30,7 @@ FULL_KMEANS = {"init": "k-means++", "max_iter": 1000, "tol": 1e-4, "n_init": 10,
                "algorithm": "lloyd"}
 
 
-class ClusterError(ValueError):
+class ClusterError(UserError):
     """Clustering cannot run as asked (k too large, no rows to fit, bad algorithm)."""
 
 

@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from emodebias.errors import UserError
 
-class EmbeddingError(ValueError):
+
+class EmbeddingError(UserError):
     """The embeddings cannot be used as asked (bad layer, misaligned ids, ...)."""
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from emodebias.encoders.hf import hub_reachable
+from emodebias.errors import UserError
 from emodebias.groups.assignment import GroupAssignment
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ MAX_LISTED_FAILURES = 50
 BLOCK_BATCHES = 32  # audio held in memory: this many batches, sorted by length within
 
 
-class PseudoLabelError(RuntimeError):
+class PseudoLabelError(UserError, RuntimeError):
     """A gender classifier cannot be loaded or used; the message says what to do."""
 
 

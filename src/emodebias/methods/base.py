@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from emodebias.errors import UserError
 from emodebias.losses import class_balanced_ce
 from emodebias.model import SERHead, SharedRows
 
@@ -57,7 +58,7 @@ def get_method(name: str) -> type[Method]:
         raise KeyError(f"unknown method {name!r}; registered: {sorted(REGISTRY)}") from None
 
 
-class GroupSupervisionError(ValueError):
+class GroupSupervisionError(UserError):
     """A method needs group labels (hard or soft) that the training data does not provide."""
 
 

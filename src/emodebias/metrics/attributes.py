@@ -15,10 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from emodebias.errors import UserError
+
 JOIN = "×"
 
 
-class MetricsInputError(ValueError):
+class MetricsInputError(UserError):
     """Predictions, targets or attributes that cannot be scored; the message says which."""
 
 
