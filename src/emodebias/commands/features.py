@@ -26,6 +26,10 @@ def extract(
     overwrite: bool = typer.Option(False, help="Replace a store made with other settings."),
     fail_on_bad: bool = typer.Option(False, help="Stop at the first unusable audio file."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    retry_failed: bool = typer.Option(
+        False, help="Encode the failed rows of a finished store again (e.g. files now readable)."),
+    checkpoint_seconds: float = typer.Option(
+        10.0, min=0.0, help="Save progress at least this often (seconds; 0 = after every batch)."),
 ) -> None:
     """Encode every utterance once: pooled per-layer features -> OUT/features.npy + meta.json."""
     from rich.console import Console
@@ -50,7 +54,8 @@ def extract(
                 f"--layers/--dtype apply to SSL checkpoints only, not {encoder!r} ({exc})") from exc
         store = run_extract(man, enc, out, batch_seconds=batch_seconds,
                             max_seconds=max_seconds or None, device=device, progress=progress,
-                            skip_bad=not fail_on_bad, overwrite=overwrite, num_workers=workers)
+                            skip_bad=not fail_on_bad, overwrite=overwrite, num_workers=workers,
+                            retry_failed=retry_failed, checkpoint_seconds=checkpoint_seconds)
     except (EncoderError, StoreError, ManifestError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
