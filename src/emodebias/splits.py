@@ -23,7 +23,7 @@ import json
 import math
 import re
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,6 +59,7 @@ class Split:
     seed: int = 0
     majority_gender: dict[str, str] = field(default_factory=dict)  # emotion -> "F" / "M"
     info: dict = field(default_factory=dict)  # counts, skipped rows, ...
+    manifest_hash: str | None = None  # content hash of the manifest it was made from
 
     @property
     def name(self) -> str:
@@ -74,10 +75,101 @@ class Split:
 
     @classmethod
     def load(cls, path: str | Path) -> Split:
+        """A saved split, validated: any malformed file is a one-line SplitError naming it."""
         path = Path(path)
         if path.is_dir():
             path = path / "split.json"
-        return cls(**json.loads(path.read_text()))
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SplitError(f"no split file at {path}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SplitError(f"{path}: not a readable JSON split ({exc})") from None
+        return cls.from_dict(raw, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: object, source: str = "<split>") -> Split:
+        """Validate a parsed split (see `load`): known keys, id lists, disjoint parts."""
+        where = f"{source}: "
+        if not isinstance(raw, dict):
+            raise SplitError(f"{where}a split must be a JSON object, got {type(raw).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(map(str, set(raw) - set(known)))
+        if unknown:
+            raise SplitError(f"{where}unknown key(s) {unknown}; allowed: {known}")
+        missing = [k for k in ("fold", "train", "test") if k not in raw]
+        if missing:
+            raise SplitError(f"{where}missing key(s) {missing}")
+        d = dict(raw)
+        if not isinstance(d["fold"], (str, int)) or isinstance(d["fold"], bool):
+            raise SplitError(f"{where}'fold' must be a name or number, got {d['fold']!r}")
+        d["fold"] = str(d["fold"])
+        for part in PARTS:
+            d[part] = _id_list(d.get(part, []), part, where)
+        if d.get("ratio") is not None:
+            r = d["ratio"]
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) \
+                    or r < 1:
+                raise SplitError(f"{where}'ratio' must be null or a number r >= 1 (1:r), "
+                                 f"got {r!r}")
+            d["ratio"] = float(r)
+        if d.get("direction", "natural") not in DIRECTIONS:
+            raise SplitError(f"{where}'direction' {d['direction']!r} not in {DIRECTIONS}")
+        seed = d.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise SplitError(f"{where}'seed' must be an integer, got {seed!r}")
+        for key in ("majority_gender", "info"):
+            if not isinstance(d.get(key, {}), dict):
+                raise SplitError(f"{where}{key!r} must be an object, got {d[key]!r}")
+        if not isinstance(d.get("manifest_hash"), (str, type(None))):
+            raise SplitError(f"{where}'manifest_hash' must be a string, got "
+                             f"{d['manifest_hash']!r}")
+        split = cls(**d)
+        split.validate(source)
+        return split
+
+    def validate(self, source: str = "<split>") -> None:
+        """Raise SplitError on an empty train or test part or an utterance in two parts."""
+        for part in ("train", "test"):
+            if not getattr(self, part):
+                raise SplitError(f"{source}: the {part} part is empty")
+        for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+            both = set(getattr(self, a)) & set(getattr(self, b))
+            if both:
+                raise SplitError(f"{source}: {len(both)} utterance(s) are in both {a} and {b}, "
+                                 f"e.g. {sorted(both)[:3]}")
+
+    def check(self, manifest: Manifest, source: str | Path | None = None,
+              manifest_name: str | Path | None = None) -> None:
+        """Refuse a split made from another manifest (recorded hash) or naming unknown ids."""
+        where = source or f"split {self.name}"
+        name = manifest_name or "the given manifest"
+        if self.manifest_hash is not None and self.manifest_hash != manifest.content_hash():
+            raise SplitError(f"{where} was made from another manifest (hash {self.manifest_hash}) "
+                             f"than {name} (hash {manifest.content_hash()}); make the split "
+                             "again from this manifest")
+        known = set(manifest.utt_ids)
+        for part in PARTS:
+            unknown = [u for u in getattr(self, part) if u not in known]
+            if unknown:
+                raise SplitError(f"{where}: {len(unknown)} {part} utterance(s) are not in {name}, "
+                                 f"e.g. {unknown[:3]}; was the split made from another manifest?")
+
+
+def _id_list(value: object, part: str, where: str) -> list[str]:
+    """A part's utterance ids: a list of strings (integers are taken as their text), no repeats."""
+    if not isinstance(value, list):
+        raise SplitError(f"{where}{part!r} must be a list of utterance ids, got "
+                         f"{type(value).__name__}")
+    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, (str, int))]
+    if bad:
+        raise SplitError(f"{where}{part!r} holds non-id value(s), e.g. {bad[0]!r}")
+    ids = [str(v) for v in value]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(u for u in ids if u in seen or seen.add(u))
+        raise SplitError(f"{where}{part!r} lists utterance {dup!r} more than once")
+    return ids
 
 
 # --------------------------------------------------------------------------- helpers
@@ -211,10 +303,11 @@ def make_split(manifest: Manifest, fold: str | int, ratio: str | float | None = 
         info["counts"][part] = _count(maj[sel], gen[sel], manifest.classes)
         info["gender_totals"][part] = {g: int((sel & (gen == g)).sum()) for g in GENDERS}
         info["gender_totals"][part]["all"] = int(sel.sum())
-    if not parts["train"]:
-        raise SplitError(f"fold {fold}: the train part is empty")
-    return Split(fold=fold, train=parts["train"], dev=parts["dev"], test=parts["test"],
-                 ratio=r, direction=direction, seed=int(seed), majority_gender=major, info=info)
+    split = Split(fold=fold, train=parts["train"], dev=parts["dev"], test=parts["test"],
+                 ratio=r, direction=direction, seed=int(seed), majority_gender=major, info=info,
+                 manifest_hash=manifest.content_hash())
+    split.validate(f"fold {fold}")
+    return split
 
 
 def block_folds(speakers: pd.Series | np.ndarray, blocks: list[list[str]]) -> pd.DataFrame:

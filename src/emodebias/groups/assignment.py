@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from emodebias.errors import UserError
 from emodebias.fileio import write_text_atomic
+
+if TYPE_CHECKING:
+    from emodebias.manifest import Manifest
+
+
+class GroupError(UserError):
+    """A group assignment does not belong to the manifest (or split) it is used with."""
 
 
 @dataclass
@@ -26,6 +35,7 @@ class GroupAssignment:
     source: str
     probs: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    manifest_hash: str | None = None  # content hash of the manifest the groups were made for
 
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=np.int64)
@@ -51,24 +61,61 @@ class GroupAssignment:
         probs = None
         if self.probs is not None:
             probs = np.where((idx >= 0)[:, None], self.probs[np.maximum(idx, 0)], 0.0)
-        return GroupAssignment(list(utt_ids), ids, self.names, self.source, probs, dict(self.info))
+        return GroupAssignment(list(utt_ids), ids, self.names, self.source, probs, dict(self.info),
+                               self.manifest_hash)
 
-    def save(self, directory: str | Path) -> Path:
+    def check(self, manifest: Manifest, source: str | Path | None = None,
+              manifest_name: str | Path | None = None, needed: list[str] | None = None) -> None:
+        """Refuse groups made for another manifest, or lacking utterances training needs.
+
+        `needed` (default: every manifest utterance) must all have an entry; an utterance the
+        groups do not list would otherwise silently become "unknown group" and drop out of
+        group-aware losses.
+        """
+        where = source or f"groups {self.source}"
+        name = manifest_name or "the given manifest"
+        if self.manifest_hash is not None and self.manifest_hash != manifest.content_hash():
+            raise GroupError(f"{where} were made for another manifest (hash {self.manifest_hash}) "
+                             f"than {name} (hash {manifest.content_hash()}); make the groups "
+                             "again from this manifest")
+        want = list(manifest.utt_ids) if needed is None else [str(u) for u in needed]
+        have = set(self.utt_ids)
+        lacking = [u for u in want if u not in have]
+        if lacking and len(lacking) == len(want):
+            raise GroupError(f"{where} share no utterance with {name}; they were made for "
+                             "another manifest")
+        if lacking:
+            raise GroupError(f"{where} lack {len(lacking)} of the {len(want)} utterances of "
+                             f"{name}, e.g. {lacking[:3]}; they were made for another manifest")
+
+    def save(self, directory: str | Path, manifest: Manifest | None = None) -> Path:
+        """Write groups.npz + groups.json; with `manifest`, record its content hash."""
+        if manifest is not None:
+            self.manifest_hash = manifest.content_hash()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {"ids": self.ids, "utt_ids": np.asarray(self.utt_ids, dtype=str)}
         if self.probs is not None:
             arrays["probs"] = self.probs
         np.savez(directory / "groups.npz", **arrays)
-        meta = {"names": self.names, "source": self.source, "info": self.info}
+        meta = {"names": self.names, "source": self.source, "info": self.info,
+                "manifest_hash": self.manifest_hash}
         write_text_atomic(directory / "groups.json", json.dumps(meta, indent=1, default=str))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> GroupAssignment:
+        """A saved assignment; a missing or damaged one is a one-line GroupError naming it."""
         directory = Path(directory)
-        meta = json.loads((directory / "groups.json").read_text())
-        z = np.load(directory / "groups.npz")
-        probs = z["probs"] if "probs" in z.files else None
-        return cls(z["utt_ids"].tolist(), z["ids"], meta["names"], meta["source"], probs,
-                   meta.get("info", {}))
+        try:
+            meta = json.loads((directory / "groups.json").read_text())
+            with np.load(directory / "groups.npz", allow_pickle=False) as z:
+                probs = z["probs"] if "probs" in z.files else None
+                return cls(z["utt_ids"].tolist(), z["ids"], meta["names"], meta["source"], probs,
+                           meta.get("info", {}), meta.get("manifest_hash"))
+        except FileNotFoundError as exc:
+            raise GroupError(f"no group assignment in {directory} ({Path(str(exc.filename)).name} "
+                             "missing); make one with `emodebias groups`") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise GroupError(f"{directory}: damaged group assignment ({type(exc).__name__}: "
+                             f"{exc})") from None

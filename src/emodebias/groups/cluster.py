@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,34 @@ FULL_KMEANS = {"init": "k-means++", "max_iter": 1000, "tol": 1e-4, "n_init": 10,
                "algorithm": "lloyd"}
 
 
+log = logging.getLogger(__name__)
+
+
 class ClusterError(UserError):
     """Clustering cannot run as asked (k too large, no rows to fit, bad algorithm)."""
+
+
+def check_k(k: object, where: str = "k") -> int:
+    """A number of clusters: an integer >= 2 (one cluster is no grouping at all)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ClusterError(f"{where} must be an integer >= 2 (number of clusters), got {k!r}")
+    return int(k)
+
+
+def parse_ks(text: str, where: str = "--k") -> list[int]:
+    """'2,4,8' -> [2, 4, 8]; empty, non-integer, repeated or < 2 values raise ClusterError."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise ClusterError(f"{where} {text!r}: give at least one number of clusters, e.g. 2,4,8")
+    try:
+        ks = [int(p) for p in parts]
+    except ValueError:
+        raise ClusterError(f"{where} {text!r}: expected integers like 2,4,8,16") from None
+    for k in ks:
+        check_k(k, where)
+    if len(set(ks)) != len(ks):
+        raise ClusterError(f"{where} {text!r} repeats a value")
+    return ks
 
 
 def _estimator(k: int, algorithm: str, seed: int, overrides: dict | None):
@@ -50,6 +77,7 @@ def fit_clusters(embeddings: np.ndarray, utt_ids: list[str], k: int,
                  seed: int = 42, *, name: str = "embeddings", valid: np.ndarray | None = None,
                  params: dict | None = None) -> tuple[GroupAssignment, np.ndarray]:
     """`cluster_groups` plus the cluster centres [k, D] (to assign new utterances later)."""
+    k = check_k(k)
     x = np.asarray(embeddings, dtype=np.float32)
     n = len(x)
     if x.ndim != 2 or n != len(utt_ids):
@@ -96,11 +124,13 @@ def cluster_many(embeddings: np.ndarray, utt_ids: list[str],
 
 
 def cache_key(utt_ids: list[str], fit_mask: np.ndarray | None, k: int, algorithm: str, seed: int,
-              layer: int | str, params: dict | None = None) -> str:
-    """Directory name under ``<store>/groups/``: settings in clear plus a hash of the fit rows."""
+              layer: int | str, params: dict | None = None, content: str = "") -> str:
+    """Directory name under ``<store>/groups/``: settings in clear plus a hash of the fit rows
+    and of `content` (the store's content id), so clusters of re-extracted features differ."""
     fit = list(utt_ids) if fit_mask is None else \
         [u for u, m in zip(utt_ids, np.asarray(fit_mask, bool), strict=True) if m]
-    digest = hashlib.sha256(json.dumps([fit, len(utt_ids), params or {}], sort_keys=True).encode())
+    blob = json.dumps([fit, len(utt_ids), params or {}, content], sort_keys=True)
+    digest = hashlib.sha256(blob.encode())
     return f"cluster-{algorithm}-k{k}-s{seed}-layer{layer}-{digest.hexdigest()[:10]}"
 
 
@@ -109,9 +139,11 @@ def cached_cluster_groups(store, k: int, fit_mask: np.ndarray | None = None,
                           params: dict | None = None, cache: bool = True) -> GroupAssignment:
     """Cluster a FeatureStore's embeddings, caching the result in ``<store dir>/groups/<key>/``.
 
-    `fit_mask` is aligned with the store's row order. The cache is reused only when the fit rows,
-    k, algorithm, seed, layer and parameters are identical.
+    `fit_mask` is aligned with the store's row order. The cache is reused only when the store's
+    content (its features and failures), the fit rows, k, algorithm, seed, layer and parameters
+    are identical; the assignment records the manifest hash the store was extracted from.
     """
+    k = check_k(k)
     from emodebias.groups.embeddings import encoder_name, load_embeddings, store_dir
 
     if isinstance(store, (str, Path)):
@@ -122,13 +154,21 @@ def cached_cluster_groups(store, k: int, fit_mask: np.ndarray | None = None,
     root = store_dir(store)
     target = None
     if cache and root is not None:
-        target = root / "groups" / cache_key(ids, fit_mask, k, algorithm, seed, layer, params)
+        content = getattr(store, "content_id", "")
+        target = root / "groups" / cache_key(ids, fit_mask, k, algorithm, seed, layer, params,
+                                             content)
         if (target / "groups.json").is_file():
-            return GroupAssignment.load(target)
+            try:
+                return GroupAssignment.load(target)
+            except UserError as exc:  # a damaged cache entry is rebuilt, not fatal
+                log.warning("rebuilding the cluster cache %s: %s", target, exc)
     x, ids, ok = load_embeddings(store, layer)
     assignment, centers = fit_clusters(x, ids, k, fit_mask, algorithm, seed,
                                        name=encoder_name(store), valid=ok, params=params)
     assignment.info["layer"] = layer
+    meta = getattr(store, "meta", None)
+    if isinstance(meta, dict):
+        assignment.manifest_hash = meta.get("manifest_hash")
     if target is not None:
         assignment.save(target)
         np.save(target / "centers.npy", centers)
