@@ -22,7 +22,7 @@ def test_expansion_counts_and_normalisation() -> None:
     grid = {**BASE, "directions": ["both"], "seeds": [0, 1],
             "runs": [{"method": "erm"},
                      {"method": ["rw", "gdro"], "groups": ["truth", "pseudo", "cluster:k=4"]},
-                     {"method": "gdro", "groups": "truth", "hparams": {"eta": [0.01, 0.1]}}]}
+                     {"method": "gdro", "groups": "truth", "hparams": {"eta_q": [0.01, 0.1]}}]}
     specs = expand_grid(grid)
     axes = 2 * 1 * 2 * 2  # folds × ratios × directions × seeds
     assert len(specs) == axes * (1 + 2 * 3 + 2)
@@ -32,7 +32,7 @@ def test_expansion_counts_and_normalisation() -> None:
     assert {s.ratio for s in specs} == {20.0}
     assert {s.fold for s in specs} == {"1", "2"}
     assert {tuple(sorted(s.hparams.items())) for s in specs if s.hparams} == {
-        (("eta", 0.01),), (("eta", 0.1),)}
+        (("eta_q", 0.01),), (("eta_q", 0.1),)}
     assert len({s.hash for s in specs}) == len(specs)
 
 

@@ -22,6 +22,7 @@ Grid file reference (every key optional unless marked)::
     cluster_encoder: resemblyzer      # what bare `cluster:k=K` group sources embed with
     train: {epochs: 50, batch_size: 32, lr: 1.0e-4}
     evaluation: {attributes: [gender, age_group, race], n_boot: 0}
+    extras: [...]                     # like runs; marked block "extras" in each spec/record
     runs:                             # required
       - method: erm
       - {method: [rw, gdro], groups: [truth, pseudo, "cluster:k=16"]}
@@ -34,8 +35,9 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ GROUP_FREE = {"erm", "random", "lff", "disent", "sih", "jtt"}
 SHARED_KEYS = {
     "name", "description", "variables", "corpus", "encoder", "folds", "ratios", "directions",
     "seeds", "split_seed", "pseudo_model", "cluster_encoder", "train", "evaluation", "runs",
+    "extras",
 }
 ENTRY_AXES = {"corpus", "encoder", "folds", "ratios", "directions", "seeds", "split_seed", "train",
               "evaluation"}
@@ -84,9 +87,15 @@ class RunSpec:
     seed: int = 0
     train: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
+    # "extras": the grid lists the run under `extras:` (a method from neither paper), so reports
+    # can mark it; "main" runs omit the field, so their hashes are unchanged
+    block: str = "main"
 
     def to_dict(self) -> dict:
-        return copy.deepcopy(asdict(self))
+        d = copy.deepcopy(asdict(self))
+        if d["block"] == "main":
+            del d["block"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSpec:
@@ -145,19 +154,22 @@ def content_hash(obj: Any, n: int = 12) -> str:
 
 # ----------------------------------------------------------------------------- parsing helpers
 def parse_ratio(value: Any, where: str = "") -> float | None:
-    """'1:20' | 20 | 'full' | None -> r (float >= 1) or None."""
+    """'1:20' | 20 | 'full' | None -> r (finite float >= 1) or None."""
     if value is None or (isinstance(value, str) and value.strip().lower() in {"full", "none"}):
         return None
+    bad = f"{where}bad ratio {value!r}; write '1:20', 20 or 'full'"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise GridError(bad)
     try:
         if isinstance(value, str) and ":" in value:
             a, b = (float(x) for x in value.split(":"))
-            r = b / a
+            r = b / a if a > 0 else math.nan
         else:
             r = float(value)
     except ValueError:
-        raise GridError(f"{where}bad ratio {value!r}; write '1:20', 20 or 'full'") from None
-    if not r >= 1:
-        raise GridError(f"{where}ratio {value!r} must be 1:r with r >= 1")
+        raise GridError(bad) from None
+    if not (math.isfinite(r) and r >= 1):
+        raise GridError(f"{where}ratio {value!r} must be 1:r with a finite r >= 1")
     return r
 
 
@@ -268,15 +280,22 @@ def expand_grid(grid: dict, source: str = "<grid>", variables: dict | None = Non
     if unknown:
         raise GridError(f"{where}unknown top-level key(s) {sorted(unknown)}; allowed: "
                         f"{sorted(SHARED_KEYS)}")
-    varmap = {**(grid.get("variables") or {}), **(variables or {})}
+    for key in ("name", "description", "pseudo_model", "cluster_encoder"):
+        if grid.get(key) is not None and not isinstance(grid[key], str):
+            raise GridError(f"{where}{key!r} must be text, got {grid[key]!r}")
+    varmap = {**_mapping(grid.get("variables"), "variables", where), **(variables or {})}
     grid = _substitute({k: v for k, v in grid.items() if k != "variables"}, varmap, where)
     runs = grid.get("runs")
     if not isinstance(runs, list) or not runs:
         raise GridError(f"{where}'runs' must be a non-empty list of entries like {{method: erm}}")
+    extras = grid.get("extras") or []
+    if not isinstance(extras, list):
+        raise GridError(f"{where}'extras' must be a list of run entries like 'runs'")
     methods, supervision = _known_methods()
-    specs: dict[str, tuple[RunSpec, int]] = {}
-    for i, entry in enumerate(runs):
-        at = f"{where}runs[{i}]: "
+    specs: dict[str, tuple[RunSpec, str]] = {}
+    for i, entry, block in [(i, e, "main") for i, e in enumerate(runs)] + [
+            (i, e, "extras") for i, e in enumerate(extras)]:
+        at = f"{where}{'runs' if block == 'main' else 'extras'}[{i}]: "
         if isinstance(entry, str):
             entry = {"method": entry}
         if not isinstance(entry, dict) or "method" not in entry:
@@ -286,10 +305,11 @@ def expand_grid(grid: dict, source: str = "<grid>", variables: dict | None = Non
             raise GridError(f"{at}unknown key(s) {sorted(bad)}; allowed: {sorted(ENTRY_KEYS)}")
         axes = {k: entry.get(k, grid.get(k)) for k in ENTRY_AXES}
         for spec in _expand_entry(entry, axes, grid, at, methods, supervision):
+            spec = replace(spec, block=block)
             h = spec.hash
             if h in specs:
-                raise GridError(f"{at}run {spec.name} duplicates one from runs[{specs[h][1]}]")
-            specs[h] = (spec, i)
+                raise GridError(f"{at}run {spec.name} duplicates one from {specs[h][1]}")
+            specs[h] = (spec, at.removeprefix(where).rstrip(": "))
     return [s for s, _ in specs.values()]
 
 
@@ -300,17 +320,23 @@ def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str
     corpus, corpus_opts = _named(axes["corpus"], "corpus", at)
     if axes["folds"] is None:
         raise GridError(f"{at}no folds (set 'folds: [1, 2, 3, 4, 5]')")
-    folds = [str(f) for f in _as_list(axes["folds"])]
+    folds = _names(axes["folds"], "folds", at)
     ratios = [parse_ratio(r, at) for r in _as_list(axes["ratios"] or ["full"])]
     directions = parse_directions(axes["directions"] or ["natural"], at)
     seeds = _ints(axes["seeds"] if axes["seeds"] is not None else [0], "seeds", at)
+    if isinstance(axes["split_seed"], (list, tuple, dict)):
+        raise GridError(f"{at}split_seed must be one integer, got {axes['split_seed']!r}")
     split_seed = _ints(axes["split_seed"] or 0, "split_seed", at)[0]
     encoders = [_named(e, "encoder", at) for e in _as_list(axes["encoder"] or "acoustic")]
     train = _mapping(axes["train"], "train", at)
     _check_train(train, at)
     evaluation = _mapping(axes["evaluation"], "evaluation", at)
+    _check_values(evaluation, EVALUATION_RULES, "evaluation", at, closed=True)
     hp_grid = _mapping(entry.get("hparams"), "hparams", at)
-    hp_keys = sorted(hp_grid)
+    hp_keys = sorted(map(str, hp_grid))
+    if len(hp_keys) != len(hp_grid):
+        raise GridError(f"{at}hparams has a repeated name")
+    hp_grid = {str(k): v for k, v in hp_grid.items()}
     hp_sets = [dict(zip(hp_keys, combo, strict=True))
                for combo in itertools.product(*(_as_list(hp_grid[k]) for k in hp_keys))]
     out = []
@@ -318,6 +344,7 @@ def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str
         method = str(method).lower()
         if method not in methods:
             raise GridError(f"{at}unknown method {method!r}; known: {sorted(methods)}")
+        _check_hparams(method, hp_grid, at)
         group_list = [normalize_groups(g, grid, at)
                       for g in _as_list(entry.get("groups", "none"))]
         for g in group_list:
@@ -338,8 +365,81 @@ def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str
     return out
 
 
+# ----------------------------------------------------------------------------- value rules
+# A rule maps a value to None (fine) or to what was expected; every grid value is checked
+# before any run starts, so a bad one fails the grid at load time, not each run later.
+Rule = Any  # Callable[[Any], str | None]
+
+
+def _number(low: float, integer: bool = False, above: bool = False) -> Rule:
+    kind = (int,) if integer else (int, float)
+    want = f"{'an integer' if integer else 'a number'} {'>' if above else '>='} {low:g}"
+
+    def rule(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, kind):
+            hint = " (YAML reads 1e-4 as text: write 1.0e-4)" if isinstance(v, str) else ""
+            return want + hint
+        ok = math.isfinite(v) and (v > low if above else v >= low)
+        return None if ok else want
+    return rule
+
+
+def _choice(*options: str) -> Rule:
+    return lambda v: None if v in options else f"one of {list(options)}"
+
+
+def _text(v: Any) -> str | None:
+    return None if isinstance(v, str) and v else "text"
+
+
+def _flag(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "true or false"
+
+
+def _text_list(v: Any) -> str | None:
+    ok = isinstance(v, list) and all(isinstance(a, str) for a in v)
+    return None if ok else "a list of column names"
+
+
+def _combos(v: Any) -> str | None:
+    ok = isinstance(v, list) and all(isinstance(c, list) and c and _text_list(c) is None
+                                     for c in v)
+    return None if ok else "a list of column-name lists, e.g. [[gender, age_group]]"
+
+
+TRAIN_RULES: dict[str, Rule] = {
+    "epochs": _number(1, integer=True), "batch_size": _number(1, integer=True),
+    "lr": _number(0, above=True), "weight_decay": _number(0), "device": _text,
+    "select": _choice("dev_loss", "last"), "max_stack": _number(1, integer=True),
+    "preload_max_gb": _number(0), "eval_chunk": _number(1, integer=True),
+    "kernels": _choice("auto", "torch"),
+}
+EVALUATION_RULES: dict[str, Rule] = {
+    "attributes": _text_list, "intersections": _combos, "speaker_bootstrap": _flag,
+    "threshold": _number(0, above=True), "n_boot": _number(0, integer=True),
+    "n_perm": _number(0, integer=True), "seed": _number(0, integer=True),
+    "min_support": _number(1, integer=True), "min_speakers": _number(1, integer=True),
+    "max_unusable": _number(0), "ci": _number(0, above=True),
+}
+
+
+def _check_values(values: dict, rules: dict[str, Rule], what: str, at: str,
+                  closed: bool = False) -> None:
+    """Each value must pass its rule; with `closed`, keys without a rule are unknown."""
+    for key, value in values.items():
+        rule = rules.get(key)
+        if rule is None:
+            if closed:
+                raise GridError(f"{at}unknown {what} setting {key!r}; known: {sorted(rules)}")
+            continue
+        want = rule(value)
+        if want is not None:
+            raise GridError(f"{at}{what}.{key} must be {want}, got {value!r}")
+
+
 def _check_train(train: dict, at: str) -> None:
-    """Unknown training settings fail here, not in every run (imports torch only if needed)."""
+    """Unknown or out-of-range training settings fail here, not in every run (imports torch
+    only if needed)."""
     if not train:
         return
     from dataclasses import fields
@@ -347,16 +447,63 @@ def _check_train(train: dict, at: str) -> None:
     from emodebias.train import TrainConfig
 
     known = {f.name for f in fields(TrainConfig)}
-    bad = sorted(set(train) - known)
+    bad = sorted(map(str, set(train) - known))
     if bad:
         raise GridError(f"{at}unknown train setting(s) {bad}; known: {sorted(known)}")
+    _check_values(train, TRAIN_RULES, "train", at)
+
+
+def _check_hparams(method: str, hp_grid: dict, at: str) -> None:
+    """Hyperparameter names the method declares, and values castable to its defaults' type."""
+    try:
+        from emodebias.methods import REGISTRY
+    except ImportError:
+        return
+    cls = REGISTRY.get(method)
+    declared = getattr(cls, "HPARAMS", None)
+    if not isinstance(declared, dict):
+        return
+    for name, values in hp_grid.items():
+        if name not in declared:
+            raise GridError(f"{at}method {method!r} has no hyperparameter {name!r}; it has "
+                            f"{sorted(declared)}")
+        default = declared[name]
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        for v in _as_list(values):  # the method casts to its default's type: that must work
+            try:
+                ok = not isinstance(v, (bool, list, dict)) and math.isfinite(type(default)(v))
+            except (TypeError, ValueError, OverflowError):
+                ok = False
+            if not ok:
+                raise GridError(f"{at}hparams.{name} must be a finite "
+                                f"{type(default).__name__}, got {v!r}")
 
 
 def _ints(value: Any, what: str, at: str) -> list[int]:
-    try:
-        return [int(v) for v in _as_list(value)]
-    except (TypeError, ValueError):
-        raise GridError(f"{at}{what} must be integers, got {value!r}") from None
+    """Integers (or their decimal text); bools, fractions and empty lists are refused."""
+    values = _as_list(value)
+    out = []
+    for v in values:
+        if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v):
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise GridError(f"{at}{what} must be integers, got {value!r}")
+        out.append(v)
+    if not out:
+        raise GridError(f"{at}{what} is empty")
+    return out
+
+
+def _names(value: Any, what: str, at: str) -> list[str]:
+    """Fold names: text or integers, at least one, no repeats."""
+    values = _as_list(value)
+    if not values or any(isinstance(v, bool) or not isinstance(v, (str, int)) for v in values):
+        raise GridError(f"{at}{what} must be a non-empty list of names or numbers, got {value!r}")
+    names = [str(v).strip() for v in values]
+    if len(set(names)) != len(names) or "" in names:
+        raise GridError(f"{at}{what} repeats a value or has an empty one: {value!r}")
+    return names
 
 
 def _mapping(value: Any, what: str, at: str) -> dict:
