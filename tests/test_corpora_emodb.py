@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
-from emodebias.corpora import emodb
+from emodebias.audio import load_audio
+from emodebias.corpora import emodb, load_corpus
 from emodebias.corpora._base import CorpusError
 
 MALE = {"03", "10", "11", "12", "15"}
@@ -124,3 +126,48 @@ def test_empty_root(tmp_path: Path) -> None:
         emodb.load(tmp_path)
     with pytest.raises(CorpusError, match="not a directory"):
         emodb.load(tmp_path / "missing")
+
+
+def test_flac_and_ogg_copies(real, tmp_path: Path) -> None:
+    """A converted copy (FLAC, OGG) reads like the WAV one; other files are counted, not read."""
+    root, m = real
+    src = sorted((root / "wav").glob("*.wav"))
+    picked = [p for i, p in enumerate(src) if i % 27 == 0]  # 20 files across all speakers
+    for i, p in enumerate(picked):
+        wav, sr = sf.read(p)
+        sf.write(tmp_path / f"{p.stem}.{'flac' if i % 2 else 'ogg'}", wav, sr)
+    (tmp_path / "notes.txt").write_text("not audio")
+    copy = emodb.load(tmp_path, folds=None)
+    assert sorted(copy.utt_ids) == sorted(p.stem for p in picked) and len(copy) == 20
+    assert {Path(p).suffix for p in copy.df["path"]} == {".flac", ".ogg"}
+    assert copy.info["other_files"] == {".txt": 1}
+    ref = m.df.set_index("utt_id").loc[copy.utt_ids]
+    assert copy.df["speaker"].tolist() == ref["speaker"].tolist()
+    np.testing.assert_allclose(copy.soft_labels(), m.soft_labels()[m.index_of(copy.utt_ids)])
+    flac = copy.df.loc[copy.df["path"].str.endswith(".flac"), "path"].iloc[0]
+    assert len(load_audio(flac)) == 32000  # the copy's 2.0 s at 16 kHz
+
+
+def test_no_audio_hint_names_what_is_there(tmp_path: Path) -> None:
+    for n in ("03a01Wa.mp4", "03a01Fa.mp4"):
+        (tmp_path / n).write_bytes(b"\0")
+    with pytest.raises(CorpusError, match=r"no audio files \(.wav, .flac, .ogg, ...\) in .*; it "
+                                          r"holds 2 .mp4 file\(s\), none in an audio format .*"
+                                          r"convert them to WAV or FLAC.*EmoDB folder"):
+        emodb.load(tmp_path)
+
+
+def test_make_folds_replaces_default_folds(real) -> None:
+    root, _ = real
+    m = load_corpus("emodb", root, make_folds=3, fold_seed=1)
+    assert m.folds == ["1", "2", "3"] and m.info["folds"] == {
+        **m.info["folds"], "method": "make_folds", "k": 3, "seed": 1}
+    gender = m.df.groupby("speaker")["gender"].first()
+    for f in m.folds:
+        col = m.df[f"split_{f}"]
+        test = set(m.df.loc[col == "test", "speaker"])
+        assert not test & set(m.df.loc[col != "test", "speaker"])
+        n_f = int((gender[sorted(test)] == "F").sum())
+        assert abs(n_f - (len(test) - n_f)) <= 1  # gender-balanced speaker deal
+    with pytest.raises(CorpusError, match="give folds= or make_folds="):
+        load_corpus("emodb", root, folds=4, make_folds=3)

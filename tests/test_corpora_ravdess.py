@@ -106,3 +106,17 @@ def test_bad_names(tmp_path: Path, name: str, folder: str | None, reason: str) -
 def test_no_files(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="no audio files"):
         ravdess.load(tmp_path)
+
+
+def test_flac_copy(corpus: Path, tmp_path: Path) -> None:
+    """RAVDESS converted to FLAC gives the same manifest (ids, labels), paths to the .flac files."""
+    for p in corpus.rglob("*.wav"):
+        dst = tmp_path / p.relative_to(corpus).with_suffix(".flac")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        data, sr = sf.read(p)
+        sf.write(dst, data, sr)
+    wav, flac = ravdess.load(corpus, folds=None), ravdess.load(tmp_path, folds=None)
+    assert flac.utt_ids == wav.utt_ids and len(flac) == 360
+    np.testing.assert_array_equal(flac.soft_labels(), wav.soft_labels())
+    assert all(p.endswith(".flac") for p in flac.df["path"])
+    assert len(load_audio(flac.df["path"].iloc[0])) == 3200

@@ -19,6 +19,19 @@ from emodebias.errors import UserError
 
 TARGET_SR = 16_000
 MIN_SECONDS = 0.1
+# File-name extensions of the container formats this soundfile (libsndfile) build reads; RAW is
+# left out (it has no header to read), and common aliases of the readable ones are added.
+_ALIASES = {"AIFF": (".aif", ".aifc"), "NIST": (".sph",), "OGG": (".oga", ".opus"),
+            "WAV": (".wave",)}
+AUDIO_EXTENSIONS = frozenset(
+    ext for fmt in sf.available_formats() if fmt != "RAW"
+    for ext in (f".{fmt.lower()}", *_ALIASES.get(fmt, ()))
+)
+
+
+def is_audio_name(path: str | Path) -> bool:
+    """Whether `path` has an extension of a format soundfile can read (case-insensitive)."""
+    return Path(path).suffix.lower() in AUDIO_EXTENSIONS
 
 
 class AudioError(UserError):

@@ -167,7 +167,11 @@ class Manifest:
             path = path / "manifest.parquet"
         if not path.is_file():
             raise ManifestError(f"no manifest at {path}; create one with `emodebias prepare`")
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise ManifestError(f"{path} is not a readable Parquet manifest ({exc}); create one "
+                                "with `emodebias prepare`") from exc
         raw = (table.schema.metadata or {}).get(_META_KEY)
         if raw is None:
             raise ManifestError(f"{path} is a Parquet file without emodebias metadata")

@@ -9,27 +9,39 @@ go through `_base.BadInput`: an error naming the file, or a counted skip with ``
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
+from emodebias.audio import is_audio_name
 from emodebias.corpora._base import SRC, BadInput, CorpusError, soft_from_vote_columns
 from emodebias.manifest import Manifest
 from emodebias.splits import make_folds
 
+SHOWN_FORMATS = (".wav", ".flac", ".ogg")  # examples named in the "no audio files" error
 
-def scan_audio(root: Path, pattern: str, hint: str) -> pd.DataFrame:
-    """One row per file matching `pattern` under `root`: path, utt_id (file stem), _src."""
+
+def scan_audio(root: Path, recursive: bool, hint: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """One row per audio file under `root` (any format soundfile reads, e.g. WAV, FLAC, OGG):
+    path, utt_id (file stem), _src; and the count of other files by extension (not audio)."""
     if not root.is_dir():
         raise CorpusError(f"corpus root {root} is not a directory; {hint}")
-    files = sorted(p for p in root.glob(pattern) if p.is_file())
+    found = sorted(p for p in (root.rglob("*") if recursive else root.iterdir()) if p.is_file())
+    files = [p for p in found if is_audio_name(p)]
+    other = Counter(p.suffix.lower() or "(no extension)" for p in found if not is_audio_name(p))
     if not files:
-        raise CorpusError(f"no audio files matching {pattern!r} under {root}; {hint}")
+        where = f"{root}{' or its subfolders' if recursive else ''}"
+        seen = (f"; it holds {', '.join(f'{n} {ext}' for ext, n in other.most_common(5))} "
+                "file(s), none in an audio format soundfile reads (convert them to WAV or FLAC)"
+                if other else "; it holds no files")
+        raise CorpusError(f"no audio files ({', '.join(SHOWN_FORMATS)}, ...) in {where}{seen}; "
+                          f"{hint}")
     return pd.DataFrame({
         "path": [str(p.resolve()) for p in files],
         "utt_id": [p.stem for p in files],
         SRC: [str(p.relative_to(root)) for p in files],
-    })
+    }), dict(sorted(other.items()))
 
 
 def parse_names(df: pd.DataFrame, regex: str, fields: list[str], bad: BadInput,

@@ -28,22 +28,41 @@ class CorpusError(ManifestError):
     """Corpus files that cannot become a manifest; the message names the file and row."""
 
 
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".parquet": None, ".pq": None}
+COMPRESSIONS = {".gz", ".bz2", ".zip", ".xz", ".zst"}
+
+
+def table_format(path: Path) -> str:
+    """The table suffix of `path` ('.csv', '.parquet', ...; '.csv.gz' reads as '.csv'), or a
+    CorpusError naming the formats that can be read."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    fmt = suffixes[-1] if suffixes else ""
+    if fmt not in TABLE_SUFFIXES:
+        raise CorpusError(f"{path}: not a CSV or Parquet table (known suffixes: "
+                          f"{', '.join(TABLE_SUFFIXES)}); save it as .csv or .parquet")
+    return fmt
+
+
 def read_table(path: str | Path, required: tuple[str, ...] | list[str] = (),
                what: str = "table") -> pd.DataFrame:
-    """Read a CSV or Parquet file and add the `_src` column (``name:line``) for error messages."""
+    """Read a CSV/TSV or Parquet file and add the `_src` column (``name:line``) for errors."""
     path = Path(path)
+    if path.is_dir():
+        raise CorpusError(f"{what} {path} is a folder, not a file")
     if not path.is_file():
         raise CorpusError(f"{what} not found: {path}")
+    fmt = table_format(path)
     try:
-        if path.suffix.lower() in {".parquet", ".pq"}:
+        if TABLE_SUFFIXES[fmt] is None:
             df = pd.read_parquet(path)
             first_line = 1  # rows counted from 1
         else:
-            sep = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
-            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+            df = pd.read_csv(path, sep=TABLE_SUFFIXES[fmt], dtype=str, keep_default_na=False)
             first_line = 2  # line 1 is the header
     except Exception as exc:  # parser errors carry line numbers of their own
-        raise CorpusError(f"{path}: cannot read {what} ({exc})") from exc
+        raise CorpusError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc})") from exc
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -112,10 +131,10 @@ def normalize_gender(values: pd.Series, where: pd.Series | None = None) -> pd.Se
     return out.astype(object).where(out.notna(), None)
 
 
-def duplicated_ids(df: pd.DataFrame, bad: BadInput) -> pd.DataFrame:
+def duplicated_ids(df: pd.DataFrame, bad: BadInput, hint: str = "") -> pd.DataFrame:
     """Duplicated utterance ids are an error (or, skipping, all copies but the first go)."""
     return bad.reject(df, df["utt_id"].duplicated(keep="first").to_numpy(),
-                      "duplicated utterance id")
+                      "duplicated utterance id", hint=hint)
 
 
 def check_audio(df: pd.DataFrame, require_audio: bool, bad: BadInput) -> pd.DataFrame:

@@ -43,6 +43,15 @@ SPEAKER_BLOCKS = [(1001, 1018), (1019, 1036), (1037, 1054), (1055, 1072), (1073,
 AGE_GROUPS = [("Young", 20, 35), ("Middle", 36, 49), ("Elderly", 50, 75)]
 QUERY_TYPES = {1: "voice", 2: "face", 3: "audio-visual"}
 CLIP_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
+OPTION_HELP = {
+    "votes_file": "tabulatedVotes.csv (default: <root>/processedResults/tabulatedVotes.csv).",
+    "demographics": "VideoDemographics.csv (default: <root>/VideoDemographics.csv).",
+    "audio_dir": "Folder of the clips (default: <root>/AudioWAV).",
+    "query_type": "Ratings used: 1 voice only, 2 face only, 3 audio-visual.",
+    "require_audio": "Check that every audio file exists (CLI: --no-require-audio).",
+    "skip_bad": "Skip and count bad rows instead of stopping (CLI: --skip-bad).",
+    "audio_ext": "Extension of the clips in audio_dir (e.g. .flac for a FLAC copy).",
+}
 
 
 def age_group(age: float | None) -> str | None:

@@ -39,6 +39,15 @@ REQUIRED = ("FileName", "SpkrID", "Gender", "Split_Set")
 SPLIT_NAMES = {"Train": "train", "Development": "dev", "Test": "test"}
 FOLD_FILE = re.compile(r"^labels_consensus(?:_(\w+))?\.csv$")
 CONSISTENT_ATOL = 1e-6
+OPTION_HELP = {
+    "labels_dir": "Folder of labels_consensus_<fold>.csv and config.json (default: root; "
+                  "CLI: --labels-dir).",
+    "demographics": "Speaker table (ActorID, Age, Sex, Race, Ethnicity) adding age and race "
+                    "(CLI: --demographics).",
+    "require_audio": "Check that every audio file exists (CLI: --no-require-audio).",
+    "skip_bad": "Skip and count bad rows instead of stopping (CLI: --skip-bad).",
+    "corpus": "Corpus name stored in the manifest (default: emo_superb:<labels folder>).",
+}
 
 
 def read_config(labels_dir: Path) -> tuple[list[str] | None, dict[str, str]]:

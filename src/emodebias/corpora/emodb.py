@@ -1,9 +1,10 @@
 """EmoDB (Berlin Database of Emotional Speech, Burkhardt et al. 2005) from its file names.
 
 Layout: ``<root>/wav/SSTTTEV.wav`` (or ``root`` is the wav folder itself): SS speaker, TTT text
-code, E emotion letter (German initial), V version. Speakers and ages come from the corpus
-documentation: male 03 (31 y), 10 (32), 11 (26), 12 (30), 15 (25); female 08 (34), 09 (21),
-13 (32), 14 (35), 16 (31) -- all in the Young age band (20-35).
+code, E emotion letter (German initial), V version. Any audio format soundfile reads works
+(``.flac``, ``.ogg``, ...); other files are counted in ``info["other_files"]``. Speakers and
+ages come from the corpus documentation: male 03 (31 y), 10 (32), 11 (26), 12 (30), 15 (25);
+female 08 (34), 09 (21), 13 (32), 14 (35), 16 (31) -- all in the Young age band (20-35).
 
 Classes, in this order: the six CREMA-D/EMO-SUPERB classes in their order, then boredom:
 ``angry, sad, disgust, fear, neutral, happy, boredom`` (W, T, E, A, N, F, L), so the shared
@@ -37,6 +38,14 @@ SPEAKERS = {"03": ("M", 31), "08": ("F", 34), "09": ("F", 21), "10": ("M", 32), 
             "12": ("M", 30), "13": ("F", 32), "14": ("F", 35), "15": ("M", 25), "16": ("F", 31)}
 NAME = r"^(\d{2})([a-z]\d{2})([A-Za-z])([a-z])$"
 RATINGS_FILE = "erkennung.txt"
+OPTION_HELP = {
+    "skip_bad": "Skip and count badly named files instead of stopping (CLI: --skip-bad).",
+    "ratings": "The perception-test file erkennung.txt (default: <root>/erkennung.txt).",
+    "min_recognition": "Keep only files recognised by at least this percentage of listeners "
+                       "(the usual subset: 80).",
+    "folds": "Number of speaker-independent, gender-balanced folds (0: none).",
+    "fold_seed": "Seed of the speaker deal into folds.",
+}
 
 
 def read_ratings(path: str | Path) -> pd.DataFrame:
@@ -72,7 +81,9 @@ def load(root: str | Path, *, skip_bad: bool = False, ratings: str | Path | None
     root = Path(root)
     wav_dir = root / "wav" if (root / "wav").is_dir() else root
     bad = BadInput(skip_bad)
-    df = scan_audio(wav_dir, "*.wav", hint="point root at the EmoDB folder holding wav/")
+    df, other = scan_audio(wav_dir, recursive=False,
+                           hint="point root at the EmoDB folder (the one holding wav/) or at "
+                                "the folder of its audio files")
     df = parse_names(df, NAME, ["speaker", "text", "letter", "version"], bad,
                      expected="03a01Wa.wav (speaker, text, emotion letter, version)")
     df = map_codes(df, "letter", EMOTION_LETTERS, "intended", bad, "EmoDB emotion letter")
@@ -81,7 +92,8 @@ def load(root: str | Path, *, skip_bad: bool = False, ratings: str | Path | None
     df["gender"] = df["speaker"].map(lambda s: SPEAKERS[s][0])
     df["age"] = df["speaker"].map(lambda s: SPEAKERS[s][1]).astype("int64")
     df["age_group"] = df["age"].map(age_group)
-    info: dict = {"source": str(wav_dir), "label": "one vote for the acted emotion"}
+    info: dict = {"source": str(wav_dir), "label": "one vote for the acted emotion",
+                  "other_files": other}
 
     ratings = Path(ratings) if ratings else root / RATINGS_FILE
     if ratings.is_file():

@@ -45,6 +45,14 @@ REQUIRED = ("FileName", "EmoClass", "SpkrID", "Gender", "Split_Set")
 PARTS = {"Train": "train", "Development": "dev"}
 TESTS = {"Test1": "1", "Test2": "2"}
 UNUSED_PARTS = {"Test3"}
+OPTION_HELP = {
+    "labels_dir": "Folder of labels_consensus.csv (and labels_detailed.csv); default "
+                  "<root>/Labels (CLI: --labels-dir).",
+    "audio_dir": "Folder of the audio files (default: <root>/Audios).",
+    "use_detailed": "Build labels from the per-annotator votes in labels_detailed.csv.",
+    "require_audio": "Check that every audio file exists (CLI: --no-require-audio).",
+    "skip_bad": "Skip and count bad rows instead of stopping (CLI: --skip-bad).",
+}
 
 
 def emotion_of(value: str) -> str | None:

@@ -1,9 +1,11 @@
 """RAVDESS (Livingstone & Russo 2018) audio-only files from their names.
 
-Layout: ``<root>/Actor_XX/MM-VV-EE-II-SS-RR-AA.wav`` (any folder depth): modality (03 =
-audio-only), vocal channel (01 speech, 02 song), emotion (01 neutral, 02 calm, 03 happy, 04 sad,
-05 angry, 06 fearful, 07 disgust, 08 surprised), intensity (01 normal, 02 strong; neutral has no
-strong), statement (01/02), repetition (01/02), actor (01-24; odd = male, even = female).
+Layout: ``<root>/Actor_XX/MM-VV-EE-II-SS-RR-AA.wav`` (any folder depth; any audio format
+soundfile reads, e.g. ``.flac``; other files are counted in ``info["other_files"]``):
+modality (03 = audio-only), vocal channel (01 speech, 02 song), emotion (01 neutral, 02 calm,
+03 happy, 04 sad, 05 angry, 06 fearful, 07 disgust, 08 surprised), intensity (01 normal,
+02 strong; neutral has no strong), statement (01/02), repetition (01/02), actor (01-24; odd =
+male, even = female).
 
 Classes, in this order: the six CREMA-D/EMO-SUPERB classes in their order, then calm and
 surprise: ``angry, sad, disgust, fear, neutral, happy, calm, surprise``.
@@ -33,6 +35,12 @@ INTENSITIES = {"01": "normal", "02": "strong"}
 NAME = r"^(03)-(\d{2})-(\d{2})-(\d{2})-(0[12])-(0[12])-(\d{2})$"
 FIELDS = ["modality", "channel_code", "emotion_code", "intensity_code", "statement",
           "repetition", "actor"]
+OPTION_HELP = {
+    "include_song": "Keep the sung files (vocal channel 02) too.",
+    "skip_bad": "Skip and count badly named files instead of stopping (CLI: --skip-bad).",
+    "folds": "Number of speaker-independent, gender-balanced folds (0: none).",
+    "fold_seed": "Seed of the speaker deal into folds.",
+}
 
 
 def load(root: str | Path, *, include_song: bool = False, skip_bad: bool = False,
@@ -40,7 +48,8 @@ def load(root: str | Path, *, include_song: bool = False, skip_bad: bool = False
     """RAVDESS audio under `root` -> Manifest (8 classes, gender from the actor number)."""
     root = Path(root)
     bad = BadInput(skip_bad)
-    df = scan_audio(root, "**/*.wav", hint="point root at the folder holding Actor_01 ... Actor_24")
+    df, other = scan_audio(root, recursive=True,
+                           hint="point root at the folder holding Actor_01 ... Actor_24")
     df = parse_names(df, NAME, FIELDS, bad,
                      expected="03-01-05-02-01-01-12.wav (modality 03, 7 two-digit fields)")
     df = map_codes(df, "channel_code", CHANNELS, "vocal_channel", bad, "RAVDESS vocal channel")
@@ -55,7 +64,8 @@ def load(root: str | Path, *, include_song: bool = False, skip_bad: bool = False
     df = bad.reject(df, mismatch.to_numpy(), "actor number differs from its Actor_XX folder")
     df = duplicated_ids(df, bad)
 
-    info: dict = {"source": str(root), "label": "one vote for the acted emotion"}
+    info: dict = {"source": str(root), "label": "one vote for the acted emotion",
+                  "other_files": other}
     song = (df["vocal_channel"] == "song").to_numpy()
     if not include_song:
         info["filtered"] = {"song (vocal channel 02; include_song=True keeps it)": int(song.sum())}

@@ -46,9 +46,11 @@ configuration; `load` regenerates when the configuration differs.
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -130,18 +132,18 @@ class SyntheticConfig:
 
     def check(self) -> None:
         if self.n_speakers_per_gender < 1 or self.utterances_per_emotion < 1:
-            raise ValueError("n_speakers_per_gender and utterances_per_emotion must be >= 1")
+            raise CorpusError("n_speakers_per_gender and utterances_per_emotion must be >= 1")
         if not 0 < self.minority_share <= 1:
-            raise ValueError(f"minority_share must be in (0, 1], got {self.minority_share}")
+            raise CorpusError(f"minority_share must be in (0, 1], got {self.minority_share}")
         lo, hi = self.seconds
         if not 0.5 <= lo <= hi <= 30:
-            raise ValueError(f"seconds must satisfy 0.5 <= min <= max <= 30, got {self.seconds}")
+            raise CorpusError(f"seconds must satisfy 0.5 <= min <= max <= 30, got {self.seconds}")
         if not 1 <= self.votes[0] <= self.votes[1]:
-            raise ValueError(f"votes must be (min, max) with 1 <= min <= max, got {self.votes}")
+            raise CorpusError(f"votes must be (min, max) with 1 <= min <= max, got {self.votes}")
         if not 0 <= self.ambiguous_share <= 1:
-            raise ValueError(f"ambiguous_share must be in [0, 1], got {self.ambiguous_share}")
+            raise CorpusError(f"ambiguous_share must be in [0, 1], got {self.ambiguous_share}")
         if set(self.trend) != set(CLASSES) or set(self.trend.values()) - {"F", "M"}:
-            raise ValueError(f"trend must map each of {CLASSES} to 'F' or 'M', got {self.trend}")
+            raise CorpusError(f"trend must map each of {CLASSES} to 'F' or 'M', got {self.trend}")
 
     def as_json(self) -> dict:
         """JSON-normalised form (tuples become lists), comparable with a reloaded one."""
@@ -433,6 +435,35 @@ def _absolute(manifest: Manifest, root: Path) -> Manifest:
     df = manifest.df.copy()
     df["path"] = [str((root / p).resolve()) for p in df["path"]]
     return Manifest(df, manifest.classes, manifest.corpus, manifest.info)
+
+
+OPTION_HELP = {
+    "folds": "Number of speaker-independent, gender-balanced folds (0: none).",
+    "regenerate": "Write the corpus again even when a matching one is cached at root.",
+    "n_speakers_per_gender": "Speakers of each gender.",
+    "utterances_per_emotion": "Utterances per speaker and emotion (majority gender).",
+    "seed": "Seed of the voices, annotators and folds.",
+    "minority_share": "Share of utterances a speaker of an emotion's minority gender records.",
+    "seconds": "Shortest and longest utterance, in seconds (min,max).",
+    "votes": "Fewest and most annotator votes per utterance (min,max).",
+    "ambiguous_share": "Share of utterances that blend two emotions.",
+    "trend": "Majority gender per emotion, e.g. angry:M,sad:F,... (all six classes).",
+}
+
+
+def keyword_options() -> list[inspect.Parameter]:
+    """The generator settings `load` takes as ``**options``: `make_config`'s parameters and the
+    other `SyntheticConfig` fields, with resolved type hints (for option listings and checks)."""
+    hints = {**typing.get_type_hints(SyntheticConfig), **typing.get_type_hints(make_config)}
+    named = [p.replace(annotation=hints[p.name], kind=p.KEYWORD_ONLY)
+             for p in inspect.signature(make_config).parameters.values()
+             if p.kind is not p.VAR_KEYWORD]
+    taken = {p.name for p in named} | {"version"}
+    rest = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+                              default=f.default if f.default_factory is MISSING
+                              else f.default_factory())
+            for f in fields(SyntheticConfig) if f.name not in taken]
+    return named + rest
 
 
 def load(root: str | Path, *, folds: int | None = 5, regenerate: bool = False,
