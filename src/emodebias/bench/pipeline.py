@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from emodebias.bench.results import RunResult
 from emodebias.bench.runner import RunFailure
 
 DEFAULT_ATTRIBUTES = ("gender", "age_group", "race")
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -89,16 +91,21 @@ def stage_split(spec: RunSpec, manifest, cache: Path):
 
 def stage_features(manifest, encoder: str, encoder_opts: dict, cache: Path):
     """The FeatureStore of (manifest, encoder); extracted once, opened by path afterwards."""
-    from emodebias.store import FeatureStore, extract
+    from emodebias.store import FeatureStore, extract, store_state
 
     key = f"{manifest.content_hash()}-{content_hash({'e': encoder, 'o': encoder_opts})}"
     path = cache / "features" / key
     done = cache / "features" / f"{key}.done"
     with file_lock(cache, f"features-{key}"):
-        if not done.is_file():
+        state, why = store_state(path)
+        if state != "complete":  # never built, interrupted, or deleted/damaged since
             from emodebias.encoders import get_encoder
 
-            extract(manifest, get_encoder(encoder, **encoder_opts), path, progress=False)
+            if done.is_file():
+                log.warning("feature store %s was marked done but is %s (%s); extracting it "
+                            "again", path, state, why)
+            extract(manifest, get_encoder(encoder, **encoder_opts), path, progress=False,
+                    overwrite=state == "damaged")
             done.write_text(encoder)
     return FeatureStore.open(path)
 
@@ -199,18 +206,29 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
         pairs.append((data, [RunConfig(s.method, dict(s.hparams), s.seed,
                                        TrainConfig(**s.train)) for s in cell]))
         order += cell
-        context += [(manifest, list(split.test))] * len(cell)
+        # score the test rows that have features; the failed ones go into the record
+        scored = [store.utt_ids[i] for i in data.test_idx]
+        context += [(manifest, scored, _failed_ids(store, split))] * len(cell)
     done: set[int] = set()
     try:
         for pos, fit in fit_stream(pairs):
             done.add(pos)
-            spec, (manifest, test_ids) = order[pos], context[pos]
+            spec, (manifest, test_ids, failed) = order[pos], context[pos]
             try:
-                yield _result(spec, manifest, test_ids, np.asarray(fit.test_probs), fit)
+                result = _result(spec, manifest, test_ids, np.asarray(fit.test_probs), fit)
+                result.info["failed_features"] = failed
+                yield result
             except Exception as exc:
                 yield RunFailure(spec, exc)
     except Exception as exc:  # training broke: the runs not yet finished fail with it
         yield from (RunFailure(s, exc) for i, s in enumerate(order) if i not in done)
+
+
+def _failed_ids(store, split) -> dict[str, list[str]]:
+    """Per split part, the utterances whose feature extraction failed (left out of the run)."""
+    failed = store.failures
+    return {part: [u for u in getattr(split, part) if u in failed]
+            for part in ("train", "dev", "test")}
 
 
 def _result(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray, fit) -> RunResult:

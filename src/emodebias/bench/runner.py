@@ -18,20 +18,30 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from emodebias.bench.grid import RunSpec
-from emodebias.bench.results import clean_stale, is_done, write_failure, write_run
-from emodebias.fileio import write_text_atomic
+from emodebias.bench.grid import GridError, RunSpec
+from emodebias.bench.results import (
+    RECORD,
+    clean_stale,
+    is_done,
+    read_record,
+    write_failure,
+    write_run,
+)
+from emodebias.fileio import folder_lock, write_text_atomic
 from emodebias.workers import init_worker
 
 DEFAULT_EXECUTOR = "emodebias.bench.pipeline:execute"
 MAX_BATCH = 256  # most runs in one task (one fit_many call)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,10 +137,57 @@ def run_task(executor: str, spec_dicts: list[dict], out: str) -> list[dict]:
     return outcomes
 
 
+def set_aside_damaged(out: Path) -> list[str]:
+    """Move run folders whose record cannot be read to ``damaged/`` (with a warning), so the
+    run counts as not done and is recomputed instead of blocking the grid; returns their names."""
+    moved = []
+    for d in sorted((out / "runs").glob("*")):
+        if ".tmp-" in d.name or not d.is_dir():
+            continue
+        try:
+            read_record(d)
+            continue
+        except (ValueError, TypeError, KeyError) as exc:
+            reason = exc
+        if not (d / RECORD).exists():
+            reason = ValueError(f"no {RECORD}")
+        target = out / "damaged" / f"{d.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        d.rename(target)
+        moved.append(d.name)
+        log.warning("run %s had a damaged record (%s); moved to %s, it will run again",
+                    d.name, reason, target)
+    return moved
+
+
+def refuse_foreign_runs(out: Path, specs: list[RunSpec]) -> None:
+    """A folder holding runs of another grid is refused: their records would be pooled with
+    this grid's into one results table. Runs of an earlier version of the same grid (a subset
+    of its specs) are fine: that is resuming or extending it."""
+    mine = {s.hash for s in specs}
+    foreign = sorted(d.name for d in (out / "runs").glob("*")
+                     if ".tmp-" not in d.name and d.is_dir() and d.name not in mine)
+    if foreign:
+        raise GridError(f"{out} holds {len(foreign)} run(s) that are not in this grid (e.g. "
+                        f"runs/{foreign[0]}), from another grid; results would pool both: use "
+                        "another --out, or move those runs away")
+
+
+@contextmanager
+def grid_lock(out: Path) -> Iterator[Path]:
+    """The write lock of a grid's output folder, held by the invoking process for the whole
+    grid: a second `bench` into the same folder fails at once instead of interleaving."""
+    with folder_lock(out, "grid", timeout=0,
+                     hint="wait for that `emodebias bench` to finish or use another --out"):
+        yield out
+
+
 def prepare_out(out: Path, specs: list[RunSpec]) -> list[RunSpec]:
     """Create the output folder, drop stale temporaries, list specs; return those not done."""
     out.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
+    set_aside_damaged(out)
+    refuse_foreign_runs(out, specs)
     write_text_atomic(out / "specs.jsonl", "".join(
         json.dumps({"hash": s.hash, "name": s.name, "spec": s.to_dict()}, sort_keys=True) + "\n"
         for s in specs))
@@ -190,6 +247,13 @@ def run_local(specs: list[RunSpec], out: str | Path, workers: int = 1,
               threads_per_worker: int = 1) -> GridSummary:
     """Run every spec not yet done under `out` on `workers` processes (1 = in this process)."""
     out = Path(out)
+    with grid_lock(out):
+        return _run_local(specs, out, workers, executor, progress, max_batch, threads_per_worker)
+
+
+def _run_local(specs: list[RunSpec], out: Path, workers: int, executor: str, progress: bool,
+               max_batch: int, threads_per_worker: int) -> GridSummary:
+    """`run_local` under the grid's write lock."""
     todo = prepare_out(out, specs)
     tasks = plan_tasks(todo, max_batch, workers)
     with GridProgress(out, specs, todo, show=progress) as prog:
