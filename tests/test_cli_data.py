@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 from typer.testing import CliRunner
 
 from emodebias.cli import app
@@ -223,3 +226,31 @@ def test_prepare_user_errors_are_one_line(own_csv: Path, tmp_path: Path, args: l
                         if args[1] == "table" else
                         ["prepare", "--root", str(tmp_path), *args, "--out", str(tmp_path / "o")])
     _user_error(res, message)
+
+
+def test_docs_own_csv_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The own-CSV example in docs/corpora.md, run as written (audio made by the test)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "corpora.md").read_text()
+    example = doc.split("### Example: your own CSV", 1)[1].split("\n## ", 1)[0]
+    csv = re.search(r"```csv\n(.*?)```", example, flags=re.S).group(1)
+    commands = re.search(r"```sh\n(.*?)```", example, flags=re.S).group(1).strip().splitlines()
+    monkeypatch.chdir(tmp_path)
+    Path("my_corpus.csv").write_text(csv)
+    table = pd.read_csv("my_corpus.csv")
+    Path("clips").mkdir()
+    for i, f in enumerate(table["file"]):
+        sf.write(f, 0.1 * np.sin(np.arange(8000) * (0.05 + 0.01 * i)), 16000)
+    outputs = []
+    for line in commands:
+        argv = shlex.split(line)
+        assert argv[0] == "emodebias"
+        res = runner.invoke(app, argv[1:], terminal_width=200)
+        assert res.exit_code == 0, res.output
+        outputs.append(res.stdout.strip().splitlines()[-1])
+    assert outputs == ["wrote work/manifest/manifest.parquet", "wrote work/split/split.json"]
+    m = Manifest.load("work/manifest")
+    assert m.utt_ids[:2] == ["f1_01", "f1_02"] and m.classes == ["angry", "happy", "neutral"]
+    assert m.folds == ["1", "2", "3"] and m.df["age"].tolist() == table["age"].astype(str).tolist()
+    assert sorted(m.df["gender"].unique()) == ["F", "M"]
+    split = json.loads(Path("work/split/split.json").read_text())
+    assert sorted(split["test"]) == sorted(m.split_ids(1, "test")) and split["train"]
