@@ -38,7 +38,7 @@ def test_gaps_zero_when_groups_identical(case, n_groups: int) -> None:
     for m in GAP_METRICS:
         if f"g.{m}" in res.summary:
             assert res.summary[f"g.{m}"] == pytest.approx(0.0, abs=1e-12)
-    assert res.summary["g.dp_gap"] == pytest.approx(0.0, abs=1e-12)
+    assert res.summary["g.dp_maxdev_gap"] == pytest.approx(0.0, abs=1e-12)
     assert res.summary["g.macro_f1_gap"] == pytest.approx(0.0, abs=1e-12)
     assert res.summary["g.worst_group_f1"] == pytest.approx(res.summary["macro_f1"])
     assert res.summary["g.worst_group_acc"] == pytest.approx(res.summary["hamming_acc"])
@@ -70,7 +70,7 @@ def test_summary_finite_and_bounded(case) -> None:
     # Two-group identity on arbitrary data: the per-class FairLib term is |m_a − m_b|.
     if len(set(groups)) == 2:
         t = res.table[res.table.attribute == "g"]
-        for rate, gap in (("tpr", "tpr_gap"), ("fpr", "fpr_gap"), ("ppr", "dp_gap_fairlib")):
+        for rate, gap in (("tpr", "tpr_gap"), ("fpr", "fpr_gap"), ("ppr", "dp_sumdev_gap")):
             for cls in sorted(set(t.cls) - {"all"}):
                 per = t[(t.metric == rate) & (t.cls == cls)].value.to_numpy()
                 term = t[(t.metric == gap) & (t.cls == cls)].value.iloc[0]
@@ -120,7 +120,7 @@ def test_absent_and_small_groups_are_reported_not_nan() -> None:
     assert hit and hit[0]["count"] == 3
     keep = np.arange(40) >= 3
     sub = evaluate(targets[keep], probs[keep], {"race": small[keep]}, min_support=4)
-    for key in ("race.tpr_gap", "race.dp_gap", "race.worst_group_f1"):
+    for key in ("race.tpr_gap", "race.dp_maxdev_gap", "race.worst_group_f1"):
         assert res.summary[key] == pytest.approx(sub.summary[key], abs=1e-12)
 
 

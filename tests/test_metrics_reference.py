@@ -98,7 +98,7 @@ def test_two_group_gaps_equal_rms_of_differences(seed: int) -> None:
     res = evaluate(targets, probs, {"gender": group})
     share = max(np.mean(group == "F"), np.mean(group == "M"))
     for metric, fn in (("tpr_gap", true_positive_rate), ("fpr_gap", false_positive_rate),
-                       ("dp_gap_fairlib", selection_rate),
+                       ("dp_sumdev_gap", selection_rate),
                        ("f1_gap", lambda a, b: f1_score(a, b, zero_division=0))):
         diffs = [MetricFrame(metrics=fn, y_true=y[:, c].astype(int), y_pred=p[:, c].astype(int),
                              sensitive_features=group).difference() for c in range(k)]
@@ -108,7 +108,7 @@ def test_two_group_gaps_equal_rms_of_differences(seed: int) -> None:
     sel = [MetricFrame(metrics=selection_rate, y_true=y[:, c].astype(int),
                        y_pred=p[:, c].astype(int), sensitive_features=group).difference()
            for c in range(k)]
-    assert res.summary["gender.dp_gap"] == pytest.approx(
+    assert res.summary["gender.dp_maxdev_gap"] == pytest.approx(
         share * np.sqrt(np.mean(np.square(sel))), abs=TOL)
 
 
@@ -131,9 +131,9 @@ def test_hand_worked_two_groups() -> None:
     assert s["g.tpr_gap"] == pytest.approx(np.sqrt(((1 / 2) ** 2 + (1 / 2) ** 2) / 2))  # 1/2
     assert s["g.fpr_gap"] == pytest.approx(np.sqrt((1 / 2) ** 2 / 2))
     assert s["g.f1_gap"] == pytest.approx(np.sqrt(((6 / 7 - 1 / 2) ** 2 + (1 / 3) ** 2) / 2))
-    assert s["g.dp_gap_fairlib"] == pytest.approx(np.sqrt((1 / 2) ** 2 / 2))
+    assert s["g.dp_sumdev_gap"] == pytest.approx(np.sqrt((1 / 2) ** 2 / 2))
     # overall PPR class 0 = 6/8 -> d_A = d_B = 1/4; class 1: 2/8, d = 0
-    assert s["g.dp_gap"] == pytest.approx(np.sqrt((1 / 4) ** 2 / 2))
+    assert s["g.dp_maxdev_gap"] == pytest.approx(np.sqrt((1 / 4) ** 2 / 2))
     # group macro-F1: A (1/2 + 1)/2 = 3/4, B (6/7 + 2/3)/2 = 16/21; accuracy 6/8 both
     assert s["g.worst_group_f1"] == pytest.approx(3 / 4)
     assert s["g.macro_f1_gap"] == pytest.approx(16 / 21 - 3 / 4)
@@ -167,8 +167,8 @@ def test_hand_worked_three_groups() -> None:
     assert s["g.tpr_gap"] == pytest.approx(np.sqrt((1 + (4 / 3) ** 2) / 2))
     assert s["g.fpr_gap"] == pytest.approx(np.sqrt((1 + (6 / 5) ** 2) / 2))
     assert s["g.f1_gap"] == pytest.approx(np.sqrt(((2 / 3) ** 2 + 1) / 2))
-    assert s["g.dp_gap"] == pytest.approx(np.sqrt(((1 / 2) ** 2 + (5 / 8) ** 2) / 2))
-    assert s["g.dp_gap_fairlib"] == pytest.approx(np.sqrt((1 + (9 / 8) ** 2) / 2))
+    assert s["g.dp_maxdev_gap"] == pytest.approx(np.sqrt(((1 / 2) ** 2 + (5 / 8) ** 2) / 2))
+    assert s["g.dp_sumdev_gap"] == pytest.approx(np.sqrt((1 + (9 / 8) ** 2) / 2))
     # group macro-F1: A (2/3+1)/2 = 5/6, B (0+2/3)/2 = 1/3, C (1/2+0)/2 = 1/4
     assert s["g.worst_group_f1"] == pytest.approx(1 / 4)
     assert s["g.macro_f1_gap"] == pytest.approx(5 / 6 - 1 / 4)
@@ -205,7 +205,7 @@ def test_dataframe_attributes_and_intersection_match_manual_cross() -> None:
     ref = evaluate(targets, probs, {"gender×age_group": manual})
     for key, val in ref.summary.items():
         assert res.summary[key] == pytest.approx(val, abs=TOL)
-    assert {"gender.tpr_gap", "age_group.dp_gap"} <= set(res.summary)
+    assert {"gender.tpr_gap", "age_group.dp_maxdev_gap"} <= set(res.summary)
     miss = [s for s in res.skipped if s["reason"] == "attribute value missing"]
     assert sorted((s["attribute"], s["count"]) for s in miss) == [
         ("age_group", 20), ("gender×age_group", 20)]

@@ -18,6 +18,7 @@ import pandas as pd
 from emodebias.errors import UserError
 
 JOIN = "×"
+MAX_NUMERIC_LEVELS = 8  # a numeric attribute with more distinct values must be binned first
 
 
 class MetricsInputError(UserError):
@@ -59,6 +60,7 @@ def encode(name: str, values: object, n: int) -> Attribute:
         names = [str(c) for c in series.cat.categories]
         codes = series.cat.codes.to_numpy(np.int64)
     else:
+        _refuse_continuous(name, series)
         missing = series.isna().to_numpy()
         raw = series.to_numpy(object)
         labels = [None if miss else str(v) for v, miss in zip(raw, missing, strict=True)]
@@ -68,6 +70,55 @@ def encode(name: str, values: object, n: int) -> Attribute:
     if len(set(names)) != len(names):
         raise MetricsInputError(f"attribute {name!r} has groups that print alike: {names}")
     return Attribute(name, codes, names)
+
+
+def _refuse_continuous(name: str, series: pd.Series) -> None:
+    """A numeric column with many values (e.g. age in years) is not a set of groups."""
+    numeric = pd.to_numeric(series.dropna(), errors="coerce")
+    if series.dtype == bool or len(numeric) == 0 or numeric.isna().any():
+        return
+    levels = numeric.nunique()
+    if levels > MAX_NUMERIC_LEVELS:
+        lo, hi = numeric.min(), numeric.max()
+        raise MetricsInputError(
+            f"attribute {name!r} is numeric with {levels} distinct values ({lo:g}..{hi:g}); "
+            f"bin it into groups first: CLI --bin {name}=EDGE,EDGE,... (e.g. --bin {name}=20,36,50)"
+            f", Python bin_attribute(values, [20, 36, 50]), or use a categorical column")
+
+
+def bin_attribute(values: object, edges: Iterable[float]) -> pd.Categorical:
+    """Numeric values -> ordered groups cut at `edges`: ``<20``, ``20–36``, ..., ``≥50``.
+
+    Each bin holds its lower edge (``20–36`` is 20 <= x < 36); missing values stay missing.
+    """
+    edges = sorted(float(e) for e in edges)
+    if not edges or len(set(edges)) != len(edges):
+        raise MetricsInputError(f"bin edges must be distinct numbers, got {edges}")
+    x = pd.to_numeric(pd.Series(values), errors="coerce")
+    bad = pd.Series(values).notna() & x.isna()
+    if bad.any():
+        raise MetricsInputError(f"cannot bin non-numeric values, e.g. rows "
+                                f"{np.flatnonzero(bad.to_numpy())[:5].tolist()}")
+    fmt = [f"{e:g}" for e in edges]
+    inner = [f"{a}–{b}" for a, b in zip(fmt, fmt[1:], strict=False)]
+    labels = [f"<{fmt[0]}", *inner, f"≥{fmt[-1]}"]
+    return pd.cut(x, [-np.inf, *edges, np.inf], right=False, labels=labels).array
+
+
+def parse_bins(specs: Iterable[str]) -> dict[str, list[float]]:
+    """``["age=20,36,50"]`` -> ``{"age": [20.0, 36.0, 50.0]}`` (the CLI's --bin option)."""
+    out = {}
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        try:
+            edges = [float(v) for v in rest.split(",") if v.strip()]
+        except ValueError:
+            edges = []
+        if not sep or not name.strip() or not edges:
+            raise MetricsInputError(f"--bin takes NAME=EDGE,EDGE,... (e.g. age=20,36,50), "
+                                    f"got {spec!r}")
+        out[name.strip()] = edges
+    return out
 
 
 def intersect(parts: list[Attribute]) -> Attribute:

@@ -11,8 +11,11 @@ Gap definitions (PAPERS.md §4):
   ``m_c`` the rate over the utterances of the compared groups, then ``sqrt(mean_c T_c²)``. For two
   groups ``T_c = |m_c1 − m_c2|`` exactly, because ``m_c`` is a mediant of the group values
   (TP/(TP+FN), FP/(FP+TN), 2TP/(2TP+FP+FN) are ratios of sums), so it lies between them.
-* DP gap (recommended): ``d_cg = |PPR_cg − PPR_c|``, ``sqrt(mean_c max_g d_cg²)``.
-* DP gap (FairLib form): ``sqrt(mean_c (Σ_g d_cg)²)``; for two groups ``|PPR_c1 − PPR_c2|``.
+* ``dp_maxdev_gap`` (the recommended reading of the IDI DP gap): ``d_cg = |PPR_cg − PPR_c|``,
+  ``sqrt(mean_c max_g d_cg²)``; for two groups ``max(π_1, π_2)·|PPR_c1 − PPR_c2|`` (π the group
+  shares of the compared utterances), so it never exceeds the selection-rate difference.
+* ``dp_sumdev_gap`` (FairLib form): ``sqrt(mean_c (Σ_g d_cg)²)``; for two groups
+  ``|PPR_c1 − PPR_c2|`` per class, fairlearn's selection-rate (demographic parity) difference.
 """
 
 from __future__ import annotations
@@ -113,10 +116,10 @@ def aggregation_gap(group: np.ndarray, overall: np.ndarray,
 
 def dp_gaps(group_ppr: np.ndarray, overall_ppr: np.ndarray) -> dict[str, tuple[np.ndarray,
                                                                                np.ndarray]]:
-    """Both DP-gap forms: ``{"dp_gap": (max_g d, gap), "dp_gap_fairlib": (Σ_g d, gap)}``."""
+    """Both DP-gap forms: ``{"dp_maxdev_gap": (max_g d, gap), "dp_sumdev_gap": (Σ_g d, gap)}``."""
     d = np.abs(group_ppr - overall_ppr)
     every = np.ones(d.shape[-1], dtype=bool)
-    return {"dp_gap": _rms(d.max(-2), every), "dp_gap_fairlib": _rms(d.sum(-2), every)}
+    return {"dp_maxdev_gap": _rms(d.max(-2), every), "dp_sumdev_gap": _rms(d.sum(-2), every)}
 
 
 def _rms(terms: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
