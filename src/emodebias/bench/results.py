@@ -1,11 +1,21 @@
-"""Run records: one directory per finished run, committed atomically; `collect` -> tidy Parquet.
+"""Run folders: one format for every run, committed atomically; `collect` -> tidy Parquet.
 
-Layout under a benchmark's output folder::
+A run folder, whoever made it (`emodebias bench`, `emodebias train`, `emodebias.fit`)::
 
-    runs/<spec hash>/record.json       the run record (DESIGN.md "Run record")
-    runs/<spec hash>/predictions.npz   test utt_ids, softmax probabilities, targets
-    runs/<spec hash>/model/            the trained head (FitResult.save), when kept
-    failures/<spec hash>.json          the last error of a run that failed (retried next time)
+    record.json       spec, resolved hyperparameters and training config, encoder (name, options,
+                      id, config), class names, dev-selected epoch, test metrics (summary and
+                      per-group table), wall time, input hashes and provenance
+    predictions.npz   test utt_ids, softmax probabilities, targets, classes
+    model/            the trained head (FitResult.save), when the method trains one
+
+A grid keeps its runs under its output folder as ``runs/<hash>/`` (and the last error of a failed
+run in ``failures/<hash>.json``, retried next time); `train` writes one run folder where it is
+told. A run's identity (`hash`, the folder name in a grid) is its RunSpec's hash when the spec
+names every input (grid runs: corpus, fold, ratio, ...); a run trained on given files
+(`kind: train`) also records the content hashes of its manifest, split, feature store and group
+assignment in `inputs`, and its hash covers spec and inputs: the same command on the same files
+gives the same hash. Every consumer finds runs with `find_run_dirs`: a run folder, a folder of
+run folders, a grid output folder, or any folder above them.
 
 A run is written into a private temporary directory and renamed into place in one step, with
 `record.json` written last; a directory `runs/<hash>/` with a `record.json` is therefore always
@@ -15,6 +25,7 @@ complete, and a killed writer leaves only a `*.tmp-*` directory that the next ru
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -28,14 +39,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emodebias.bench.grid import RunSpec, cluster_k, group_kind
+from emodebias.bench.grid import RunSpec, cluster_k, content_hash, group_kind
+from emodebias.errors import UserError
 from emodebias.fileio import replacing, write_text_atomic
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
 RECORD = "record.json"
 PREDICTIONS = "predictions.npz"
+MODEL = "model"
+PROVENANCE = "provenance.json"  # a grid invocation's provenance, beside its runs/
 # Record fields that legitimately differ between two executions of the same spec.
-VOLATILE = ("wall_time", "created", "host", "pid")
+VOLATILE = ("wall_time", "created", "host", "pid", "provenance", "sources")
+# Folders never searched for runs: temporaries of killed writers and grid stage caches.
+_SKIP_DIRS = ("cache", "failures")
+MAX_DEPTH = 4  # how deep below the given folder runs are looked for
+
+
+class RecordError(UserError):
+    """A run record is missing, unreadable or inconsistent; the message names the file."""
 
 
 @dataclass
@@ -54,6 +77,23 @@ class RunResult:
     classes: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     save_model: Callable[[Path], object] | None = None
+    kind: str = "grid"  # "grid" (bench) or "train" (one run on given files)
+    inputs: dict = field(default_factory=dict)  # content hashes of the input files (train)
+    encoder: dict = field(default_factory=dict)  # name, options, id, config, max_seconds
+    train_config: dict = field(default_factory=dict)  # the resolved TrainConfig
+    sources: dict = field(default_factory=dict)  # where the inputs were read (paths)
+    provenance: dict | None = None  # versions, commit, command line (see emodebias.provenance)
+
+    @property
+    def hash(self) -> str:
+        return run_hash(self.spec, self.inputs)
+
+
+def run_hash(spec: RunSpec, inputs: dict | None = None) -> str:
+    """A run's identity: the spec's hash, or with `inputs` a hash of spec and input hashes."""
+    if not inputs:
+        return spec.hash
+    return content_hash({"spec": spec.hash, "inputs": inputs})
 
 
 def run_dir(out: Path, spec: RunSpec | str) -> Path:
@@ -78,48 +118,56 @@ def _jsonable(obj):
 
 
 def write_run(out: Path, result: RunResult) -> Path:
-    """Commit one run atomically (tmp dir + rename); a run already committed is left as it is."""
-    final = run_dir(out, result.spec)
-    if (final / RECORD).is_file():
+    """Commit one grid run to ``<out>/runs/<hash>`` atomically; a run already committed is left
+    as it is. Its provenance is the grid invocation's (``<out>/provenance.json``)."""
+    if result.provenance is None:
+        result.provenance = grid_provenance(out)
+    final = commit_run(run_dir(out, result.hash), result)
+    (Path(out) / "failures" / f"{result.hash}.json").unlink(missing_ok=True)
+    return final
+
+
+def grid_provenance(out: Path) -> dict:
+    """The provenance the runner wrote for this grid invocation, else this process's."""
+    try:
+        return json.loads((Path(out) / PROVENANCE).read_text())
+    except (OSError, json.JSONDecodeError):
+        from emodebias import provenance
+
+        return provenance.collect()
+
+
+def commit_run(final: Path, result: RunResult, replace: bool = False) -> Path:
+    """Write `result` as the run folder `final` (tmp dir + rename, record.json last).
+
+    Without `replace` a folder already holding a record is kept (first commit wins: grids);
+    with it, an earlier run folder there is swapped out in one rename (`train --out` again).
+    A file, or a folder that is not a run folder, is never overwritten.
+    """
+    final = Path(final)
+    done = (final / RECORD).is_file()
+    if done and not replace:
         return final
+    if final.exists() and not final.is_dir():
+        raise UserError(f"{final} is a file; pass a folder for the run")
+    if final.is_dir() and not done and any(final.iterdir()):
+        raise UserError(f"{final} exists and is not a run folder (no {RECORD}); pass an empty "
+                        "or new folder for the run")
+    if result.provenance is None:
+        from emodebias import provenance
+
+        result.provenance = provenance.collect()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        pred_name = None
-        if result.test_probs is not None:
-            arrays = {"utt_ids": np.asarray(result.test_ids, dtype=str),
-                      "probs": np.asarray(result.test_probs, dtype=np.float32),
-                      "classes": np.asarray(result.classes, dtype=str)}
-            if result.test_targets is not None:
-                arrays["targets"] = np.asarray(result.test_targets, dtype=np.float32)
-            np.savez(tmp / PREDICTIONS, **arrays)
-            pred_name = PREDICTIONS
-        model_name = None
-        if result.save_model is not None:
-            result.save_model(tmp / "model")
-            model_name = "model"
-        record = {
-            "schema_version": SCHEMA_VERSION,
-            "hash": result.spec.hash,
-            "name": result.spec.name,
-            "spec": result.spec.to_dict(),
-            "status": "ok",
-            "best_epoch": result.best_epoch,
-            "hparams": result.hparams,
-            "metrics": {"summary": result.summary, "table": result.table},
-            "wall_time": result.wall_time,
-            "predictions": pred_name,
-            "model": model_name,
-            "info": result.info,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-        }
-        with open(tmp / RECORD, "w") as fh:
-            json.dump(_jsonable(record), fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_contents(tmp, result)
+        if replace and final.exists():
+            old = final.parent / f"{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+            return final
         try:
             os.rename(tmp, final)
         except OSError:  # another writer committed the same spec first: keep theirs
@@ -129,8 +177,53 @@ def write_run(out: Path, result: RunResult) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    (Path(out) / "failures" / f"{result.spec.hash}.json").unlink(missing_ok=True)
     return final
+
+
+def make_record(result: RunResult) -> dict:
+    """The record.json content of a run (files named relative to its folder)."""
+    spec = result.spec
+    return _jsonable({
+        "schema_version": SCHEMA_VERSION,
+        "kind": result.kind,
+        "hash": result.hash,
+        "name": spec.name,
+        "spec": spec.to_dict(),
+        "inputs": result.inputs,
+        "status": "ok",
+        "best_epoch": result.best_epoch,
+        "hparams": result.hparams,
+        "train_config": result.train_config,
+        "encoder": result.encoder or {"name": spec.encoder, "options": spec.encoder_opts},
+        "classes": list(result.classes),
+        "metrics": {"summary": result.summary, "table": result.table},
+        "wall_time": result.wall_time,
+        "predictions": PREDICTIONS if result.test_probs is not None else None,
+        "model": MODEL if result.save_model is not None else None,
+        "info": result.info,
+        "sources": result.sources,
+        "provenance": result.provenance,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    })
+
+
+def _write_contents(folder: Path, result: RunResult) -> None:
+    """predictions.npz, model/ and (last, fsynced) record.json of one run into `folder`."""
+    if result.test_probs is not None:
+        arrays = {"utt_ids": np.asarray(result.test_ids, dtype=str),
+                  "probs": np.asarray(result.test_probs, dtype=np.float32),
+                  "classes": np.asarray(result.classes, dtype=str)}
+        if result.test_targets is not None:
+            arrays["targets"] = np.asarray(result.test_targets, dtype=np.float32)
+        np.savez(folder / PREDICTIONS, **arrays)
+    if result.save_model is not None:
+        result.save_model(folder / MODEL)
+    with open(folder / RECORD, "w") as fh:
+        json.dump(make_record(result), fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_failure(out: Path, spec: RunSpec, exc: BaseException) -> Path:
@@ -177,19 +270,52 @@ def read_record(path: Path) -> dict:
     try:
         rec = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read run record {path}: {exc}") from None
+        raise RecordError(f"cannot read run record {path}: {exc}") from None
+    if not isinstance(rec, dict):
+        raise RecordError(f"run record {path} is not a JSON object")
     for key in ("hash", "spec", "metrics"):
         if key not in rec:
-            raise ValueError(f"run record {path} lacks {key!r}")
-    if RunSpec.from_dict(rec["spec"]).hash != rec["hash"]:
-        raise ValueError(f"run record {path}: spec does not match its hash {rec['hash']}")
+            raise RecordError(f"run record {path} lacks {key!r}")
+    if run_hash(RunSpec.from_dict(rec["spec"]), rec.get("inputs")) != rec["hash"]:
+        raise RecordError(f"run record {path}: spec does not match its hash {rec['hash']}")
     return rec
 
 
+def find_run_dirs(path: Path) -> list[Path]:
+    """Run folders at or below `path`: a run folder itself, a folder of `train` outputs, a grid
+    output folder (``runs/<hash>/``), or a folder above several of them. Temporaries of killed
+    writers and grid caches are skipped; a missing folder is a UserError."""
+    path = Path(path)
+    if (path / RECORD).is_file():
+        return [path]
+    if not path.is_dir():
+        raise RecordError(f"{path}: no such run folder (expected a folder with {RECORD}, or a "
+                          "folder of them)")
+    found: list[Path] = []
+    base = len(path.parts)
+    for root, dirs, files in os.walk(path):
+        here = Path(root)
+        if RECORD in files and here != path:
+            found.append(here)
+            dirs.clear()
+            continue
+        dirs[:] = sorted(d for d in dirs if ".tmp-" not in d and ".old-" not in d
+                         and d not in _SKIP_DIRS and len(here.parts) - base < MAX_DEPTH)
+    return sorted(found)
+
+
+def iter_runs(path: Path) -> Iterable[tuple[Path, dict]]:
+    """(run folder, record) for every run under `path` (see `find_run_dirs`)."""
+    for d in find_run_dirs(path):
+        yield d, read_record(d)
+
+
 def iter_records(out: Path) -> Iterable[dict]:
-    for d in sorted((Path(out) / "runs").glob("*")):
-        if ".tmp-" not in d.name and (d / RECORD).is_file():  # uncommitted writes are not runs
-            yield read_record(d)
+    """Every committed record under `out`; a grid folder not yet written has none."""
+    if not Path(out).exists():
+        return
+    for _, rec in iter_runs(out):
+        yield rec
 
 
 def load_predictions(run: Path) -> dict[str, np.ndarray]:
@@ -200,12 +326,13 @@ def load_predictions(run: Path) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- tidy table
 SPEC_COLUMNS = ["hash", "name", "corpus", "encoder", "fold", "ratio", "direction", "split_seed",
                 "groups", "group_kind", "k", "method", "hparams", "seed", "best_epoch",
-                "wall_time"]
+                "wall_time", "kind", "run"]
 TIDY_COLUMNS = SPEC_COLUMNS + ["part", "metric", "attribute", "group", "cls", "value", "support"]
 
 
-def record_rows(rec: dict) -> list[dict]:
-    """One record -> tidy rows: summary metrics (group/cls empty) then the per-group table."""
+def record_rows(rec: dict, run: str | None = None) -> list[dict]:
+    """One record -> tidy rows: summary metrics (group/cls empty) then the per-group table;
+    `run` names its folder (relative to what was collected)."""
     spec = rec["spec"]
     base = {
         "hash": rec["hash"], "name": rec.get("name", ""), "corpus": spec["corpus"],
@@ -215,6 +342,7 @@ def record_rows(rec: dict) -> list[dict]:
         "k": cluster_k(spec["groups"]), "method": spec["method"],
         "hparams": json.dumps(spec["hparams"], sort_keys=True), "seed": spec["seed"],
         "best_epoch": rec.get("best_epoch"), "wall_time": rec.get("wall_time"),
+        "kind": rec.get("kind", "grid"), "run": run,
     }
     rows = []
     for key, value in rec["metrics"]["summary"].items():
@@ -238,8 +366,10 @@ def split_summary_key(key: str) -> tuple[str | None, str]:
     return (attr or None), metric + suffix
 
 
-def tidy_frame(records: Iterable[dict]) -> pd.DataFrame:
-    rows = [row for rec in records for row in record_rows(rec)]
+def tidy_frame(records: Iterable[dict | tuple[str | None, dict]]) -> pd.DataFrame:
+    """Records (or (run folder name, record) pairs) -> the tidy table."""
+    pairs = [(None, r) if isinstance(r, dict) else r for r in records]
+    rows = [row for run, rec in pairs for row in record_rows(rec, run)]
     df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
     for col in ("attribute", "group", "cls", "metric"):
         df[col] = df[col].map(lambda v: None if v is None or (isinstance(v, float) and
@@ -249,10 +379,26 @@ def tidy_frame(records: Iterable[dict]) -> pd.DataFrame:
     return df
 
 
+def collect_frame(path: Path) -> pd.DataFrame:
+    """The tidy table of every run under `path`; a run found twice (same hash, e.g. a copied
+    folder) counts once, from the first folder in sorted order."""
+    path = Path(path)
+    pairs, seen = [], {}
+    for d, rec in iter_runs(path):
+        if rec["hash"] in seen:
+            log.warning("%s repeats run %s of %s; counted once", d, rec["hash"], seen[rec["hash"]])
+            continue
+        seen[rec["hash"]] = d
+        pairs.append((d.relative_to(path).as_posix() if d != path else ".", rec))
+    return tidy_frame(pairs)
+
+
 def collect(out: Path, path: Path | None = None) -> pd.DataFrame:
-    """All records under `out` -> one tidy Parquet table (default `<out>/results.parquet`)."""
-    df = tidy_frame(iter_records(out))
+    """All runs under `out` (see `find_run_dirs`) -> one tidy Parquet table (default
+    `<out>/results.parquet`)."""
+    df = collect_frame(out) if Path(out).exists() else tidy_frame([])
     path = Path(path) if path else Path(out) / "results.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp:
         df.to_parquet(tmp, index=False)
     return df

@@ -10,6 +10,8 @@
 * Pluggable: the executor is named by a dotted path ``module:function`` taking
   ``(specs: list[RunSpec], out: Path)`` and yielding `RunResult` / `RunFailure`; it is resolved
   inside the worker, so it need not be picklable. The default is the real pipeline.
+* Traceable: the invoking process writes ``<out>/provenance.json`` (versions, git commit, its
+  command line and the grid file) and every run record committed by any worker carries it.
 * Workers are spawned (not forked: torch and OpenMP do not survive fork) and die with the
   runner (Linux parent-death signal), so killing the runner never leaves orphans writing later.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from emodebias.bench.grid import GridError, RunSpec
 from emodebias.bench.results import (
+    PROVENANCE,
     RECORD,
     clean_stale,
     is_done,
@@ -182,12 +185,17 @@ def grid_lock(out: Path) -> Iterator[Path]:
         yield out
 
 
-def prepare_out(out: Path, specs: list[RunSpec]) -> list[RunSpec]:
-    """Create the output folder, drop stale temporaries, list specs; return those not done."""
+def prepare_out(out: Path, specs: list[RunSpec], grid: str | Path | None = None
+                ) -> list[RunSpec]:
+    """Create the output folder, drop stale temporaries, list specs and record this
+    invocation's provenance (`grid`: the grid file or preset); return the specs not done."""
+    from emodebias import provenance
+
     out.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
     set_aside_damaged(out)
     refuse_foreign_runs(out, specs)
+    write_text_atomic(out / PROVENANCE, json.dumps(provenance.collect(grid=grid), indent=1))
     write_text_atomic(out / "specs.jsonl", "".join(
         json.dumps({"hash": s.hash, "name": s.name, "spec": s.to_dict()}, sort_keys=True) + "\n"
         for s in specs))
@@ -244,17 +252,19 @@ class GridProgress:
 
 def run_local(specs: list[RunSpec], out: str | Path, workers: int = 1,
               executor: str = DEFAULT_EXECUTOR, progress: bool = True, max_batch: int = MAX_BATCH,
-              threads_per_worker: int = 1) -> GridSummary:
-    """Run every spec not yet done under `out` on `workers` processes (1 = in this process)."""
+              threads_per_worker: int = 1, grid: str | Path | None = None) -> GridSummary:
+    """Run every spec not yet done under `out` on `workers` processes (1 = in this process);
+    `grid` (file or preset name) goes into the records' provenance."""
     out = Path(out)
     with grid_lock(out):
-        return _run_local(specs, out, workers, executor, progress, max_batch, threads_per_worker)
+        return _run_local(specs, out, workers, executor, progress, max_batch, threads_per_worker,
+                          grid)
 
 
 def _run_local(specs: list[RunSpec], out: Path, workers: int, executor: str, progress: bool,
-               max_batch: int, threads_per_worker: int) -> GridSummary:
+               max_batch: int, threads_per_worker: int, grid: str | Path | None) -> GridSummary:
     """`run_local` under the grid's write lock."""
-    todo = prepare_out(out, specs)
+    todo = prepare_out(out, specs, grid)
     tasks = plan_tasks(todo, max_batch, workers)
     with GridProgress(out, specs, todo, show=progress) as prog:
         if workers <= 1:

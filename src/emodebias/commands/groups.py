@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
 from emodebias.cli import app
+from emodebias.errors import UserError
 
 SOURCES = ("truth", "pseudo", "cluster")
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Bad input (manifest, store, model, split) -> one red line and exit code 1, no traceback."""
-    from emodebias.groups.cluster import ClusterError
-    from emodebias.groups.embeddings import EmbeddingError
-    from emodebias.groups.pseudo import PseudoLabelError
-    from emodebias.manifest import ManifestError
-    from emodebias.splits import SplitError
-    from emodebias.store import StoreError
-
-    try:
-        yield
-    except (ManifestError, StoreError, PseudoLabelError, ClusterError, EmbeddingError,
-            SplitError, KeyError, FileNotFoundError) as exc:
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
 
 
 def _csv(text: str) -> list[str]:
@@ -52,25 +31,23 @@ def _slug(source: str) -> str:
 
 
 def _split_ids(manifest, split: str | None) -> tuple[list[str] | None, list[str] | None]:
-    """(train ids, train+dev ids) of a fold name or a saved Split (json file or dir)."""
+    """(train ids, train+dev ids) of a fold name or a saved split (file or folder)."""
     if split is None:
         return None, None
-    path = Path(split)
-    if path.suffix == ".json" or path.is_dir():
-        from emodebias.splits import Split
+    from emodebias.runs import open_split
 
-        s = Split.load(path)
-        return list(s.train), list(s.train) + list(s.dev)
-    train = manifest.split_ids(split, "train")
-    return train, train + manifest.split_ids(split, "dev")
+    s = open_split(manifest, split)
+    s.check(manifest, source=f"--split {split}")
+    return list(s.train), list(s.train) + list(s.dev)
 
 
 def _open_store(features: Path | None, source: str):
     if features is None:
         raise typer.BadParameter(f"--source {source} needs --features (a FeatureStore directory)")
+    from emodebias import locate
     from emodebias.store import FeatureStore
 
-    return FeatureStore.open(features)
+    return FeatureStore.open(locate.resolve(features, locate.FEATURES))
 
 
 def _pseudo(manifest, model: str | None, features: Path | None, layer: str, label_map: str | None,
@@ -113,18 +90,20 @@ def _clusters(manifest, features: Path | None, ks: list[int], fit_ids: list[str]
 
 
 def _print_table(table, warnings: list[str]) -> None:
+    """Diagnostics as a table (cells are plain text, never Rich markup) and the warnings."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
+    console = Console(width=max(Console().width, 140))
     view = Table(title="group diagnostics")
     for col in table.columns:
         view.add_column(str(col), justify="left" if col in ("source", "attribute") else "right")
     for row in table.itertuples(index=False):
-        view.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+        view.add_row(*[Text(f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row])
     console.print(view)
     for w in warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        typer.echo(f"warning: {w}", err=True)
 
 
 @app.command()
@@ -153,6 +132,7 @@ def groups(
     """Make group assignments (truth, pseudo-label, k-means clusters) and diagnose them."""
     import pandas as pd
 
+    from emodebias import locate
     from emodebias.groups.diagnostics import diagnose, group_sizes
     from emodebias.groups.truth import truth_groups
     from emodebias.manifest import Manifest
@@ -163,18 +143,20 @@ def groups(
         ks = [int(v) for v in _csv(k)]
     except ValueError as exc:
         raise typer.BadParameter(f"--k {k!r}: expected integers like 2,4,8,16") from exc
-    with _clear_errors():
-        man = Manifest.load(manifest)
-        train_ids, fit_ids = _split_ids(man, split)
-        if source == "truth":
-            made = [truth_groups(man, _csv(column))]
-        elif source == "pseudo":
-            made = [_pseudo(man, model, features, layer, label_map, fit_ids, device)]
-        else:
-            made = _clusters(man, features, ks, fit_ids, algorithm, seed, layer)
-    tables, warnings = [], []
+    man = Manifest.load(locate.resolve(manifest, locate.MANIFEST))
+    train_ids, fit_ids = _split_ids(man, split)
+    if source == "truth":
+        made = [truth_groups(man, _csv(column))]
+    elif source == "pseudo":
+        made = [_pseudo(man, model, features, layer, label_map, fit_ids, device)]
+    else:
+        made = _clusters(man, features, ks, fit_ids, algorithm, seed, layer)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder (one sub-folder per assignment)")
+    tables, warnings, written = [], [], []
     for assignment in made:
-        target = assignment.save(out / _slug(assignment.source))
+        target = assignment.save(out / _slug(assignment.source), manifest=man)
+        written.append((target, assignment))
         group_sizes(assignment, train_ids).to_csv(target / "sizes.csv", index=False)
         table = diagnose(assignment, man, _csv(attributes), train_ids=train_ids,
                          min_size=min_size)
@@ -192,6 +174,11 @@ def groups(
     _print_table(table, warnings)
     if tsne and source == "cluster":
         _tsne(man, features, made, layer, out)
+    for target, assignment in written:
+        typer.echo(f"wrote {target} ({assignment.source}, {assignment.n_groups} groups)")
+    typer.echo(f"wrote {out / 'diagnostics.csv'}")
+    if len(written) > 1:
+        typer.echo(f"train with one of them, e.g. `emodebias train --groups {written[0][0]}`")
 
 
 def _tsne(man, features: Path | None, made: list, layer: str, out: Path) -> None:
@@ -218,12 +205,13 @@ def train_probe_cmd(
     c: float = typer.Option(1.0, "--c", help="inverse L2 strength of the logistic regression"),
 ) -> None:
     """Train the built-in gender probe (pseudo-labels for `groups --source pseudo --model`)."""
+    from emodebias import locate
     from emodebias.groups.probe import train_probe_on
     from emodebias.manifest import Manifest
     from emodebias.store import FeatureStore
 
-    with _clear_errors():
-        probe = train_probe_on(FeatureStore.open(features), Manifest.load(manifest), layer, c)
+    probe = train_probe_on(FeatureStore.open(locate.resolve(features, locate.FEATURES)),
+                           Manifest.load(locate.resolve(manifest, locate.MANIFEST)), layer, c)
     path = probe.save(out)
     cv = probe.info.get("cv_accuracy")
     typer.echo(f"probe on {probe.info['n_train']} utterances ({probe.encoder}); "

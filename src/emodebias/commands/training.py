@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 
 import typer
@@ -23,64 +23,121 @@ def parse_hparams(pairs: list[str] | None) -> dict:
     return out
 
 
-def _load_split(manifest, split: str):
-    """A saved Split (json file or directory) or a fold name of the manifest."""
-    from emodebias.splits import Split
+class EpochLogFormat(logging.Filter):
+    """Training logs each epoch's dev losses as a list (one per stacked run); a single run's
+    line reads better as a number: ``epoch 37/50 dev loss 1.748``."""
 
-    path = Path(split)
-    if path.suffix == ".json" or path.is_dir():
-        return Split.load(path)
-    return Split(str(split), manifest.split_ids(split, "train"), manifest.split_ids(split, "dev"),
-                 manifest.split_ids(split, "test"))
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (isinstance(args, tuple) and len(args) == 3 and isinstance(args[2], (list, tuple))
+                and str(record.msg).startswith("epoch")):
+            losses = " ".join(f"{float(v):.3f}" for v in args[2])
+            record.args = (*args[:2], losses)
+        return True
+
+
+OVERALL = ("macro_f1", "hamming_acc")
+PER_ATTRIBUTE = ("tpr_gap", "fpr_gap", "f1_gap", "dp_maxdev_gap", "macro_f1_gap",
+                 "worst_group_f1", "min_speakers")
+
+
+def metrics_lines(summary: dict[str, float | None]) -> list[str]:
+    """The test summary as text: overall metrics (with CIs when computed), then one row per
+    attribute of its gaps; a gap the design cannot estimate (too few speakers) is marked †."""
+
+    def num(v: float | None) -> str:
+        return "nan" if v is None else f"{v:.3f}"
+
+    lines = []
+    for m in OVERALL:
+        if m in summary:
+            ci = ""
+            if f"{m}.ci_low" in summary:
+                ci = f" [{num(summary[f'{m}.ci_low'])}, {num(summary[f'{m}.ci_high'])}]"
+            lines.append(f"  {m:<12} {num(summary[m])}{ci}")
+    attrs = list(dict.fromkeys(k.split(".")[0] for k in summary if "." in k
+                               and not k.endswith((".ci_low", ".ci_high"))))
+    cols = [m for m in PER_ATTRIBUTE if any(f"{a}.{m}" in summary for a in attrs)]
+    if attrs and cols:
+        width = max(len(a) for a in attrs)
+        lines.append("  " + " " * width + "".join(f"{c:>15}" for c in cols))
+        flagged = False
+        for a in attrs:
+            cells = []
+            for c in cols:
+                text = num(summary.get(f"{a}.{c}"))
+                if summary.get(f"{a}.{c}_estimable") == 0:
+                    text, flagged = text + "†", True
+                cells.append(f"{text:>15}")
+            lines.append(f"  {a:<{width}}" + "".join(cells))
+        if flagged:
+            lines.append("  † not estimable: too few test speakers per group for this gap")
+    return lines
 
 
 @app.command()
 def train(
-    features: Path = typer.Option(..., help="FeatureStore directory"),
-    manifest: Path = typer.Option(..., help="manifest Parquet file"),
-    split: str = typer.Option(..., help="saved Split (json/dir) or a fold name of the manifest"),
+    features: Path = typer.Option(..., "--features", "-f",
+                                  help="feature store (the folder `extract --out` was given)"),
+    manifest: Path = typer.Option(..., "--manifest", "-m",
+                                  help="manifest Parquet file or the folder `prepare --out` got"),
+    split: str = typer.Option(..., help="saved split (split.json or the folder `split --out` "
+                                        "was given) or a fold name of the manifest"),
     method: str = typer.Option("erm", help="method name (see `emodebias methods`)"),
-    groups: Path | None = typer.Option(None, help="GroupAssignment directory (training groups)"),
+    groups: Path | None = typer.Option(
+        None, help="training groups: an assignment folder, or the folder `groups --out` was "
+                   "given when it holds exactly one"),
     hp: list[str] | None = typer.Option(None, help="hyperparameter override NAME=VALUE (repeat)"),
-    epochs: int = typer.Option(50),
-    batch_size: int = typer.Option(32),
-    lr: float = typer.Option(1e-4),
+    epochs: int = typer.Option(50, min=1),
+    batch_size: int = typer.Option(32, min=1),
+    lr: float = typer.Option(1e-4, min=0.0),
     seed: int = typer.Option(0),
+    n_boot: int = typer.Option(0, min=0, help="speaker-bootstrap resamples for 95% CIs of the "
+                                              "test metrics"),
     device: str = typer.Option("cpu"),
-    out: Path = typer.Option(..., help="run directory to write"),
+    out: Path = typer.Option(..., "--out", "-o", help="run folder to write (an earlier run "
+                                                      "folder there is replaced)"),
 ) -> None:
-    """Train one SER head with a debiasing method; save head, config and test predictions."""
-    import logging
-
-    import numpy as np
-
+    """Train one SER head with a debiasing method; write a run folder (record.json with test
+    metrics, predictions.npz, model/) that collect, report, predict and evaluate read."""
+    from emodebias import locate, provenance
+    from emodebias.bench.results import commit_run
     from emodebias.groups.assignment import GroupAssignment
     from emodebias.manifest import Manifest
+    from emodebias.runs import RunRequest, open_split, train_runs
     from emodebias.store import FeatureStore
-    from emodebias.train import TrainConfig, TrainData, fit
+    from emodebias.train import TrainConfig
 
-    man = Manifest.load(manifest)
-    data = TrainData.from_objects(
-        FeatureStore.open(features), man, _load_split(man, split),
-        GroupAssignment.load(groups) if groups else None,
-    )
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, device=device)
+    man_path = locate.resolve(manifest, locate.MANIFEST)
+    man = Manifest.load(man_path)
+    store = FeatureStore.open(locate.resolve(features, locate.FEATURES))
+    split_obj = open_split(man, split)
+    group_path = locate.resolve(groups, locate.GROUPS) if groups else None
+    assignment = GroupAssignment.load(group_path) if group_path else None
+    sources = {"manifest": man_path, "features": store.path, "split": split,
+               "groups": group_path}
+    log_filter = EpochLogFormat()
+    train_log = logging.getLogger("emodebias.train")
+    train_log.addFilter(log_filter)
     try:
-        result = fit(data, method, parse_hparams(hp), seed, config)
-    except (KeyError, ValueError) as exc:
-        raise typer.BadParameter(str(exc.args[0] if exc.args else exc)) from exc
-    result.save(out)
-    test_ids = [data.utt_ids[i] for i in data.test_idx]
-    np.savez(out / "predictions.npz", utt_ids=np.asarray(test_ids, dtype=str),
-             probs=result.test_probs, targets=data.soft[data.test_idx],
-             classes=np.asarray(data.classes, dtype=str))
-    spec = {"features": str(features), "manifest": str(manifest), "split": split,
-            "method": method, "groups": str(groups) if groups else None,
-            "hparams": result.hparams, "seed": seed, "train_config": result.config}
-    (out / "config.json").write_text(json.dumps(spec, indent=1))
-    typer.echo(f"{method}: best epoch {result.best_epoch}, dev loss "
-               f"{result.info.get('best_dev_loss', float('nan')):.4f}, wrote {out}")
+        result = train_runs(store, man, split_obj, [RunRequest(method, parse_hparams(hp), seed)],
+                            groups=assignment,
+                            config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
+                                               device=device),
+                            evaluation={"n_boot": n_boot} if n_boot else None,
+                            sources=sources, provenance=provenance.collect())[0]
+    finally:
+        train_log.removeFilter(log_filter)
+    if assignment is not None and result.spec.groups == "none":
+        typer.echo(f"note: {method} uses no groups; --groups was not used", err=True)
+    path = commit_run(out, result, replace=True)
+    dev = result.info.get("fit", {}).get("best_dev_loss")
+    typer.echo(f"{result.spec.name}: best epoch {result.best_epoch}"
+               + (f" (dev loss {dev:.4f})" if dev is not None else "")
+               + f"; test metrics on {len(result.test_ids)} utterances:")
+    typer.echo("\n".join(metrics_lines(result.summary)))
+    typer.echo(f"wrote {path} (record.json, predictions.npz"
+               + (", model/)" if result.save_model else ")"))
 
 
 FAMILY_ORDER = ("baseline", "pre-processing", "dro", "adversarial", "biased-learner",
