@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
 from emodebias.cli import app
+from emodebias.errors import UserError
 
 MAX_BATCH = 256  # = emodebias.bench.runner.MAX_BATCH (not imported: the CLI starts light)
 
@@ -90,37 +92,85 @@ def bench(
         raise typer.Exit(1)
 
 
+RUNS_HELP = ("a run folder (`train --out`), a folder of them, or a grid output folder "
+             "(`bench --out`)")
+
+
+def _no_runs(path: Path) -> UserError:
+    return UserError(f"{path}: no run records (record.json) here or in its sub-folders; make runs "
+                     "with `emodebias train` or `emodebias bench`")
+
+
 @app.command()
 def collect(
-    out: Path = typer.Argument(..., help="benchmark output folder"),
+    out: Path = typer.Argument(..., help=RUNS_HELP),
     path: Path = typer.Option(None, help="Parquet file to write (default OUT/results.parquet)"),
 ) -> None:
     """Gather every run record under OUT into one tidy Parquet table."""
     from emodebias.bench.results import collect as collect_records
+    from emodebias.bench.results import find_run_dirs
 
+    if not find_run_dirs(out):
+        raise _no_runs(out)
     df = collect_records(out, path)
-    typer.echo(f"{df['hash'].nunique()} runs, {len(df)} rows -> "
-               f"{path or out / 'results.parquet'}")
+    kinds = df.drop_duplicates("hash")["kind"].value_counts().to_dict()
+    typer.echo(f"{df['hash'].nunique()} runs ({', '.join(f'{n} {k}' for k, n in kinds.items())}), "
+               f"{len(df)} rows")
+    typer.echo(f"wrote {path or out / 'results.parquet'}")
 
 
 def _report(out: Path, report_dir: Path | None, title: str):
+    """Collect the runs under `out` (writing OUT/results.parquet), render the report, and add
+    its provenance (this invocation's and the runs') as provenance.json and a closing section."""
+    from emodebias import provenance
     from emodebias.bench.results import collect as collect_records
+    from emodebias.bench.results import iter_runs
     from emodebias.report.html import find_tsne, write_report
 
     tidy = collect_records(out)
-    return write_report(tidy, report_dir or out / "report", title, find_tsne(out))
+    if tidy.empty:
+        raise _no_runs(out)
+    rep = write_report(tidy, report_dir or out / "report", title, find_tsne(out))
+    prov = {"report": provenance.collect(),
+            "runs": provenance.summarize(rec.get("provenance") for _, rec in iter_runs(out))}
+    target = rep.html.parent / "provenance.json"
+    target.write_text(json.dumps(prov, indent=1))
+    _append_provenance(rep, prov)
+    return rep
+
+
+def _append_provenance(rep, prov: dict) -> None:  # noqa: ANN001 (report.html.Report, lazy)
+    """A closing "Provenance" section in report.md and report.html (text escaped)."""
+    import html
+
+    from emodebias.provenance import rows
+    from emodebias.report.tables import markdown_table
+
+    body = [[k, v] for k, v in rows(prov["report"])]
+    for i, group in enumerate(prov["runs"], 1):
+        body += [[f"runs ({group['n_runs']}) #{i} {k}", v] for k, v in rows(group)]
+    head = ["field", "value"]
+    with rep.markdown.open("a") as fh:
+        fh.write("\n## Provenance\n\n" + markdown_table(head, body) + "\n")
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                    for r in body)
+    section = (f"<h2>Provenance</h2><table><thead><tr><th>{head[0]}</th><th>{head[1]}</th></tr>"
+               f"</thead><tbody>{cells}</tbody></table>")
+    page = rep.html.read_text()
+    end = page.rfind("</body>")
+    rep.html.write_text(page[:end] + section + "\n" + page[end:] if end >= 0 else page + section)
 
 
 @app.command()
 def report(
-    out: Path = typer.Argument(..., help="benchmark output folder"),
+    out: Path = typer.Argument(..., help=RUNS_HELP),
     report_dir: Path = typer.Option(None, help="where to write (default OUT/report)"),
     title: str = typer.Option("emodebias report", help="report title"),
 ) -> None:
     """Write report.md and a self-contained report.html (tables, figures, tests vs ERM)."""
     rep = _report(out, report_dir, title)
     typer.echo(rep.headline)
-    typer.echo(f"\nreport: {rep.html}\n        {rep.markdown}")
+    typer.echo(f"\nwrote {rep.html}\n      {rep.markdown}\n      {out / 'results.parquet'}")
 
 
 @app.command()
@@ -167,60 +217,56 @@ def _demo_tsne(grid: str, out: Path) -> Path | None:
 @app.command()
 def predict(
     audio: list[Path] = typer.Argument(..., help="audio files"),
-    model: Path = typer.Option(..., help="a run folder (OUT/runs/<hash>) with a saved model"),
+    model: Path = typer.Option(..., "--model", help="a run folder with a saved model (`train "
+                               "--out`, or a grid's OUT/runs/<hash>), or a folder holding one"),
     device: str = typer.Option("cpu"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON (one object per file)"),
+    as_csv: bool = typer.Option(False, "--csv", help="print CSV: path, prob_<class>..., "
+                                "positive, error"),
 ) -> None:
-    """Each file's emotion distribution and positive classes (> 1/K) from a trained run."""
-    import numpy as np
+    """Each file's emotion distribution and positive classes (> 1/K) from a trained run.
 
-    from emodebias.audio import AudioError, load_audio
-    from emodebias.bench.results import load_predictions, read_record
-    from emodebias.encoders import get_encoder
-    from emodebias.train import FitResult, predict_probs
+    A file that cannot be used (unreadable, too short, non-finite output) is reported as a
+    failure; the exit code is non-zero when every file failed."""
+    from emodebias.runs import load_run
 
-    rec = read_record(model)
-    if not rec.get("model"):
-        raise typer.BadParameter(f"{model} has no saved model (method {rec['spec']['method']!r}"
-                                 " trains none)")
-    classes = [str(c) for c in load_predictions(model)["classes"]]
-    fit = FitResult.load(model / rec["model"])
-    encoder = get_encoder(rec["spec"]["encoder"], **rec["spec"]["encoder_opts"])
-    for path in audio:
-        try:
-            wav = load_audio(path, target_sr=encoder.sample_rate, max_seconds=10)
-        except AudioError as exc:
-            typer.echo(f"{path}: {exc}", err=True)
-            continue
-        probs = predict_probs(fit, encoder.encode([wav]), device=device)[0]
-        pos = [c for c, p in zip(classes, probs, strict=True) if p > 1.0 / len(classes)]
-        dist = "  ".join(f"{c} {p:.3f}" for c, p in zip(classes, probs, strict=True))
-        typer.echo(f"{path}\n  {dist}\n  positive: {', '.join(pos) or '-'}"
-                   f"  (argmax {classes[int(np.argmax(probs))]})")
+    if as_json and as_csv:
+        raise typer.BadParameter("--json and --csv exclude each other")
+    run = load_run(model)
+    classes = run.classes
+    results = run.predict_files(audio, device=device)
 
+    def positive(probs) -> list[str]:  # noqa: ANN001 (a probability row)
+        return [c for c, p in zip(classes, probs, strict=True) if p > 1.0 / len(classes)]
 
-@app.command()
-def evaluate(
-    predictions: Path = typer.Option(..., help="predictions .npz (utt_ids, probs[, targets])"),
-    manifest: Path = typer.Option(..., help="manifest .parquet (or its folder)"),
-    attributes: str = typer.Option("gender,age_group,race", help="comma-separated"),
-    n_boot: int = typer.Option(0, help="speaker-bootstrap resamples for 95% CIs"),
-    out: Path = typer.Option(None, help="also write the tidy metric table (.csv/.parquet)"),
-) -> None:
-    """Metrics (accuracy and fairness gaps per attribute) of saved predictions."""
-    from emodebias.metrics import from_predictions
+    if as_json:
+        typer.echo(json.dumps([
+            {"path": r.path, "error": r.error,
+             "probs": None if r.probs is None else dict(zip(classes, map(float, r.probs),
+                                                            strict=True)),
+             "positive": None if r.probs is None else positive(r.probs)}
+            for r in results], indent=1))
+    elif as_csv:
+        import csv
+        import sys
 
-    res = from_predictions(predictions, manifest,
-                           attributes=[a.strip() for a in attributes.split(",") if a.strip()],
-                           n_boot=n_boot)
-    width = max(map(len, res.summary), default=0)
-    for key, value in res.summary.items():
-        typer.echo(f"{key:<{width}}  {value:.4f}")
-    for s in res.skipped:
-        if s.get("metric") == "*":
-            typer.echo(f"(skipped {s['attribute']}: {s['reason']})", err=True)
-    if out is not None:
-        if out.suffix == ".csv":
-            res.table.to_csv(out, index=False)
-        else:
-            res.table.to_parquet(out, index=False)
-        typer.echo(f"table -> {out}")
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", *[f"prob_{c}" for c in classes], "positive", "error"])
+        for r in results:
+            probs = [""] * len(classes) if r.probs is None else [f"{p:.6f}" for p in r.probs]
+            pos = "" if r.probs is None else ";".join(positive(r.probs))
+            writer.writerow([r.path, *probs, pos, r.error or ""])
+    else:
+        for r in results:
+            if r.probs is None:
+                continue
+            dist = "  ".join(f"{c} {p:.3f}" for c, p in zip(classes, r.probs, strict=True))
+            typer.echo(f"{r.path}\n  {dist}\n  positive: {', '.join(positive(r.probs)) or '-'}"
+                       f"  (argmax {classes[int(r.probs.argmax())]})")
+    failed = [r for r in results if r.probs is None]
+    if not as_json and not as_csv:
+        for r in failed:
+            typer.echo(f"failed {r.path}: {r.error}", err=True)
+    if failed and len(failed) == len(results):
+        raise UserError(f"none of the {len(results)} file(s) could be predicted "
+                        f"(first: {failed[0].path}: {failed[0].error})")
