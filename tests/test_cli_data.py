@@ -254,3 +254,20 @@ def test_docs_own_csv_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert sorted(m.df["gender"].unique()) == ["F", "M"]
     split = json.loads(Path("work/split/split.json").read_text())
     assert sorted(split["test"]) == sorted(m.split_ids(1, "test")) and split["train"]
+
+
+def test_user_text_is_printed_as_is(tmp_path: Path) -> None:
+    """Class names and paths that look like Rich markup are printed literally."""
+    clips = tmp_path / "a[/x]"  # two folders, "a[" and "x]"
+    clips.mkdir(parents=True)
+    rows = []
+    for i in range(4):
+        sf.write(clips / f"c{i}.wav", np.zeros(1600, np.float32), 16000)
+        rows.append({"path": f"a[/x]/c{i}.wav", "speaker": f"s{i}",
+                     "emo": "[bold]calm" if i % 2 else "sad"})
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    res = runner.invoke(app, ["prepare", "--corpus", "table", "--root", str(tmp_path / "t.csv"),
+                              "--opt", "label=emo", "--out", str(clips)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "│ [bold]calm " in res.stdout and "classes [bold]calm, sad;" in res.stdout
+    assert res.stdout.strip().splitlines()[-1] == f"wrote {clips / 'manifest.parquet'}"

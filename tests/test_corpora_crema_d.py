@@ -131,7 +131,8 @@ def test_missing_columns(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match=r"VideoDemographics.csv: demographics table lacks "
                                           r"required column\(s\) \['Race', 'Ethnicity'\]"):
         load(root, require_audio=False)
-    with pytest.raises(CorpusError, match="tabulatedVotes.csv not found"):
+    with pytest.raises(CorpusError, match="tabulatedVotes.csv not found: .*nothing/processedResu"
+                                          "lts/tabulatedVotes.csv; point root at the CREMA-D"):
         load(tmp_path / "nothing", require_audio=False)
     with pytest.raises(CorpusError, match="no rows with queryType 3"):
         load(_layout(tmp_path / "b", ROWS, wavs=False), require_audio=False, query_type=3)

@@ -154,7 +154,8 @@ def test_bad_gender_and_missing_column(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match=r"lacks required column\(s\) \['Split_Set'\]"):
         load(tmp_path / "b", require_audio=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CorpusError, match="no labels_consensus"):
+    with pytest.raises(CorpusError, match=r"no labels_consensus_<fold>.csv files in .*empty; "
+                                          r"point labels_dir= \(CLI: --labels-dir\)"):
         load(tmp_path / "empty")
 
 

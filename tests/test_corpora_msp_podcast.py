@@ -127,3 +127,9 @@ def test_missing_audio_columns_and_duplicates(tmp_path: Path) -> None:
     odd = CONSENSUS.replace("Test2", "Holdout")
     with pytest.raises(CorpusError, match=r"unknown Split_Set value.*line 6"):
         load(_corpus(tmp_path / "e", consensus=odd, audio=False), require_audio=False)
+
+
+def test_missing_labels_names_the_option(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match=r"labels_consensus.csv not found: .*Labels/labels_cons"
+                                          r"ensus.csv; .* pass labels_dir= \(CLI: --labels-dir\)"):
+        load(tmp_path)

@@ -46,13 +46,14 @@ def table_format(path: Path) -> str:
 
 
 def read_table(path: str | Path, required: tuple[str, ...] | list[str] = (),
-               what: str = "table") -> pd.DataFrame:
-    """Read a CSV/TSV or Parquet file and add the `_src` column (``name:line``) for errors."""
+               what: str = "table", hint: str = "") -> pd.DataFrame:
+    """Read a CSV/TSV or Parquet file and add the `_src` column (``name:line``) for errors;
+    `hint` (which option points at the file) ends the not-found message."""
     path = Path(path)
     if path.is_dir():
         raise CorpusError(f"{what} {path} is a folder, not a file")
     if not path.is_file():
-        raise CorpusError(f"{what} not found: {path}")
+        raise CorpusError(f"{what} not found: {path}" + (f"; {hint}" if hint else ""))
     fmt = table_format(path)
     try:
         if TABLE_SUFFIXES[fmt] is None:

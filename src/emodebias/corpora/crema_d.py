@@ -71,7 +71,8 @@ def speaker_blocks() -> list[list[str]]:
 
 def read_demographics(path: str | Path) -> pd.DataFrame:
     """VideoDemographics.csv -> one row per actor id: gender, age, age_group, race, ethnicity."""
-    demo = read_table(path, ("ActorID", "Age", "Sex", "Race", "Ethnicity"), "demographics table")
+    demo = read_table(path, ("ActorID", "Age", "Sex", "Race", "Ethnicity"), "demographics table",
+                      hint="pass demographics=PATH (CLI: --demographics)")
     demo["ActorID"] = demo["ActorID"].str.strip()
     dup = demo["ActorID"].duplicated(keep=False)
     if dup.any():
@@ -132,7 +133,8 @@ def join_demographics(df: pd.DataFrame, path: str | Path, bad: BadInput,
 
 def read_votes(path: str | Path, query_type: int, bad: BadInput) -> pd.DataFrame:
     """tabulatedVotes.csv rows of one query type -> utt_id, speaker, votes_<class>, intended."""
-    tab = read_table(path, ("fileName", *VOTE_COLUMNS), "tabulatedVotes.csv")
+    tab = read_table(path, ("fileName", *VOTE_COLUMNS), "tabulatedVotes.csv",
+                     hint="point root at the CREMA-D repository or pass votes_file=PATH")
     first = tab.columns[0]
     row_id = pd.to_numeric(tab[first], errors="coerce")
     if row_id.isna().any():

@@ -74,7 +74,8 @@ def fold_files(labels_dir: Path) -> dict[str, Path]:
         if m:
             found[m.group(1) or "1"] = p
     if not found:
-        raise CorpusError(f"no labels_consensus_<fold>.csv files in {labels_dir}")
+        raise CorpusError(f"no labels_consensus_<fold>.csv files in {labels_dir}; point "
+                          "labels_dir= (CLI: --labels-dir) at the EMO-SUPERB label folder")
     return dict(sorted(found.items(), key=lambda kv: (not kv[0].isdigit(), kv[0].zfill(9))))
 
 
