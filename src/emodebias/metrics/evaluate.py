@@ -35,7 +35,7 @@ from emodebias.metrics.attributes import Attribute, MetricsInputError, encode_al
 ALL = "all"
 GAP_METRICS = ("tpr_gap", "fpr_gap", "f1_gap", "dp_maxdev_gap", "dp_sumdev_gap")
 ATTR_METRICS = (*GAP_METRICS, "macro_f1_gap", "worst_group_f1", "worst_group_acc")
-AVERAGING = "RMS over classes"
+AVERAGING = "root mean square over the classes in the gap"
 DIFF_RATES = ("tpr", "fpr", "ppr", "f1")
 _RATE_FN = {"tpr": rates.tpr, "fpr": rates.fpr, "ppr": rates.ppr, "f1": rates.f1}
 _GAP_RATE = {"tpr_gap": "tpr", "fpr_gap": "fpr", "f1_gap": "f1", "dp_maxdev_gap": "ppr",
