@@ -271,3 +271,18 @@ def test_user_text_is_printed_as_is(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "│ [bold]calm " in res.stdout and "classes [bold]calm, sad;" in res.stdout
     assert res.stdout.strip().splitlines()[-1] == f"wrote {clips / 'manifest.parquet'}"
+
+
+def test_prepare_emodb_reports_what_it_left_out(shared_data: Path, tmp_path: Path) -> None:
+    present = {p.name for p in (shared_data / "emodb" / "wav").glob("*.wav")}
+    ratings = (shared_data / "emodb" / "erkennung.txt").read_text(encoding="latin-1")
+    rows = [line.split() for line in ratings.splitlines()[1:]]
+    low = sum(float(rec.replace(",", ".")) < 90 for _, name, rec, _ in rows if name in present)
+    res = runner.invoke(app, ["prepare", "--corpus", "emodb", "--root", str(shared_data / "emodb"),
+                              "--opt", "min_recognition=90", "--make-folds", "4",
+                              "--out", str(tmp_path)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert f"left out {low}: recognition < 90%" in res.stdout and 0 < low < 535
+    m = Manifest.load(tmp_path)
+    assert len(m) == 535 - low and m.folds == ["1", "2", "3", "4"]
+    assert m.info["folds"]["method"] == "make_folds"

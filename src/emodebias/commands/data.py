@@ -115,6 +115,13 @@ def prepare(
                  summary, console)
     for reason, rec in (manifest.info.get("skipped") or {}).items():
         typer.echo(f"skipped {rec['count']} {reason}: {'; '.join(rec['examples'])}")
+    for key in ("filtered", "dropped"):  # left out by the corpus's rules or options, counted
+        for reason, n in (manifest.info.get(key) or {}).items():
+            if n:
+                typer.echo(f"left out {n}: {reason}")
+    other = manifest.info.get("other_files") or {}
+    if other:
+        typer.echo("not audio, ignored: " + ", ".join(f"{n} {ext}" for ext, n in other.items()))
     folds = ", ".join(manifest.folds) or "none (add them with --make-folds K)"
     typer.echo(f"{len(manifest)} utterances, {manifest.df['speaker'].nunique()} speakers, "
                f"classes {', '.join(manifest.classes)}; folds: {folds}")
