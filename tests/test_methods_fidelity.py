@@ -63,7 +63,7 @@ def gce_ref(logits: torch.Tensor, soft, class_w=CLASS_W, q: float = 0.7, times_q
 
 # ----------------------------------------------------------------------------- DRO
 def test_gdro_q_update_and_loss_hand_worked() -> None:
-    m = make("gdro")
+    m = make("gdro_groups")
     out = m.robust(torch.tensor([[1.0, 3.0]]))
     q = np.array([0.5 * math.exp(0.01), 0.5 * math.exp(0.03)])
     q /= q.sum()
@@ -76,7 +76,7 @@ def test_gdro_q_update_and_loss_hand_worked() -> None:
 
 
 def test_gdro_loss_on_a_batch_equals_manual_group_means() -> None:
-    m = make("gdro", n_groups=3)
+    m = make("gdro_groups", n_groups=3)
     b = batch(SOFT, [0, 1, 0, -1])  # group 2 absent, last row unknown
     loss = m.loss(b)
     logits, _ = m.head(b.x)
@@ -90,7 +90,7 @@ def test_gdro_loss_on_a_batch_equals_manual_group_means() -> None:
 
 def test_gadro_adjustment_only_in_q_update() -> None:
     # training counts n_g = 4 and 1 from the context
-    m = make("gadro", n_train=5, groups=[0, 0, 0, 0, 1])
+    m = make("gadro_groups", n_train=5, groups=[0, 0, 0, 0, 1])
     np.testing.assert_allclose(m.n_g[0].numpy(), [4.0, 1.0])
     gl = torch.tensor([[1.0, 0.5]])
     out = m.robust(gl)
@@ -103,7 +103,7 @@ def test_gadro_adjustment_only_in_q_update() -> None:
 
 def test_pgdro_soft_group_losses() -> None:
     probs = np.array([[1.0, 0.0], [0.5, 0.5], [0.2, 0.8], [0.0, 1.0]])
-    m = make("pgdro", n_train=4, probs=probs[None])
+    m = make("pgdro_groups", n_train=4, probs=probs[None])
     np.testing.assert_allclose(m.n_g[0].numpy(), [1.7, 2.3], rtol=1e-6)
     b = batch(SOFT, [0, 0, 1, 1], probs=probs)
     loss = m.loss(b)
@@ -115,7 +115,7 @@ def test_pgdro_soft_group_losses() -> None:
 
 
 def test_pgdro_accepts_hard_groups_as_one_hot() -> None:
-    m = make("pgdro", n_train=4, groups=[0, 1, 1, 1])
+    m = make("pgdro_groups", n_train=4, groups=[0, 1, 1, 1])
     np.testing.assert_allclose(m.n_g[0].numpy(), [1.0, 3.0])
     assert torch.isfinite(m.loss(batch(SOFT, [0, 1, 1, 1])))
 
@@ -305,7 +305,7 @@ def test_gr_penalty_hand_worked() -> None:
     gaps = cell_gaps(values, b, n_classes=K, n_groups=2)
     # class-0 mean 4; cell (0,0) mean 2 -> -2; cell (0,1) 8 -> +4; class 1: cell (1,1) = mean -> 0
     np.testing.assert_allclose(gaps[0].numpy(), [[-2.0, 4.0], [0.0, 0.0], [0.0, 0.0]])
-    m = make("gr", hp={"lambda_gr": 0.5})
+    m = make("gr_loss", hp={"lambda_gr": 0.5})
     logits, _ = m.head(b.x)
     ell = class_balanced_ce(logits, b.soft, m.class_w)[0].detach().numpy()
     c0 = ell[:3].mean()

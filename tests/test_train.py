@@ -216,9 +216,10 @@ def test_cli_train_and_methods(tmp_path) -> None:
 MAJOR = (1, 0, 1)  # class -> majority gender (1 = M), as angry/sad/neutral in CREMA-D
 
 
-def planted_shortcut(seed: int = 0) -> TrainData:
+def planted_shortcut(seed: int = 0, scale: int = 1) -> TrainData:
     """3 emotions; feature 3 encodes gender and, at 1:20 in train/dev, predicts the emotion;
-    the test set is gender-balanced so relying on it opens a TPR gap."""
+    the test set is gender-balanced so relying on it opens a TPR gap. `scale` multiplies the
+    train and dev sizes (more minority rows per cell)."""
     rng = np.random.default_rng(seed)
 
     def part(sizes: list[int], balanced: bool) -> list[tuple[int, int]]:
@@ -229,7 +230,8 @@ def planted_shortcut(seed: int = 0) -> TrainData:
                 rows += [(c, g)] * n
         return rows
 
-    train, dev = part([200, 60, 200], False), part([60, 20, 60], False)
+    train = part([200 * scale, 60 * scale, 200 * scale], False)
+    dev = part([60 * scale, 20 * scale, 60 * scale], False)
     rows = np.array(train + dev + part([100, 100, 100], True))
     c, g = rows[:, 0], rows[:, 1]
     n = len(rows)

@@ -96,3 +96,30 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the last dim of `values` where `mask` holds; 0 where nothing is selected."""
     mask = mask.float()
     return (values * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+
+
+def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt with value 0 and gradient 0 at 0 (plain sqrt has an infinite gradient there)."""
+    return torch.where(x > 0, x.clamp_min(1e-300 if x.dtype == torch.float64 else 1e-30).sqrt(),
+                       torch.zeros_like(x))
+
+
+def soft_rate_gap(probs: torch.Tensor, targets: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """Differentiable RMS-over-classes rate gap between groups, per run [R].
+
+    probs [R, B, K] (softmax outputs), targets [R, B, K] in {0, 1} (the positives for a TPR gap,
+    the negatives for an FPR gap), member [R, B, G] group memberships (rows of no group: zeros).
+    The soft rate of class c in group g is R~_{c,g} = Σ_{i∈g} t_ic p_ic / Σ_{i∈g} t_ic; per class
+    the gap is Σ_g |R~_{c,g} − R~_c| over groups with targets (R~_c pooled over them: FairLib's
+    multi-group aggregation, |R~_a − R~_b| for two groups), then sqrt of the mean square over the
+    classes where at least two groups have targets. On one-hot (0/1) predictions it equals the
+    reported hard gap; λ·gap does not grow with K.
+    """
+    w = member.unsqueeze(-1) * targets.unsqueeze(-2)  # [R, B, G, K]
+    mass = w.sum(1)  # [R, G, K]
+    present = mass > 0
+    rate = (w * probs.unsqueeze(-2)).sum(1) / mass.clamp_min(1e-12)
+    pooled = (rate * mass).sum(1) / mass.sum(1).clamp_min(1e-12)  # [R, K]
+    dev = ((rate - pooled.unsqueeze(1)).abs() * present).sum(1)  # [R, K]
+    ok = (present.sum(1) >= 2).to(probs.dtype)
+    return safe_sqrt((dev.pow(2) * ok).sum(-1) / ok.sum(-1).clamp_min(1.0))

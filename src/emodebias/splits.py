@@ -365,3 +365,39 @@ def make_folds(manifest: Manifest, k: int = 5, seed: int = 0, overwrite: bool = 
     info = {**manifest.info, "folds": {"method": "make_folds", "k": k, "seed": seed,
                                        "blocks": blocks}}
     return Manifest(df, manifest.classes, manifest.corpus, info)
+
+
+# --------------------------------------------------------------------------- support warnings
+MIN_GROUP_UTTERANCES = 10  # fewer train/dev utterances of a group than this: warn
+MIN_GROUP_SPEAKERS = 2  # fewer train/dev speakers of a group than this: warn
+
+
+def group_support_warnings(manifest: Manifest, split: Split, attribute: str = "gender",
+                           min_utterances: int = MIN_GROUP_UTTERANCES,
+                           min_speakers: int = MIN_GROUP_SPEAKERS) -> list[str]:
+    """One line per (train or dev part, group of `attribute`) with too little support.
+
+    Why: at strong imbalance the minority group can nearly vanish from a part (at 1:20 on a small
+    corpus, often from dev), so training or dev-loss model selection never sees it; nothing
+    fails, the numbers just stop meaning what they seem to. Groups are the attribute's values
+    over the whole manifest, so a group absent from a part is reported with 0.
+    """
+    if attribute not in manifest.df.columns:
+        return []
+    values = manifest.df[attribute]
+    groups = sorted(str(v) for v in values.dropna().unique())
+    out = []
+    for part in ("train", "dev"):
+        ids = getattr(split, part)
+        rows = manifest.df.iloc[manifest.index_of(list(ids))] if ids else manifest.df.iloc[:0]
+        for g in groups:
+            sel = rows[rows[attribute].astype(object).astype(str) == g]
+            n_utt, n_spk = len(sel), int(sel["speaker"].nunique())
+            if n_utt < min_utterances or n_spk < min_speakers:
+                stage = "training" if part == "train" else "model selection"
+                out.append(
+                    f"{split.name}: the {part} part has {n_utt} {attribute}={g} utterance(s) "
+                    f"from {n_spk} speaker(s) (fewer than {min_utterances} utterances or "
+                    f"{min_speakers} speakers): {stage} barely sees that group; use a milder "
+                    "ratio, a larger corpus or other folds")
+    return out

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from emodebias.errors import UserError
 from emodebias.feature_bank import FeatureBank, MemmapRef, RunGroups, store_id
 from emodebias.fileio import write_text_atomic
 from emodebias.labels import strict_majority
@@ -41,6 +42,20 @@ from emodebias.optim import StackedAdam
 from emodebias.workers import init_worker
 
 log = logging.getLogger(__name__)
+
+# a run whose selected epoch falls in the last LATE_SHARE of its epochs is flagged: the dev loss
+# was still falling, so more epochs or a larger learning rate may change its numbers
+LATE_SHARE = 0.1
+
+
+class TrainingError(UserError):
+    """A run learned nothing that can be selected: no epoch had a finite dev loss (empty dev
+    part, non-finite inputs, divergence, zero epochs). Training never saves the untrained
+    initial weights as if they were a result."""
+
+
+class FeatureError(UserError):
+    """Some feature rows a run reads are not finite (NaN or inf); the message names them."""
 
 
 # ---------------------------------------------------------------------------- data
@@ -243,27 +258,74 @@ class _Plan:
     prep: Prepared | None
     seeds: tuple[int, int, int]
     twins: list[_Plan] = field(default_factory=list)  # runs whose training is this one's
+    error: UserError | None = None  # the run cannot train (bad input): reported, not trained
 
 
 def _plans(pairs: Pairs, workers: int) -> list[_Plan]:
     """A plan per run, in order; each method's data-level hook runs once for all its runs
     (`Method.prepare_many`: JTT trains its identification models as one stacked grid)."""
     plans = []
+    bad_rows = _non_finite_rows([d for d, _ in pairs])
     for data, runs in pairs:
+        feature_error = _feature_error(data, bad_rows)
         for run in runs:
             cls = get_method(run.method)
             hp = cls.resolve(run.hparams)
-            cls.check_data(data)
-            plans.append(_Plan(len(plans), data, run, cls, hp, None, _seeds(run.seed)))
+            p = _Plan(len(plans), data, run, cls, hp, None, _seeds(run.seed))
+            try:
+                cls.check_data(data)
+                if feature_error is not None and cls.trains:
+                    raise feature_error
+            except UserError as exc:
+                p.error = exc
+            plans.append(p)
     by_class: dict[type[Method], list[_Plan]] = defaultdict(list)
     for p in plans:
-        if p.cls.trains:
+        if p.cls.trains and p.error is None:
             by_class[p.cls].append(p)
     for cls, members in by_class.items():
         items = [(p.data, p.hp, _gen(p.seeds[1]), p.run.config) for p in members]
         for p, prep in zip(members, cls.prepare_many(items, workers), strict=True):
             p.prep = prep
     return plans
+
+
+def _non_finite_rows(datas: list[TrainData], chunk: int = 4096) -> dict[tuple, np.ndarray]:
+    """Rows (sorted) whose features hold a NaN or inf, among the rows the runs read, per store;
+    each store is read once however many TrainData objects share it."""
+    rows: dict[tuple, list[np.ndarray]] = defaultdict(list)
+    arrays: dict[tuple, Any] = {}
+    for d in datas:
+        key = store_id(d.features)
+        arrays[key] = d.features
+        rows[key].append(np.concatenate([d.train_idx, d.dev_idx, d.test_idx]))
+    out = {}
+    for key, parts in rows.items():
+        used = np.unique(np.concatenate(parts))
+        bad = [used[s : s + chunk][~np.isfinite(np.asarray(arrays[key][used[s : s + chunk]],
+                                                            dtype=np.float32)).all((1, 2))]
+               for s in range(0, len(used), chunk)]
+        out[key] = np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+    return out
+
+
+def _feature_error(data: TrainData, bad_rows: dict[tuple, np.ndarray]) -> FeatureError | None:
+    """The input error of a TrainData whose train/dev/test rows include non-finite features."""
+    bad = bad_rows.get(store_id(data.features))
+    if bad is None or not len(bad):
+        return None
+    parts = {name: np.intersect1d(getattr(data, f"{name}_idx"), bad)
+             for name in ("train", "dev", "test")}
+    hit = np.unique(np.concatenate(list(parts.values())))
+    if not len(hit):
+        return None
+    names = [str(data.utt_ids[i]) if data.utt_ids is not None else f"row {i}" for i in hit]
+    where = ", ".join(f"{k} {len(v)}" for k, v in parts.items() if len(v))
+    shown = ", ".join(names[:10]) + (f" (+{len(names) - 10} more)" if len(names) > 10 else "")
+    return FeatureError(
+        f"{len(hit)} utterance(s) have non-finite (NaN/inf) features ({where}): {shown}; "
+        "re-extract them, or leave them out of the split"
+    )
 
 
 # runs of one stack differ in train length by at most this factor (shorter runs idle, masked)
@@ -273,7 +335,7 @@ MAX_LENGTH_RATIO = 1.5
 # class attributes that differ between methods yet are per run (defaults, data-level hooks)
 _PER_RUN_ATTRS = frozenset({"name", "family", "supervision", "HPARAMS", "PER_RUN_HPARAMS",
                             "prepare", "prepare_many", "postprocess", "check_data", "resolve",
-                            "untrained_probs"})
+                            "untrained_probs", "run_info", "reading_dependent", "_soft"})
 
 
 @functools.cache
@@ -328,7 +390,8 @@ def _training_key(p: _Plan) -> tuple:
     (e.g. ERM and EO thresholds, whose head is ERM's, on one cell) train once."""
     hp = sorted((k, repr(v)) for k, v in p.hp.items() if k not in p.cls.PER_RUN_HPARAMS)
     weight = None if p.prep.weight is None else np.asarray(p.prep.weight).tobytes()
-    return id(p.data), p.seeds, tuple(hp), np.asarray(p.prep.idx).tobytes(), weight
+    sample = None if p.prep.sample is None else np.asarray(p.prep.sample).tobytes()
+    return id(p.data), p.seeds, tuple(hp), np.asarray(p.prep.idx).tobytes(), weight, sample
 
 
 def _merge_twins(members: list[_Plan]) -> list[_Plan]:
@@ -366,15 +429,23 @@ def fit_many(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None, *
     sharing one `features` array, e.g. `dataclasses.replace(data, train_idx=...)`)
     and stacks runs of one method across them; results follow the pairs' runs in order.
     `workers` > 1 trains the stacks in that many processes (see `fit_stream`).
+    A run that cannot train or selects nothing raises its error (`TrainingError`,
+    `FeatureError`, `GroupSupervisionError`) once every run has finished.
     """
     done = dict(fit_stream(data, runs, workers=workers))
-    return [done[i] for i in range(len(done))]
+    out = [done[i] for i in range(len(done))]
+    for r in out:
+        if isinstance(r, BaseException):
+            raise r
+    return out
 
 
 def fit_stream(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None, *,
-               workers: int = 1) -> Iterator[tuple[int, FitResult]]:
+               workers: int = 1) -> Iterator[tuple[int, FitResult | UserError]]:
     """`fit_many`, yielding (position, result) as each stack finishes, so a caller can save
-    finished runs while the rest train (an interrupted grid keeps them).
+    finished runs while the rest train (an interrupted grid keeps them). A run that cannot
+    train (bad input) or whose training selects nothing (`TrainingError`) yields its error
+    instead of a result, so one failed run does not stop the others of its stack.
 
     With `workers` > 1, stacks train in that many spawned processes, one torch thread each,
     largest first; a memory-mapped store is reopened by path in each process (see
@@ -385,7 +456,10 @@ def fit_stream(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None,
     plans = _plans(pairs, workers)
     stacks: dict[tuple, list[_Plan]] = defaultdict(list)
     for p in plans:
-        stacks[_stack_key(p)].append(p)
+        if p.error is not None:
+            yield p.pos, p.error
+        else:
+            stacks[_stack_key(p)].append(p)
     chunks: list[list[_Plan]] = []
     for members in stacks.values():
         if not members[0].cls.trains:
@@ -394,7 +468,7 @@ def fit_stream(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None,
             chunks += _chunks(_merge_twins(members), max(1, members[0].run.config.max_stack))
     rows = {}  # every row a store's stacks read: one bank per store and process
     for q in plans:
-        if q.cls.trains:
+        if q.cls.trains and q.error is None:
             rows.setdefault(store_id(q.data.features), []).append(
                 np.concatenate([q.data.dev_idx, q.data.test_idx, q.prep.idx]))
     store_rows = {k: np.unique(np.concatenate(v)) for k, v in rows.items()}
@@ -436,7 +510,7 @@ def _n_params(cls: type[Method], dims: tuple[int, int], n_classes: int, n_groups
 
 
 def _train_chunk(chunk: list[_Plan], rows: np.ndarray,
-                 banks: dict[tuple, FeatureBank]) -> Iterator[tuple[int, FitResult]]:
+                 banks: dict[tuple, FeatureBank]) -> Iterator[tuple[int, FitResult | UserError]]:
     """Train one stack on the bank of its store's `rows` (built once per store in `banks`)."""
     cfg = chunk[0].run.config
     key = (store_id(chunk[0].data.features), cfg.device, cfg.preload_max_gb, cfg.kernels)
@@ -451,7 +525,8 @@ def _train_chunk(chunk: list[_Plan], rows: np.ndarray,
 _WORKER_BANKS: dict[tuple, FeatureBank] = {}
 
 
-def _train_chunk_list(chunk: list[_Plan], rows: np.ndarray) -> list[tuple[int, FitResult]]:
+def _train_chunk_list(chunk: list[_Plan],
+                      rows: np.ndarray) -> list[tuple[int, FitResult | UserError]]:
     """Worker-process entry point (a picklable list, not a generator)."""
     return list(_train_chunk(chunk, rows, _WORKER_BANKS))
 
@@ -502,6 +577,8 @@ class _EvalSet:
         mask = _pad([np.ones(n, dtype=np.float32) for n in self.sizes], 0.0)
         self.count = torch.as_tensor(np.maximum(self.sizes, 1), dtype=torch.float32,
                                      device=device)
+        # an empty list has no loss (NaN), never a mean of 0 that would look like a selection
+        self.empty = torch.as_tensor(np.array(self.sizes) == 0, device=device)
         self.mask = torch.as_tensor(mask, device=device)
 
     @torch.no_grad()
@@ -521,9 +598,8 @@ class _EvalSet:
     def loss(self, logits: torch.Tensor, class_w: torch.Tensor) -> torch.Tensor:
         """Per-run mean class-balanced CE [R] over each run's own rows."""
         per = class_balanced_ce(logits, self.soft, class_w)
-        if self.shared:
-            return per.mean(-1)
-        return (per * self.mask).sum(-1) / self.count
+        mean = per.mean(-1) if self.shared else (per * self.mask).sum(-1) / self.count
+        return torch.where(self.empty, float("nan"), mean)
 
     def probs(self, logits: torch.Tensor) -> list[np.ndarray]:
         p = torch.softmax(logits, -1).cpu().numpy()
@@ -611,7 +687,7 @@ def _position_dims(cls: type[Method], hp: dict[str, Any], ctx: MethodContext) ->
             for k, s in shapes[0].items() if s != shapes[1][k]}
 
 
-def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[tuple[int, FitResult]]:
+def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[tuple[int, FitResult | UserError]]:
     """Train one stack of runs (same method and settings; own rows, groups and lengths) ->
     (position, result) of each run and of its twins (same head, own per-run hooks)."""
     t0 = time.perf_counter()
@@ -663,12 +739,18 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[tuple[int, FitRe
     best_state = {k: v.clone() for k, v in method.state_dict().items()}
     history: list[list[dict]] = [[] for _ in plans]
     schedule = _schedule(lengths, bs)
+    draw = [None if p.prep.sample is None else torch.as_tensor(p.prep.sample, dtype=torch.float64)
+            for p in plans]
     n_batches = torch.as_tensor(-(-lengths // bs), dtype=torch.float32, device=device)
     for epoch in range(1, cfg.epochs + 1):
         method.epoch = epoch
         perm = torch.zeros(n_runs, n_max, dtype=torch.long)
         for r, g in enumerate(loop_gens):
-            perm[r, : lengths[r]] = torch.randperm(int(lengths[r]), generator=g)
+            n_r = int(lengths[r])
+            if draw[r] is None:
+                perm[r, :n_r] = torch.randperm(n_r, generator=g)
+            else:  # group-balanced sampler: n_r draws with replacement
+                perm[r, :n_r] = torch.multinomial(draw[r], n_r, replacement=True, generator=g)
         order = table.take(perm.to(device))
         shared = None if bank.native else RunGroups.of(  # runs that read the same rows
             np.take_along_axis(host_rows, perm.numpy(), 1), lengths, device)
@@ -720,9 +802,13 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[tuple[int, FitRe
     wall = (time.perf_counter() - t0) / sum(1 + len(p.twins) for p in plans)
     final_state = method.state_dict()
     per_position = _position_dims(cls, plans[0].hp, ctx) if lengths.min() < n_max else {}
-    results = []
+    results: list[tuple[int, FitResult | UserError]] = []
     for r, rep in enumerate(plans):
+        failure = _no_selection(rep, history[r], float(best_loss[r]))
         for p in (rep, *rep.twins):
+            if failure is not None:
+                results.append((p.pos, failure))
+                continue
             d = p.data
             state = run_slice(final_state, r)
             for k, dim in per_position.items():  # drop the padding of per-position state
@@ -731,13 +817,49 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[tuple[int, FitRe
             info = {"dims": {"n_layers": bank.n_layers, "dim": bank.dim,
                              "n_classes": d.n_classes, "n_groups": d.n_groups},
                     "n_train": len(p.prep.idx), "prepare": p.prep.info, "stack_size": n_runs,
-                    "twins": len(rep.twins), "best_dev_loss": float(best_loss[r]), **post}
+                    "twins": len(rep.twins), "best_dev_loss": float(best_loss[r]),
+                    "convergence": _convergence(best_epoch[r], cfg),
+                    **p.cls.run_info(p.hp, history[r], d), **post}
             results.append((p.pos, FitResult(
                 np.asarray(test_r, dtype=np.float32), np.asarray(dev_r, dtype=np.float32),
                 best_epoch[r], [dict(h) for h in history[r]], state, p.hp, wall, p.cls.name,
                 p.run.seed, asdict(p.run.config), info,
             )))
     return results
+
+
+def _no_selection(p: _Plan, history: list[dict], best: float) -> TrainingError | None:
+    """The error of a run whose training selected nothing finite (None when it did)."""
+    if np.isfinite(best):
+        return None
+    cfg = p.run.config
+    what = f"run {p.cls.name} (seed {p.run.seed})"
+    n_dev = len(p.data.dev_idx)
+    if n_dev == 0:
+        why = "its dev part is empty; make a split with dev utterances"
+    elif cfg.epochs < 1:
+        why = f"epochs is {cfg.epochs}; train at least one epoch"
+    elif history and not np.isfinite(history[-1]["train_loss"]):
+        why = (f"training diverged (train loss {history[-1]['train_loss']}); lower the "
+               f"learning rate (lr {cfg.lr:g})")
+    else:
+        why = ("the dev loss was never finite; check the dev labels and features, or lower "
+               f"the learning rate (lr {cfg.lr:g})")
+    return TrainingError(f"{what}: no epoch of {cfg.epochs} had a finite dev loss "
+                         f"({n_dev} dev utterances): {why}")
+
+
+def _convergence(selected: int, cfg: TrainConfig) -> dict:
+    """Whether the dev-selected epoch is in the last LATE_SHARE of training (then the dev loss
+    was still falling when training stopped: the run may be under-trained)."""
+    last = max(1, int(np.ceil(LATE_SHARE * cfg.epochs)))
+    late = cfg.select == "dev_loss" and selected > cfg.epochs - last
+    if late:
+        log.warning("selected epoch %d of %d is in the last %d%% of training: the run may not "
+                    "have converged (more epochs or a larger lr)", selected, cfg.epochs,
+                    round(100 * LATE_SHARE))
+    return {"selected_epoch": int(selected), "epochs": int(cfg.epochs), "late": bool(late),
+            "late_share": LATE_SHARE}
 
 
 # ---------------------------------------------------------------------------- predict

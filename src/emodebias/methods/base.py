@@ -69,6 +69,9 @@ class Prepared:
     idx: np.ndarray
     weight: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    # per-position draw weights: each epoch draws len(idx) positions with replacement, position
+    # j with probability ∝ sample[j] (a group-balanced sampler); None = a plain permutation
+    sample: np.ndarray | None = None
 
 
 @dataclass
@@ -110,6 +113,9 @@ class Method(nn.Module):
     # read only by the per-run hooks (prepare / postprocess): runs may differ in them and stack
     PER_RUN_HPARAMS: ClassVar[frozenset[str]] = frozenset()
     trains: ClassVar[bool] = True
+    # the method's formula is one reading of an unreadable or ambiguous source (GR): results
+    # tables should say so
+    reading_dependent: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ class-level API
     @classmethod
@@ -152,14 +158,30 @@ class Method(nn.Module):
         if cls.supervision == "none":
             return
         has_hard = data.n_groups > 0 and bool((data.groups[data.train_idx] >= 0).any())
-        if cls.supervision == "soft" and (data.group_probs is not None or has_hard):
-            return
-        if cls.supervision == "hard" and has_hard:
-            return
-        raise GroupSupervisionError(
-            f"method {cls.name!r} needs {cls.supervision} group labels for the training set, but "
-            "none were given; pass --groups DIR (ground truth, pseudo-labels or clusters)"
-        )
+        soft = cls.supervision == "soft" and data.group_probs is not None
+        if not (soft or has_hard):
+            raise GroupSupervisionError(
+                f"method {cls.name!r} needs {cls.supervision} group labels for the training set, "
+                "but none were given; pass --groups DIR (ground truth, pseudo-labels or clusters)"
+            )
+        if data.n_groups < 2:
+            raise GroupSupervisionError(
+                f"method {cls.name!r} compares groups, but the group source has "
+                f"{data.n_groups} group; use one with at least two (e.g. clusters with k >= 2)"
+            )
+        idx = np.asarray(data.train_idx, dtype=np.int64)
+        if soft:
+            mass = np.asarray(data.group_probs)[idx].sum(0)
+        else:
+            g = data.groups[idx]
+            mass = np.bincount(g[g >= 0], minlength=data.n_groups)
+        present = np.flatnonzero(mass > 0)
+        if len(present) < 2:
+            raise GroupSupervisionError(
+                f"method {cls.name!r} compares groups, but only group(s) {present.tolist()} of "
+                f"{data.n_groups} have training rows, so it would train as ERM; use a split "
+                "whose train part holds every compared group"
+            )
 
     @classmethod
     def prepare(
@@ -226,6 +248,11 @@ class Method(nn.Module):
 
     def epoch_log(self) -> dict[str, list]:
         """Per-run extra values for the history (e.g. GDRO's q); lists of length R."""
+        return {}
+
+    @classmethod
+    def run_info(cls, hp: dict[str, Any], history: list[dict], data: TrainData) -> dict:
+        """Per-run facts for the run record beyond the metrics (e.g. GDRO's q trajectory)."""
         return {}
 
     @classmethod

@@ -1,15 +1,19 @@
-"""Fairness regularisers added to L_SER (PAPERS §3.11): GR and a class-conditional MMD.
+"""Fairness regularisers added to L_SER (PAPERS §3.11): GR in two readings and a class-conditional
+MMD.
 
-Both compare class × group cells with their class (an Equal-Opportunity target) on the batch,
-skipping cells absent from it. Rows without a strict-majority class or with an unknown group
-take part in L_SER only.
+[ED]'s GR formula could not be read, so GR exists in two named readings (both marked
+`reading_dependent`): ``gr`` penalises a differentiable surrogate of the reported TPR gap (soft
+TPRs of class × group on the batch), ``gr_loss`` FairLib's loss gap of class × group cells to
+their class. ``gr_loss`` and MMD compare cells of the strict-majority class; rows without one or
+with an unknown group take part in L_SER only.
 """
 
 from __future__ import annotations
 
 import torch
 
-from emodebias.losses import group_reduce, membership
+from emodebias.labels import TIE_TOL
+from emodebias.losses import group_reduce, membership, soft_rate_gap
 from emodebias.methods.base import Batch, Method, register
 
 
@@ -37,14 +41,15 @@ def cell_gaps(values: torch.Tensor, batch: Batch, n_classes: int, n_groups: int)
     return (cell_mean - class_mean) * present
 
 
-@register("gr")
-class GR(Method):
-    """Gap Regularisation — PLACEHOLDER formula (PAPERS §3.11; the [ED] paper's is unknown):
+@register("gr_loss")
+class GRLoss(Method):
+    """Gap Regularisation, loss-gap reading (FairLib's group-difference loss, DyBTObj="EO"):
     L = L_SER + λ_GR·Σ_c Σ_g |L̄_{c,g} − L̄_c| with batch means of ℓ over class c = c_i.
-    Replace once the paper text is available."""
+    [ED]'s formula is unreadable (PAPERS §3.11); its sum over classes makes λ grow with K."""
 
     family = "regularisation"
     supervision = "hard"
+    reading_dependent = True
     HPARAMS = {"lambda_gr": 1.0}
 
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -53,6 +58,37 @@ class GR(Method):
         ser = (batch.weight * per_sample).mean(-1)
         gaps = cell_gaps(per_sample, batch, self.ctx.n_classes, self.ctx.n_groups)
         return ser + self.hp_vec("lambda_gr") * gaps.abs().sum((-2, -1))
+
+
+@register("gr")
+class GR(Method):
+    """Gap Regularisation, gap-surrogate reading: the reported TPR gap made differentiable,
+    L = L_SER + λ_GR·(TPRgap~ + β·FPRgap~), with soft rates of the softmax outputs on the batch
+    (`losses.soft_rate_gap`: RMS over classes, FairLib's multi-group form, so λ does not scale
+    with K). β = `fpr_weight` (0: Equal Opportunity; > 0 adds the Equalised-Odds FPR term).
+    Targets are the labels binarised at 1/K; rows of unknown group enter L_SER only."""
+
+    family = "regularisation"
+    supervision = "hard"
+    reading_dependent = True
+    HPARAMS = {"lambda_gr": 1.0, "fpr_weight": 0.0}
+
+    def penalty(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """TPRgap~ + β·FPRgap~ per run [R]."""
+        probs = torch.softmax(logits, -1)
+        k = self.ctx.n_classes
+        pos = (batch.soft > 1.0 / k - TIE_TOL).to(probs.dtype)
+        member = membership(batch.group, self.ctx.n_groups).to(probs.dtype)
+        gap = soft_rate_gap(probs, pos, member)
+        beta = self.hp_vec("fpr_weight")
+        if any(h["fpr_weight"] != 0 for h in self.hps):
+            gap = gap + beta * soft_rate_gap(probs, 1.0 - pos, member)
+        return gap
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        logits = self.head.logits(batch.x)
+        ser = (batch.weight * self.base_loss(logits, batch.soft)).mean(-1)
+        return ser + self.hp_vec("lambda_gr") * self.penalty(logits, batch)
 
 
 @register("mmd")

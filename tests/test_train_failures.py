@@ -1,0 +1,140 @@
+"""Training that tells the truth: runs that learn nothing fail with a clear error (one failed
+run does not stop its stack), non-finite features are named, group methods refuse training
+sets without two groups, late selection is flagged, and thin group support warns."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_train import random_data
+from typer.testing import CliRunner
+
+from emodebias.errors import UserError
+from emodebias.manifest import Manifest
+from emodebias.methods import GroupSupervisionError
+from emodebias.splits import group_support_warnings, make_split
+from emodebias.train import (
+    FeatureError,
+    RunConfig,
+    TrainConfig,
+    TrainingError,
+    fit,
+    fit_many,
+    fit_stream,
+)
+
+CFG = TrainConfig(epochs=3, batch_size=16, lr=1e-3)
+
+
+def test_empty_dev_fails_and_the_rest_of_the_stack_trains() -> None:
+    data = random_data()
+    no_dev = replace(data, dev_idx=np.zeros(0, dtype=np.int64))
+    with pytest.raises(TrainingError, match="dev part is empty"):
+        fit(no_dev, "erm", config=CFG)
+    out = dict(fit_stream([(no_dev, [RunConfig("erm", {}, 0, CFG)]),
+                           (data, [RunConfig("erm", {}, 0, CFG)])]))
+    assert isinstance(out[0], TrainingError) and isinstance(out[0], UserError)
+    assert out[1].info["stack_size"] == 2 and np.isfinite(out[1].test_probs).all()
+    alone = fit(data, "erm", config=CFG)
+    np.testing.assert_allclose(out[1].test_probs, alone.test_probs, atol=1e-5)
+
+
+def test_zero_epochs_and_divergence_fail() -> None:
+    data = random_data()
+    with pytest.raises(TrainingError, match="epochs is 0"):
+        fit(data, "erm", config=replace(CFG, epochs=0))
+    with pytest.raises(TrainingError, match="finite dev loss"):
+        fit(data, "erm", config=replace(CFG, lr=1e30, kernels="torch"))
+
+
+def test_non_finite_features_name_the_utterances() -> None:
+    data = random_data()
+    feats = np.array(data.features)
+    feats[85, 1, 3] = np.nan  # a dev row
+    feats[3, 0, 0] = np.inf  # a train row
+    feats[119, 0, 0] = np.nan  # a test row
+    bad = replace(data, features=feats, utt_ids=[f"utt{i}" for i in range(len(feats))])
+    with pytest.raises(FeatureError, match=r"3 utterance\(s\).*train 1, dev 1, test 1.*utt3, "
+                                           r"utt85, utt119"):
+        fit(bad, "erm", config=CFG)
+    # rows no run reads do not matter
+    fine = replace(bad, train_idx=np.arange(4, 80), test_idx=np.arange(100, 119),
+                   dev_idx=np.arange(86, 100))
+    assert np.isfinite(fit(fine, "erm", config=CFG).test_probs).all()
+
+
+@pytest.mark.parametrize("method", ["rw", "ds", "gr", "gdro", "gadro", "pgdro", "adv", "gr_loss"])
+def test_group_methods_refuse_a_one_group_training_set(method: str) -> None:
+    data = random_data()
+    one_gender = replace(data, groups=np.where(np.arange(len(data.groups)) < 80, 0, 1))
+    with pytest.raises(GroupSupervisionError, match=r"only group\(s\) \[0\] of 2"):
+        fit(one_gender, method, config=CFG)
+    single = replace(data, groups=np.zeros(len(data.groups), dtype=np.int64), n_groups=1)
+    with pytest.raises(GroupSupervisionError, match="at least two"):
+        fit(single, method, config=CFG)
+    fit(data, "erm", config=CFG)  # methods without groups are unaffected
+
+
+def test_late_selection_is_flagged() -> None:
+    data = random_data()
+    res = fit(data, "erm", config=TrainConfig(epochs=2, batch_size=16, lr=1e-4))
+    conv = res.info["convergence"]
+    assert conv["selected_epoch"] == res.best_epoch and conv["epochs"] == 2
+    assert conv["late"] == (res.best_epoch == 2)  # last 10% of 2 epochs: the last one
+    res = fit(data, "erm", config=TrainConfig(epochs=30, batch_size=16, lr=3e-2))
+    dev = [h["dev_loss"] for h in res.history]
+    assert res.best_epoch == 1 + int(np.argmin(dev)) and res.best_epoch <= 27
+    assert res.info["convergence"]["late"] is False
+    last = fit(data, "erm", config=TrainConfig(epochs=3, batch_size=16, select="last"))
+    assert last.info["convergence"]["late"] is False  # chosen on purpose, not a symptom
+
+
+def test_fit_many_raises_after_the_others_finish() -> None:
+    data = random_data()
+    runs = [RunConfig("erm", {}, 0, CFG), RunConfig("erm", {}, 1, replace(CFG, epochs=0))]
+    with pytest.raises(TrainingError):
+        fit_many(data, runs)
+
+
+# ----------------------------------------------------------------------------- split support
+def toy_manifest() -> Manifest:
+    rows = []
+    for g, n_spk in (("F", 6), ("M", 6)):
+        for s in range(n_spk):
+            for u in range(8):
+                a = 0.95 if (g == "M") == (u % 4 != 0) else 0.05
+                rows.append({"utt_id": f"{g}{s}_{u}", "path": f"{g}{s}_{u}.wav",
+                             "speaker": f"{g}{s}", "gender": g, "soft_a": a, "soft_b": 1 - a,
+                             "split_1": ["train", "train", "train", "train", "dev", "test"][s]})
+    return Manifest(pd.DataFrame(rows), ["a", "b"], corpus="toy")
+
+
+def test_group_support_warnings_name_part_group_and_counts() -> None:
+    m = toy_manifest()
+    full = make_split(m, "1")
+    assert group_support_warnings(m, full, min_utterances=5, min_speakers=1) == []
+    warned = group_support_warnings(m, full)  # dev: one speaker per gender
+    assert len(warned) == 2 and all("dev part has 8" in w and "1 speaker(s)" in w for w in warned)
+    skewed = make_split(m, "1", ratio=20, direction="male-major")
+    msgs = group_support_warnings(m, skewed, min_speakers=1)
+    # 1:20 male-major: F keeps floor(24/20) + floor(8/20) = 1 train utterance
+    n_f = sum(1 for u in skewed.train if u.startswith("F"))
+    assert n_f == 1
+    train_f = [w for w in msgs if "train part" in w and "gender=F" in w]
+    assert len(train_f) == 1 and "has 1 gender=F utterance(s) from 1 speaker(s)" in train_f[0]
+    assert not [w for w in msgs if "train part" in w and "gender=M" in w]
+
+
+def test_split_command_prints_the_warning(tmp_path) -> None:
+    from emodebias.cli import app
+
+    m = toy_manifest()
+    path = m.save(tmp_path / "manifest.parquet")
+    res = CliRunner().invoke(app, ["split", "--manifest", str(path), "--fold", "1", "--ratio",
+                                   "1:20", "--direction", "male-major", "--out",
+                                   str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert "warning:" in res.output and "train part has 1 gender=F" in res.output
