@@ -14,15 +14,20 @@ import pytest
 
 from emodebias.bench.grid import RunSpec
 from emodebias.bench.results import (
+    RecordError,
     RunResult,
     clean_stale,
     collect,
+    commit_run,
+    find_run_dirs,
     is_done,
     read_record,
+    run_hash,
     split_summary_key,
     summary_wide,
     write_run,
 )
+from emodebias.errors import UserError
 
 SPEC = RunSpec(corpus="synthetic", fold="1", ratio=20.0, groups="truth:gender", method="rw")
 
@@ -94,3 +99,74 @@ def test_tidy_table_and_wide_summary(tmp_path) -> None:
     assert wide.loc[0, "ratio"] == 20.0 and wide.loc[0, "method"] == "rw"
     assert split_summary_key("macro_f1.ci_high") == (None, "macro_f1_ci_high")
     assert split_summary_key("age_group.dp_gap") == ("age_group", "dp_gap")
+
+
+def test_run_folders_are_found_wherever_they_are(tmp_path) -> None:
+    """A run folder, a folder of `train` outputs, a grid folder, or a folder above them."""
+    grid = tmp_path / "grid"
+    grid_run = write_run(grid, result())
+    (grid / "cache" / "x" / "runs" / "y").mkdir(parents=True)  # stage caches are not searched
+    (grid / "cache" / "x" / "runs" / "y" / "record.json").write_text("{")
+    trained = tmp_path / "train"
+    other = RunSpec(corpus="synthetic", fold="2", method="erm")
+    a = commit_run(trained / "erm", RunResult(**{**vars(result(other)), "kind": "train",
+                                                "inputs": {"manifest": "m1"}}))
+    b = commit_run(trained / "nested" / "gdro", result(SPEC, f1=0.7))
+    (trained / "erm.tmp-1-abcd").mkdir()  # a killed writer's leftovers
+    (trained / "erm.tmp-1-abcd" / "record.json").write_text("{")
+    assert find_run_dirs(grid_run) == [grid_run]
+    assert find_run_dirs(grid) == [grid_run]
+    assert find_run_dirs(trained) == [a, b]
+    assert find_run_dirs(tmp_path) == [grid_run, a, b]
+    with pytest.raises(RecordError, match="no such run folder"):
+        find_run_dirs(tmp_path / "missing")
+    tidy = collect(tmp_path)
+    # grid_run and b hold the same spec (same hash): counted once; a differs by its inputs
+    assert sorted(tidy["hash"].unique()) == sorted({SPEC.hash, read_record(a)["hash"]})
+    kinds = tidy.drop_duplicates("hash").set_index("hash")["kind"]
+    assert kinds[read_record(a)["hash"]] == "train" and kinds[SPEC.hash] == "grid"
+    assert set(tidy["run"]) == {"grid/runs/" + SPEC.hash, "train/erm"}
+
+
+def test_inputs_are_part_of_a_train_runs_identity(tmp_path) -> None:
+    base = RunResult(**{**vars(result()), "kind": "train", "inputs": {"manifest": "m1"}})
+    assert base.hash == run_hash(SPEC, {"manifest": "m1"}) != SPEC.hash
+    assert run_hash(SPEC, {"manifest": "m2"}) != base.hash and run_hash(SPEC, {}) == SPEC.hash
+    d = commit_run(tmp_path / "run", base)
+    rec = json.loads((d / "record.json").read_text())
+    rec["inputs"]["manifest"] = "m2"  # claims other inputs than it was trained on
+    (d / "record.json").write_text(json.dumps(rec))
+    with pytest.raises(RecordError, match="does not match its hash"):
+        read_record(d)
+
+
+def test_commit_run_replaces_runs_but_never_other_files(tmp_path) -> None:
+    d = commit_run(tmp_path / "run", result(f1=0.5))
+    assert commit_run(d, result(f1=0.9)) == d  # without replace the first commit stays
+    assert read_record(d)["metrics"]["summary"]["macro_f1"] == 0.5
+    commit_run(d, result(f1=0.9), replace=True)
+    assert read_record(d)["metrics"]["summary"]["macro_f1"] == 0.9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporaries left
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        commit_run(tmp_path / "file", result(), replace=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="not a run folder"):
+        commit_run(tmp_path / "mine", result(), replace=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_records_carry_provenance(tmp_path) -> None:
+    """Grid runs carry the grid invocation's provenance (written by the runner); others their
+    own process's."""
+    from emodebias.bench.runner import prepare_out
+
+    prepare_out(tmp_path, [SPEC], grid="demo-quick")
+    rec = read_record(write_run(tmp_path, result()))
+    prov = rec["provenance"]
+    assert prov["grid"]["source"] == "preset:demo-quick" and len(prov["grid"]["hash"]) == 16
+    assert set(prov["versions"]) == {"emodebias", "torch", "transformers", "numpy", "python"}
+    assert prov["versions"]["numpy"] == np.__version__
+    own = read_record(commit_run(tmp_path / "own", result()))["provenance"]
+    assert own["grid"] is None and own["command"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,12 +104,42 @@ def test_clusters_cached_beside_store_with_tsne(corpus, tmp_path):
 
 def test_cli_errors_are_clear(corpus, tmp_path):
     mpath, _ = corpus
-    result = CliRunner().invoke(app, ["groups", "--manifest", str(mpath), "--source", "cluster",
-                                      "--out", str(tmp_path)])
-    assert result.exit_code != 0 and "--features" in result.output
-    result = CliRunner().invoke(app, ["groups", "--manifest", str(mpath), "--source", "magic",
-                                      "--out", str(tmp_path)])
-    assert result.exit_code != 0 and "truth" in result.output
+
+    def error(*args: str) -> str:
+        result = CliRunner().invoke(app, ["groups", "--manifest", str(mpath), *args])
+        assert result.exit_code == 2, result.output + repr(result.exception)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        return lines[0]
+
+    assert "--features" in error("--source", "cluster", "--out", str(tmp_path))
+    assert "truth" in error("--source", "magic", "--out", str(tmp_path))
+    assert "no column(s) ['dialect']" in error("--source", "truth", "--column", "dialect",
+                                              "--out", str(tmp_path / "d"))
+    assert "fold of the manifest (folds: 1, 2, 3)" in error(
+        "--source", "truth", "--split", "7", "--out", str(tmp_path / "s"))
+    (tmp_path / "afile").write_text("x")
+    assert "is a file" in error("--source", "truth", "--out", str(tmp_path / "afile"))
+    odd = tmp_path / "[/x]" / "store"  # brackets are printed as they are, never as markup
+    assert f"{odd}: no such file or folder" in error(
+        "--source", "cluster", "--features", str(odd), "--out", str(tmp_path / "c"))
+
+
+def test_groups_prints_what_it_wrote_and_train_finds_it(corpus, tmp_path):
+    """`groups --out DIR` writes DIR/<source>/; its output names them, and `train --groups DIR`
+    takes DIR when it holds one assignment (the README's pipeline)."""
+    mpath, store = corpus
+    out = tmp_path / "groups" / "truth"
+    result = _run("--manifest", str(mpath.parent), "--source", "truth", "--out", str(out))
+    assert f"wrote {out / 'truth_gender'} (truth:gender, 2 groups)" in result.stdout
+    assert f"wrote {out / 'diagnostics.csv'}" in result.stdout
+    assert GroupAssignment.load(out / "truth_gender").manifest_hash is not None
+    run = tmp_path / "run"
+    trained = CliRunner().invoke(app, ["train", "--features", str(store.path), "--manifest",
+                                       str(mpath), "--split", "1", "--method", "rw", "--groups",
+                                       str(out), "--epochs", "2", "--out", str(run)])
+    assert trained.exit_code == 0, trained.output
+    assert json.loads((run / "record.json").read_text())["spec"]["groups"] == "truth:gender"
 
 
 def test_tsne_settings_and_figure(tmp_path):
