@@ -194,6 +194,7 @@ def test_split_without_folds_points_to_make_folds(own_csv: Path, shared_data: Pa
                               "--opt", "folds=5", "--out", str(tmp_path)])
     _user_error(res, "unknown option(s) folds for corpus 'table' takes:")
     assert "make_folds=INT" in res.stderr
+    assert res.stderr.strip().endswith("folds come from make_folds=K (CLI: --make-folds K)")
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -221,8 +221,10 @@ def coerce(corpus: str, options: list[AdapterOption], given: dict[str, object]) 
     by_name = {o.name: o for o in options}
     unknown = sorted(set(given) - set(by_name))
     if unknown:
+        hint = ("; folds come from make_folds=K (CLI: --make-folds K)"
+                if {"folds", "k", "n_folds"} & set(unknown) else "")
         raise CorpusError(f"unknown option(s) {', '.join(unknown)} for "
-                          f"{options_line(corpus, options)}")
+                          f"{options_line(corpus, options)}{hint}")
     missing = [o.name for o in options if o.required and o.name not in given]
     if missing:
         raise CorpusError(f"missing required option(s) {', '.join(missing)}; "

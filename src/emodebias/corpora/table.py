@@ -60,8 +60,10 @@ OPTION_HELP = {
     "gender": "Column of gender (F/M/female/male/...; empty or unknown = NA); default: a "
               "gender column if present.",
     "classes": "Class names, comma-separated, in the order of the label columns.",
-    "soft": "Distributional-label columns (sum to 1): a,b,c or prefix:<text>.",
-    "votes": "Vote-count columns -> EMO-SUPERB labels: a,b,c or prefix:<text>.",
+    "soft": "Distributional-label columns (sum to 1): a,b,c or prefix:<text>; class names are "
+            "the columns minus their common prefix ending in _ - . : (label_a,label_b -> a,b).",
+    "votes": "Vote-count columns -> EMO-SUPERB labels: a,b,c or prefix:<text>; classes named "
+             "as for soft.",
     "label": "One categorical emotion column (one vote per utterance).",
     "split": "Column of train/dev/test (becomes fold 1); default: a split column if present.",
     "audio_root": "Folder that relative audio paths start from (default: the table's folder).",
