@@ -131,20 +131,15 @@ def _convert(value: object, hint: object) -> object:
         if text is not None and text.lower() in _TRUE | _FALSE:
             return text.lower() in _TRUE
         raise _Mismatch
-    if t is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    if t in (int, float):
+        if isinstance(value, bool):
+            raise _Mismatch
+        if isinstance(value, (int, float)) and (t is float or float(value).is_integer()):
+            return t(value)
+        if text is None:
+            raise _Mismatch
         try:
-            return int(text) if text is not None else _fail()
-        except ValueError:
-            raise _Mismatch from None
-    if t is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        try:
-            return float(text) if text is not None else _fail()
+            return t(text)
         except ValueError:
             raise _Mismatch from None
     if t is str:
@@ -158,8 +153,12 @@ def _convert(value: object, hint: object) -> object:
             return Path(value)
         raise _Mismatch
     if origin in (list, tuple):
-        items = ([v.strip() for v in text.split(",") if v.strip()] if text is not None
-                 else list(value) if isinstance(value, (list, tuple)) else _fail())
+        if text is not None:
+            items: list = [v.strip() for v in text.split(",") if v.strip()]
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise _Mismatch
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(items) != len(args):
                 raise _Mismatch
@@ -177,10 +176,6 @@ def _convert(value: object, hint: object) -> object:
             raise _Mismatch
         return {k.strip(): v.strip() for k, _, v in pairs}
     return value
-
-
-def _fail() -> typing.NoReturn:
-    raise _Mismatch
 
 
 def adapter_module(name: str) -> ModuleType:
