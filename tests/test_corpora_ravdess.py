@@ -120,3 +120,19 @@ def test_flac_copy(corpus: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(flac.soft_labels(), wav.soft_labels())
     assert all(p.endswith(".flac") for p in flac.df["path"])
     assert len(load_audio(flac.df["path"].iloc[0])) == 3200
+
+
+def test_hidden_files_counted_and_archives_hinted(corpus: Path, tmp_path: Path) -> None:
+    """macOS '._' copies are not read (counted as hidden); a zip alone says to unpack it."""
+    (corpus / "Actor_01" / "._03-01-01-01-01-01-01.wav").write_bytes(b"\0\5\26\7")
+    try:
+        m = ravdess.load(corpus, folds=None)
+    finally:
+        (corpus / "Actor_01" / "._03-01-01-01-01-01-01.wav").unlink()
+    assert len(m) == 360 and m.info["other_files"] == {"(hidden)": 1}
+    (tmp_path / "Audio_Speech_Actors_01-24.zip").write_bytes(b"PK\3\4")
+    with pytest.raises(CorpusError, match=r"no audio files \(.wav, .flac, .ogg, ...\) in .* or "
+                                          r"its subfolders; it holds 1 .zip file\(s\), .*unpack "
+                                          r"the archive\(s\) first\); point root at the folder "
+                                          r"holding Actor_01"):
+        ravdess.load(tmp_path)

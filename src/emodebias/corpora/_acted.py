@@ -20,23 +20,43 @@ from emodebias.manifest import Manifest
 from emodebias.splits import make_folds
 
 SHOWN_FORMATS = (".wav", ".flac", ".ogg")  # examples named in the "no audio files" error
+ARCHIVES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}
+HIDDEN = "(hidden)"  # dot-files, e.g. the "._name.wav" resource forks of copies made on macOS
+
+
+def _kind_of(path: Path) -> str | None:
+    """None for an audio file to read; else what the file is counted as (extension/hidden)."""
+    if path.name.startswith("."):
+        return HIDDEN
+    return None if is_audio_name(path) else (path.suffix.lower() or "(no extension)")
+
+
+def _nothing_found(root: Path, recursive: bool, other: Counter[str], hint: str) -> CorpusError:
+    """The "no audio files" error: what the folder holds instead, and what to do about it."""
+    where = f"{root}{' or its subfolders' if recursive else ''}"
+    if not other:
+        seen = "it holds no files"
+    else:
+        listed = ", ".join(f"{n} {ext}" for ext, n in other.most_common(5))
+        todo = ("unpack the archive(s) first" if ARCHIVES & set(other)
+                else "convert them to WAV or FLAC")
+        seen = f"it holds {listed} file(s), none in an audio format soundfile reads ({todo})"
+    return CorpusError(f"no audio files ({', '.join(SHOWN_FORMATS)}, ...) in {where}; {seen}; "
+                       f"{hint}")
 
 
 def scan_audio(root: Path, recursive: bool, hint: str) -> tuple[pd.DataFrame, dict[str, int]]:
     """One row per audio file under `root` (any format soundfile reads, e.g. WAV, FLAC, OGG):
-    path, utt_id (file stem), _src; and the count of other files by extension (not audio)."""
+    path, utt_id (file stem), _src; and the count of the other files by extension (not audio)
+    or as hidden (dot-files)."""
     if not root.is_dir():
         raise CorpusError(f"corpus root {root} is not a directory; {hint}")
     found = sorted(p for p in (root.rglob("*") if recursive else root.iterdir()) if p.is_file())
-    files = [p for p in found if is_audio_name(p)]
-    other = Counter(p.suffix.lower() or "(no extension)" for p in found if not is_audio_name(p))
+    kinds = [_kind_of(p) for p in found]
+    files = [p for p, k in zip(found, kinds, strict=True) if k is None]
+    other = Counter(k for k in kinds if k is not None)
     if not files:
-        where = f"{root}{' or its subfolders' if recursive else ''}"
-        seen = (f"; it holds {', '.join(f'{n} {ext}' for ext, n in other.most_common(5))} "
-                "file(s), none in an audio format soundfile reads (convert them to WAV or FLAC)"
-                if other else "; it holds no files")
-        raise CorpusError(f"no audio files ({', '.join(SHOWN_FORMATS)}, ...) in {where}{seen}; "
-                          f"{hint}")
+        raise _nothing_found(root, recursive, other, hint)
     return pd.DataFrame({
         "path": [str(p.resolve()) for p in files],
         "utt_id": [p.stem for p in files],
