@@ -9,7 +9,7 @@ import pytest
 
 from emodebias.corpora import CORPORA, adapter_options
 from emodebias.corpora._base import CorpusError
-from emodebias.corpora._options import adapter_module, coerce
+from emodebias.corpora._options import AdapterOption, adapter_module, coerce
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "corpora.md"
 
@@ -63,3 +63,11 @@ def test_paths_and_lists() -> None:
                      "require_audio": False, "corpus": "7"}
     assert coerce("emodb", adapter_options("emodb"), {"ratings": Path("r.txt")}) == {
         "ratings": Path("r.txt")}
+
+
+def test_missing_required_option_is_named() -> None:
+    options = [AdapterOption("labels", Path), AdapterOption("skip_bad", bool, False)]
+    with pytest.raises(CorpusError, match=r"missing required option\(s\) labels; corpus 'x' "
+                                          r"takes: labels=PATH \(required\), skip_bad=BOOL"):
+        coerce("x", options, {"skip_bad": "true"})
+    assert coerce("x", options, {"labels": "l"}) == {"labels": Path("l")}
