@@ -52,7 +52,7 @@ class PrepareCommand(TyperCommand):
     """`prepare --help` ends with every corpus's options, read from the adapters' signatures."""
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from emodebias.corpora import CORPORA, adapter_options
+        from emodebias.corpora import adapter_options
 
         super().format_epilog(ctx, formatter)
         for name in CORPORA:
