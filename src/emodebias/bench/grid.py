@@ -278,7 +278,7 @@ def expand_grid(grid: dict, source: str = "<grid>", variables: dict | None = Non
         raise GridError(f"{where}a grid must be a mapping, got {type(grid).__name__}")
     unknown = set(grid) - SHARED_KEYS
     if unknown:
-        raise GridError(f"{where}unknown top-level key(s) {sorted(unknown)}; allowed: "
+        raise GridError(f"{where}unknown top-level key(s) {sorted(map(str, unknown))}; allowed: "
                         f"{sorted(SHARED_KEYS)}")
     for key in ("name", "description", "pseudo_model", "cluster_encoder"):
         if grid.get(key) is not None and not isinstance(grid[key], str):
@@ -302,7 +302,8 @@ def expand_grid(grid: dict, source: str = "<grid>", variables: dict | None = Non
             raise GridError(f"{at}each entry needs a 'method', got {entry!r}")
         bad = set(entry) - ENTRY_KEYS
         if bad:
-            raise GridError(f"{at}unknown key(s) {sorted(bad)}; allowed: {sorted(ENTRY_KEYS)}")
+            raise GridError(f"{at}unknown key(s) {sorted(map(str, bad))}; allowed: "
+                            f"{sorted(ENTRY_KEYS)}")
         axes = {k: entry.get(k, grid.get(k)) for k in ENTRY_AXES}
         for spec in _expand_entry(entry, axes, grid, at, methods, supervision):
             spec = replace(spec, block=block)

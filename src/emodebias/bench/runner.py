@@ -156,6 +156,8 @@ def set_aside_damaged(out: Path) -> list[str]:
             reason = ValueError(f"no {RECORD}")
         target = out / "damaged" / f"{d.name}-{time.strftime('%Y%m%dT%H%M%S')}"
         target.parent.mkdir(parents=True, exist_ok=True)
+        if (d / RECORD).exists():  # kept for inspection, no longer read as a run
+            (d / RECORD).rename(d / f"{RECORD}.damaged")
         d.rename(target)
         moved.append(d.name)
         log.warning("run %s had a damaged record (%s); moved to %s, it will run again",
