@@ -18,6 +18,7 @@ from emodebias.bench.runner import (
     MAX_BATCH,
     GridProgress,
     GridSummary,
+    grid_lock,
     plan_tasks,
     prepare_out,
     run_task,
@@ -34,27 +35,28 @@ def run_ray(specs: list[RunSpec], out: str | Path, address: str | None = None,
     except ImportError:
         raise RuntimeError("the Ray backend needs ray: pip install 'emodebias[ray]'") from None
     out = Path(out).resolve()
-    todo = prepare_out(out, specs)
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        started = True
-    try:
-        slots = int(ray.cluster_resources().get("CPU", 1) // cpus_per_task) or 1
-        tasks = plan_tasks(todo, max_batch, workers=slots)
-        remote = ray.remote(num_cpus=cpus_per_task, max_retries=0)(run_task)
-        refs = {remote.remote(executor, [s.to_dict() for s in t], str(out)): t for t in tasks}
-        with GridProgress(out, specs, todo, show=progress) as prog:
-            pending = list(refs)
-            while pending:
-                finished, pending = ray.wait(pending, num_returns=1, timeout=0.5)
-                for ref in finished:
-                    prog.add_outcomes(task_outcomes(_RayFuture(ray, ref), refs[ref], out))
-                prog.refresh()
-            return prog.summary()
-    finally:
-        if started:
-            ray.shutdown()
+    with grid_lock(out):  # one grid at a time in a folder, as with the local runner
+        todo = prepare_out(out, specs)
+        started = False
+        if not ray.is_initialized():
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+            started = True
+        try:
+            slots = int(ray.cluster_resources().get("CPU", 1) // cpus_per_task) or 1
+            tasks = plan_tasks(todo, max_batch, workers=slots)
+            remote = ray.remote(num_cpus=cpus_per_task, max_retries=0)(run_task)
+            refs = {remote.remote(executor, [s.to_dict() for s in t], str(out)): t for t in tasks}
+            with GridProgress(out, specs, todo, show=progress) as prog:
+                pending = list(refs)
+                while pending:
+                    finished, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+                    for ref in finished:
+                        prog.add_outcomes(task_outcomes(_RayFuture(ray, ref), refs[ref], out))
+                    prog.refresh()
+                return prog.summary()
+        finally:
+            if started:
+                ray.shutdown()
 
 
 class _RayFuture:
