@@ -89,3 +89,48 @@ def paired_test(a: Mapping | Sequence | np.ndarray, b: Mapping | Sequence | np.n
                    ci_low=out["mean_diff"] - half, ci_high=out["mean_diff"] + half)
     out["p_wilcoxon"] = float(stats.wilcoxon(d).pvalue)
     return out
+
+
+# ----------------------------------------------------------------------------- across runs
+def fold_interval(values: Sequence[float] | np.ndarray, ci: float = 0.95) -> dict:
+    """Mean over folds (or fold × seed units) with a t interval: n, mean, sd, ci_low, ci_high.
+
+    Each value is one fold's result (seeds averaged within the fold first), so the interval
+    reflects fold-to-fold variation; with one value there is no interval (NaN bounds).
+    """
+    x = np.asarray(values, float)
+    x = x[np.isfinite(x)]
+    n = int(x.size)
+    out = {"n": n, "mean": float(x.mean()) if n else float("nan"), "sd": float("nan"),
+           "ci_low": float("nan"), "ci_high": float("nan")}
+    if n > 1:
+        sd = float(x.std(ddof=1))
+        half = float(stats.t.ppf(0.5 + ci / 2, n - 1) * sd / np.sqrt(n))
+        out.update(sd=sd, ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+    return out
+
+
+def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error control over the comparisons)."""
+    p = np.asarray(pvalues, float)
+    order = np.argsort(p)
+    m = p.size
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def min_sign_flip_p(n: int) -> float:
+    """The smallest two-sided p an exact sign-flip test of n paired differences can give."""
+    return min(1.0, 2.0 / 2 ** n) if n > 0 else 1.0
+
+
+def pairs_needed(alpha: float = 0.05, comparisons: int = 1) -> int:
+    """Fewest pairs for which the sign-flip test can reach Holm's first threshold α/m."""
+    n = 1
+    while min_sign_flip_p(n) > alpha / max(comparisons, 1):
+        n += 1
+    return n

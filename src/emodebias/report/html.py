@@ -5,9 +5,12 @@ always say the same thing; the HTML embeds every figure as base64 PNG and needs 
 Contents, per scenario (corpus · encoder · ratio · direction): the Table-1-style table (gender
 gaps per supervision level, Overall and Gain rows), the Table-2-style table (race and age gaps
 of the cluster-group methods per k) when there are cluster runs with those attributes, paired
-tests of each method against ERM over folds (`emodebias.metrics.paired_test`), the averages of
-the per-run speaker-bootstrap 95% CIs when the runs computed them (``evaluation: {n_boot: N}``),
-and a fairness–accuracy scatter; across scenarios, per-ratio tables and gap-vs-ratio plots
+tests of each method against ERM over folds × seeds (`emodebias.metrics.paired_test`, with the
+smallest p the design allows, Holm-adjusted p-values and a note on whether the design can show
+significance), each row's mean over folds with a 95% t interval over folds, the gender gaps
+against their permutation noise floors with "not estimable" counts, pooled out-of-fold scoring
+when the run folders are at hand, and a fairness–accuracy scatter; across scenarios, per-ratio
+tables and gap-vs-ratio plots
 (EMO-Debias grids), gap/accuracy vs k (IDI k sweeps), and any t-SNE figures found.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -52,49 +56,162 @@ class Report:
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", head, body) | ("img", path, caption)
 
 
-def paired_rows(wide: pd.DataFrame, metrics: tuple[str, ...] = STAT_METRICS) -> tuple[list, list]:
-    """Each method row vs ERM over the folds both ran: mean difference and p-values."""
-    from emodebias.metrics import paired_test
+def _pairs(rows: pd.DataFrame, erm: pd.DataFrame, metric: str) -> tuple[dict, dict]:
+    """Per-unit values of a method row and of ERM: units are (fold, seed) pairs both ran, or
+    folds (seeds averaged) when their seeds differ."""
+    keys = ["fold", "seed"] if "seed" in rows.columns else ["fold"]
+    a = rows.groupby(keys)[metric].mean().dropna()
+    b = erm.groupby(keys)[metric].mean().dropna()
+    common = sorted(set(a.index) & set(b.index), key=str)
+    if len(common) < 2 and len(keys) == 2:
+        a, b = rows.groupby("fold")[metric].mean().dropna(), erm.groupby("fold")[metric].mean()
+        common = sorted(set(a.index) & set(b.dropna().index), key=str)
+    return {k: a[k] for k in common}, {k: b[k] for k in common}
+
+
+def paired_rows(wide: pd.DataFrame, metrics: tuple[str, ...] = STAT_METRICS
+                ) -> tuple[list, list, str]:
+    """Each method row vs ERM over the folds (× seeds) both ran: mean difference, t interval,
+    p-values, the smallest p the design allows, and Holm-adjusted permutation p-values over all
+    comparisons of the table. Returns (head, body, design note)."""
+    from emodebias.metrics.stats import holm, min_sign_flip_p, paired_test, pairs_needed
 
     erm = wide[(wide["method"] == "erm") & (wide["groups"] == "none")]
-    head = ["method", "sup", "metric", "n", "Δ vs ERM", "95% CI of Δ", "p (t)", "p (perm.)"]
-    body = []
+    head = ["method", "sup", "metric", "n", "Δ vs ERM", "95% CI of Δ", "p (t)", "p (perm.)",
+            "min p", "p (perm., Holm)"]
+    body, perm, sizes = [], [], []
     if erm.empty:
-        return head, body
+        return head, body, ""
     for (method, groups, hp), rows in wide.groupby(["method", "groups", "hparams"]):
         if method == "erm" and groups == "none":
             continue
         for m in metrics:
             if m not in wide.columns:
                 continue
-            a = rows.groupby("fold")[m].mean().dropna()
-            b = erm.groupby("fold")[m].mean().dropna()
-            common = sorted(set(a.index) & set(b.index))
-            if len(common) < 2:
+            a, b = _pairs(rows, erm, m)
+            if len(a) < 2:
                 continue
-            t = paired_test({f: a[f] for f in common}, {f: b[f] for f in common})
+            t = paired_test(a, b)
+            perm.append(t["p_permutation"])
+            sizes.append(t["n"])
             body.append([row_label(method, groups, hp), supervision(method, groups),
                          metric_label(m), t["n"], f"{t['mean_diff']:+.3f}",
                          f"[{fmt_num(t['ci_low'])}, {fmt_num(t['ci_high'])}]",
-                         f"{t['p_ttest']:.3f}", f"{t['p_permutation']:.3f}"])
-    return head, body
+                         f"{t['p_ttest']:.3f}", f"{t['p_permutation']:.3f}",
+                         f"{min_sign_flip_p(t['n']):.4f}"])
+    for row, adj in zip(body, holm(perm), strict=True):
+        row.append(f"{adj:.3f}")
+    note = ""
+    if body:
+        n, m = min(sizes), len(body)
+        need = pairs_needed(0.05, m)
+        folds = wide["fold"].nunique()
+        seeds = wide["seed"].nunique() if "seed" in wide.columns else 1
+        note = (f"Paired over {n} fold×seed units ({folds} folds, {seeds} seed(s)); {m} "
+                f"comparisons, Holm-corrected. The exact sign-flip test cannot give p below "
+                f"{min_sign_flip_p(n):.4f} with {n} pairs, and Holm's first threshold is "
+                f"{0.05 / m:.4f}: ")
+        if min_sign_flip_p(n) > 0.05 / m:
+            note += (f"this design cannot show a significant difference at α = 0.05. "
+                     f"That needs ≥ {need} pairs, e.g. {-(-need // max(folds, 1))} seeds per "
+                     f"fold with {folds} folds.")
+        else:
+            note += "the design can show significance at α = 0.05."
+    return head, body, note
 
 
-def ci_rows(wide: pd.DataFrame, metrics: list[str] = TABLE1_METRICS) -> tuple[list, list]:
-    """Per row: mean over folds of each run's bootstrap interval (only where runs have CIs)."""
-    present = [m for m in metrics if f"{m}_ci_low" in wide.columns]
-    head = ["method", "sup"] + [f"{metric_label(m)} 95% CI" for m in present]
+def fold_rows(wide: pd.DataFrame, metrics: list[str] = TABLE1_METRICS) -> tuple[list, list]:
+    """Per row and metric: mean over folds with a 95% t interval over folds (seeds averaged
+    within a fold). This is an interval of the mean over folds, not an average of per-run
+    intervals."""
+    from emodebias.metrics.stats import fold_interval
+
+    present = [m for m in metrics if m in wide.columns]
+    head = ["method", "sup", "n folds"] + [f"{metric_label(m)} mean [95% CI]" for m in present]
     body = []
-    if not present:
-        return head, body
     for (method, groups, hp), rows in wide.groupby(["method", "groups", "hparams"]):
-        cells = [f"[{fmt_num(rows[f'{m}_ci_low'].mean())}, {fmt_num(rows[f'{m}_ci_high'].mean())}]"
-                 for m in present]
-        body.append([row_label(method, groups, hp), supervision(method, groups), *cells])
+        cells, n = [], 0
+        for m in present:
+            f = fold_interval(rows.groupby("fold")[m].mean().to_numpy())
+            n = max(n, f["n"])
+            cells.append(f"{fmt_num(f['mean'])} [{fmt_num(f['ci_low'])}, "
+                         f"{fmt_num(f['ci_high'])}]" if f["n"] > 1 else
+                         f"{fmt_num(f['mean'])} (one fold: no interval)")
+        body.append([row_label(method, groups, hp), supervision(method, groups), n, *cells])
     return head, body
 
 
-def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = ()) -> tuple[list, str]:
+def gap_rows(wide: pd.DataFrame, attribute: str = "gender",
+             gaps: tuple[str, ...] = ("tpr_gap", "dp_maxdev_gap")) -> tuple[list, list]:
+    """Per row: the paper's gap, the bias-corrected one, the permutation noise floor, how many
+    folds show a gap distinguishable from chance, and how many folds' intervals were not
+    estimable (with the fewest speakers per group seen)."""
+    present = [g for g in gaps if f"{attribute}.{g}_p" in wide.columns
+               or f"{attribute}.{g}_estimable" in wide.columns]
+    head = ["method", "sup", "gap", "paper (mean)", "bias-corr. (mean)", "noise floor (mean)",
+            "folds p < 0.05", "intervals not estimable", "min speakers/group"]
+    body = []
+    for (method, groups, hp), rows in wide.groupby(["method", "groups", "hparams"]):
+        for g in present:
+            key = f"{attribute}.{g}"
+            col = rows.get
+            p, est = col(f"{key}_p"), col(f"{key}_estimable")
+            n = int(rows[key].notna().sum()) if key in rows else 0
+            sig = f"{int((p < 0.05).sum())}/{int(p.notna().sum())}" if p is not None else "—"
+            bad = f"{int((est == 0).sum())}/{int(est.notna().sum())}" if est is not None else "—"
+            spk = col(f"{attribute}.min_speakers")
+            body.append([row_label(method, groups, hp), supervision(method, groups),
+                         metric_label(key), fmt_num(rows[key].mean()) if n else "—",
+                         fmt_num(col(f"{key}_bc", pd.Series(dtype=float)).mean()),
+                         fmt_num(col(f"{key}_floor", pd.Series(dtype=float)).mean()),
+                         sig, bad, fmt_num(spk.min(), 0) if spk is not None else "—"])
+    return head, body
+
+
+def oof_rows(root: Path | None, wide: pd.DataFrame, attribute: str = "gender",
+             gap: str = "tpr_gap") -> tuple[list, list]:
+    """Pooled out-of-fold scoring per configuration (all folds' test sets as one)."""
+    head = ["method", "sup", "folds", "speakers/group", "paper", "bias-corr. [95% CI]",
+            "p (perm.)", "noise floor"]
+    if root is None:
+        return head, []
+    from emodebias.metrics.oof import pooled_oof
+
+    keep = set(wide["hash"].astype(str)) if "hash" in wide.columns else set()
+    body = []
+    for run in pooled_oof(root, n_boot=1000, n_perm=1000):
+        if not keep & set(run.hashes):  # another scenario's configuration
+            continue
+        g = run.result.gaps
+        row = g[(g["attribute"] == attribute) & (g["metric"] == gap)]
+        if row.empty:
+            continue
+        r = row.iloc[0]
+        ci = (f"{fmt_num(r['value_bc'])} [{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]"
+              if r["status"] == "ok" else f"{fmt_num(r['value_bc'])} ({r['status']}: "
+              f"{r['reason']})")
+        hp = json.dumps(run.config.get("hparams") or {}, sort_keys=True)
+        body.append([row_label(run.config["method"], run.config["groups"], hp),
+                     supervision(run.config["method"], run.config["groups"]),
+                     len(run.folds), r["speakers"], fmt_num(r["value"]), ci,
+                     fmt_num(r["p_perm"]), fmt_num(r["noise_floor"])])
+    return head, body
+
+
+GAP_NOTE = ("Gaps average per-class terms by the root mean square over classes. 'paper' is the "
+            "plug-in value of the papers (biased upward by sampling noise); 'bias-corr.' is the "
+            "bootstrap bias-corrected estimate; the noise floor is the gap that randomly "
+            "shuffled groups (speakers kept intact) reach 5% of the time; an interval is not "
+            "estimable when a group has fewer than 5 speakers or too many resamples are "
+            "unusable.")
+OOF_NOTE = ("The tables above score each fold's test set separately (mean over folds); this "
+            "table scores the pooled out-of-fold predictions of all folds as one test set over "
+            "all speakers (speaker bootstrap and permutation stratified by fold; bias-corrected "
+            "percentile interval).")
+
+
+def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
+                 runs: Path | None = None) -> tuple[list, str]:
     wide = summary_wide(tidy)
     blocks: list[Block] = [("p", f"{len(wide)} runs · generated {time.strftime('%Y-%m-%d %H:%M')}"
                             " · cells are mean ± std over folds; Gain = relative change of the "
@@ -111,13 +228,21 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = ()) -> 
         if t2 is not None and any(m in part.columns for m in t2.metrics[2:]):
             blocks += [("h", 3, "Race and age gaps of the IDI (cluster) methods"),
                        ("table", *t2.to_rows())]
-        head, body = paired_rows(part)
+        head, body, note = paired_rows(part)
         if body:
-            blocks += [("h", 3, "Paired tests vs ERM over folds"), ("table", head, body)]
-        head, body = ci_rows(part)
+            blocks += [("h", 3, "Paired tests vs ERM over folds"), ("table", head, body),
+                       ("p", note)]
+        head, body = fold_rows(part)
         if body:
-            blocks += [("h", 3, "Speaker-bootstrap 95% CIs (mean over folds)"),
-                       ("table", head, body)]
+            blocks += [("h", 3, "Mean over folds with 95% t intervals"), ("table", head, body)]
+        head, body = gap_rows(part)
+        if body:
+            blocks += [("h", 3, "Gender gaps against chance (per fold)"), ("table", head, body),
+                       ("p", GAP_NOTE)]
+        head, body = oof_rows(runs, part)
+        if body:
+            blocks += [("h", 3, "Pooled out-of-fold scoring (all folds' test sets as one)"),
+                       ("table", head, body), ("p", OOF_NOTE)]
         png = plots.tradeoff_scatter(part, fig_dir / f"tradeoff_{i}.png", title=title)
         if png:
             blocks.append(("img", png, f"Fairness–accuracy trade-off, {title}"))
@@ -190,15 +315,24 @@ def find_tsne(root: Path) -> list[Path]:
     return sorted(p for p in Path(root).rglob("*.png") if "tsne" in p.name.lower())
 
 
+def _runs_root(out_dir: Path, runs: Path | None) -> Path | None:
+    """The grid folder whose ``runs/`` hold the predictions (default: the report's parent,
+    as `emodebias report OUT` writes to OUT/report)."""
+    if runs is not None:
+        return Path(runs)
+    parent = Path(out_dir).resolve().parent
+    return parent if (parent / "runs").is_dir() else None
+
+
 def write_report(tidy: pd.DataFrame, out_dir: str | Path, title: str = "emodebias report",
-                 images: list[Path] = ()) -> Report:
+                 images: list[Path] = (), runs: Path | None = None) -> Report:
     """Render `tidy` results (from `bench.results.collect`) to report.md + report.html."""
     if tidy.empty:
         raise ValueError("no run records to report on; run `emodebias bench` first")
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    blocks, headline = build_blocks(tidy, fig_dir, list(images))
+    blocks, headline = build_blocks(tidy, fig_dir, list(images), _runs_root(out_dir, runs))
     md, page = out_dir / "report.md", out_dir / "report.html"
     md.write_text(render_markdown(title, blocks, out_dir))
     page.write_text(render_html(title, blocks))

@@ -32,20 +32,23 @@ METHOD_ORDER = ["erm", "random", "lff", "disent", "sih", "jtt", "pgdro", "ds", "
                 "gadro", "adv", "madv", "gr", "mmd", "eo_thresh"]
 LABELS = {"macro_f1": "F1↑", "hamming_acc": "ACC↑"}
 SCENARIO = ["corpus", "encoder", "ratio", "direction"]
-TABLE1_METRICS = ["macro_f1", "hamming_acc", "gender.tpr_gap", "gender.dp_gap"]
-TABLE2_METRICS = ["macro_f1", "hamming_acc", "race.tpr_gap", "race.dp_gap",
-                  "age_group.tpr_gap", "age_group.dp_gap"]
+TABLE1_METRICS = ["macro_f1", "hamming_acc", "gender.tpr_gap", "gender.dp_maxdev_gap"]
+TABLE2_METRICS = ["macro_f1", "hamming_acc", "race.tpr_gap", "race.dp_maxdev_gap",
+                  "age_group.tpr_gap", "age_group.dp_maxdev_gap"]
+# the IDI paper's "DP gap" is the max-deviation form; the FairLib (sum) form is marked Σ
+SHORT = {"dp_maxdev_gap": "DPgap", "dp_sumdev_gap": "DPgap(Σ)"}
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.split(".")[-1].endswith("_gap")
+    return metric.split(".")[-1].endswith(("_gap", "_gap_bc"))
 
 
 def metric_label(metric: str) -> str:
     if metric in LABELS:
         return LABELS[metric]
     attr, _, name = metric.rpartition(".")
-    short = name.replace("_gap", "gap").replace("_", "").upper().replace("GAP", "gap")
+    short = SHORT.get(name) or name.replace("_gap", "gap").replace("_", "").upper().replace(
+        "GAP", "gap")
     arrow = "↓" if lower_is_better(metric) else "↑"
     return f"{attr} {short}{arrow}" if attr else f"{short}{arrow}"
 
