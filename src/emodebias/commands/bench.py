@@ -17,72 +17,95 @@ def _vars(pairs: list[str] | None) -> dict[str, str]:
     out = {}
     for p in pairs or []:
         key, sep, value = p.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"--var takes NAME=VALUE, got {p!r}")
+        if not sep or not key.strip():
+            raise UserError(f"--var takes NAME=VALUE, got {p!r}")
         out[key.strip()] = value
     return out
 
 
-def _load_specs(grid: str, variables: dict) -> list:
-    """The grid's RunSpecs; a bad grid is a usage error with the grid's own message."""
-    from emodebias.bench.grid import GridError, load_grid
+def _load_specs(grid: str, variables: dict, device: str | None = None) -> list:
+    """The grid's RunSpecs (a bad grid raises its GridError: one line); `device` replaces the
+    grid's run device (never part of a run's hash)."""
+    from dataclasses import replace
 
-    try:
-        return load_grid(grid, variables)
-    except GridError as exc:
-        raise typer.BadParameter(str(exc), param_hint="GRID") from None
+    from emodebias.bench.grid import load_grid
+
+    specs = load_grid(grid, variables)
+    return specs if device is None else [replace(s, device=device) for s in specs]
 
 
 def _run_grid(grid: str, out: Path, variables: dict, workers: int, backend: str,
-              address: str | None, max_batch: int, progress: bool = True):
-    from rich.console import Console
+              address: str | None, max_batch: int, device: str | None = None):
+    """Check the options, build the shared stages here (progress bars), then run the grid."""
+    from emodebias import progress
+    from emodebias.bench.pipeline import prepare_stages
+    from emodebias.bench.results import is_done
+    from emodebias.cli import writable_dir
+    from emodebias.encoders.base import check_device
 
-    specs = _load_specs(grid, variables)
-    Console(stderr=True).print(f"[bold]{grid}[/]: {len(specs)} runs -> {out}")
+    if backend not in ("local", "ray"):
+        raise UserError(f"--backend must be local or ray, got {backend!r}")
+    for option, value in (("--workers", workers), ("--max-batch", max_batch)):
+        if value < 1:
+            raise UserError(f"{option} must be >= 1, got {value}")
+    writable_dir(out)
+    specs = _load_specs(grid, variables, device)
+    for d in sorted({s.device for s in specs}):
+        check_device(d, "--device" if device else "the grid's device")
+    typer.echo(f"{grid}: {len(specs)} runs -> {out}", err=True)
+    prepare_stages([s for s in specs if not is_done(out, s)], out)
+    show = progress.is_enabled()
     if backend == "ray":
         from emodebias.bench.ray_runner import run_ray
 
-        return run_ray(specs, out, address=address, progress=progress, max_batch=max_batch)
-    if backend != "local":
-        raise typer.BadParameter(f"--backend must be local or ray, got {backend!r}")
+        return run_ray(specs, out, address=address, progress=show, max_batch=max_batch)
     from emodebias.bench.runner import run_local
 
-    return run_local(specs, out, workers=workers, progress=progress, max_batch=max_batch)
+    return run_local(specs, out, workers=workers, progress=show, max_batch=max_batch)
 
 
 def _print_failures(summary) -> None:  # noqa: ANN001 (GridSummary, lazy import)
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    console.print(f"runs: {summary.total} total, {summary.skipped} already done, "
-                  f"{summary.completed} completed now, {len(summary.failed)} failed "
-                  f"({summary.wall_time:.1f} s)")
+    """The grid's tally, then its failed runs (errors printed verbatim) on stderr."""
+    typer.echo(f"runs: {summary.total} total, {summary.skipped} already done, "
+               f"{summary.completed} completed now, {len(summary.failed)} failed "
+               f"({summary.wall_time:.1f} s)", err=True)
     for f in summary.failed[:10]:
-        console.print(f"[red]failed[/] {f.get('name', f['hash'])}: {f.get('error')}")
+        typer.echo(f"{typer.style('failed', fg='red')} {f.get('name', f['hash'])}: "
+                   f"{f.get('error')}", err=True)
     if len(summary.failed) > 10:
-        console.print(f"... and {len(summary.failed) - 10} more (see failures/*.json)")
+        typer.echo(f"... and {len(summary.failed) - 10} more (see failures/*.json)", err=True)
+
+
+DEVICE_HELP = ("cpu, cuda, cuda:N or mps: where features are extracted and heads trained "
+               "(default: the grid's `device:`, else cpu); not part of run hashes or cache keys")
 
 
 @app.command()
 def bench(
     grid: str = typer.Argument(..., help="grid YAML file or preset name (idi-table1, "
                                "idi-table2, idi-k-sweep, emo-debias, demo)"),
-    out: Path = typer.Option(Path("bench-out"), help="output folder (records, cache, results)"),
-    var: list[str] = typer.Option(None, "--var", help="grid variable NAME=VALUE (repeatable)"),
-    workers: int = typer.Option(1, help="local worker processes"),
+    out: Path = typer.Option(Path("bench-out"), "--out", "-o",
+                             help="output folder (records, cache, results)"),
+    var: list[str] = typer.Option(None, "--var", help="grid variable NAME=VALUE (repeatable), "
+                                  "e.g. a feature store to reuse: features: ${feats} in the grid"),
+    device: str | None = typer.Option(None, "--device", "-d", help=DEVICE_HELP),
+    workers: int = typer.Option(1, "--workers", "-w", help="local worker processes (>= 1)"),
     backend: str = typer.Option("local", help="local | ray"),
     address: str = typer.Option(None, help="Ray cluster address (backend ray)"),
     max_batch: int = typer.Option(MAX_BATCH, help="most runs in one task (one fit_many call)"),
     dry_run: bool = typer.Option(False, help="only list the runs the grid expands to"),
 ) -> None:
-    """Run a benchmark grid (resumable: rerun the same command to finish what is missing)."""
+    """Run a benchmark grid (resumable: rerun the same command to finish what is missing).
+
+    Shared stages (corpus, feature extraction, groups) are built first, with progress bars;
+    then the runs train on the worker processes."""
     if dry_run:
         from emodebias.bench.results import is_done
 
-        for s in _load_specs(grid, _vars(var)):
+        for s in _load_specs(grid, _vars(var), device):
             typer.echo(f"{s.hash}  {'done' if is_done(out, s) else 'todo'}  {s.name}")
         return
-    summary = _run_grid(grid, out, _vars(var), workers, backend, address, max_batch)
+    summary = _run_grid(grid, out, _vars(var), workers, backend, address, max_batch, device)
     from emodebias.bench.results import collect as collect_records
 
     df = collect_records(out)
@@ -175,16 +198,17 @@ def report(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("emodebias-demo"), help="output folder"),
+    out: Path = typer.Option(Path("emodebias-demo"), "--out", "-o", help="output folder"),
     quick: bool = typer.Option(False, help="smaller grid (CI): 2 folds, fewer methods, 5 epochs"),
-    workers: int = typer.Option(2, help="local worker processes"),
+    device: str | None = typer.Option(None, "--device", "-d", help=DEVICE_HELP),
+    workers: int = typer.Option(2, "--workers", "-w", help="local worker processes (>= 1)"),
 ) -> None:
     """The whole pipeline on the built-in synthetic corpus, ending in a report."""
     grid = "demo-quick" if quick else "demo"
-    summary = _run_grid(grid, out, {}, workers, "local", None, MAX_BATCH)
+    summary = _run_grid(grid, out, {}, workers, "local", None, MAX_BATCH, device)
     _print_failures(summary)
     if not quick:
-        _demo_tsne(grid, out)
+        _demo_tsne(grid, out, device)
     rep = _report(out, None, f"emodebias demo ({grid})")
     typer.echo(rep.headline)
     typer.echo(f"\nreport: {rep.html}\n        {rep.markdown}")
@@ -192,14 +216,15 @@ def demo(
         raise typer.Exit(1)
 
 
-def _demo_tsne(grid: str, out: Path) -> Path | None:
+def _demo_tsne(grid: str, out: Path, device: str | None) -> Path | None:
     """t-SNE of the first cluster-group source's embeddings, coloured by cluster (IDI Fig. 1)."""
+    from emodebias import progress
     from emodebias.bench import pipeline
-    from emodebias.bench.grid import load_grid
     from emodebias.groups.embeddings import load_embeddings
     from emodebias.groups.tsne import tsne_figure
 
-    spec = next((s for s in load_grid(grid) if s.groups.startswith("cluster:")), None)
+    spec = next((s for s in _load_specs(grid, {}, device) if s.groups.startswith("cluster:")),
+                None)
     path = out / "figures" / "tsne_clusters.png"
     if spec is None or path.is_file():
         return None
@@ -207,11 +232,12 @@ def _demo_tsne(grid: str, out: Path) -> Path | None:
     manifest = pipeline.stage_manifest(spec, cache)
     split = pipeline.stage_split(spec, manifest, cache)
     groups = pipeline.stage_groups(spec, manifest, split, cache)
-    store = pipeline.stage_features(manifest, spec.groups.split(":")[1], {}, cache)
+    store = pipeline.spec_features(spec, manifest, cache, spec.groups.split(":")[1])
     x, _, _ = load_embeddings(store, "mean", groups.utt_ids)
     genders = manifest.df.set_index("utt_id").loc[groups.utt_ids, "gender"].to_numpy()
-    return tsne_figure(x, groups, path, genders=genders, title=f"{groups.source} (fold "
-                       f"{spec.fold} fit)")
+    with progress.Bar(None, f"t-SNE figure of {groups.source}"):
+        return tsne_figure(x, groups, path, genders=genders, title=f"{groups.source} (fold "
+                           f"{spec.fold} fit)")
 
 
 @app.command()
@@ -266,7 +292,12 @@ def predict(
     failed = [r for r in results if r.probs is None]
     if not as_json and not as_csv:
         for r in failed:
-            typer.echo(f"failed {r.path}: {r.error}", err=True)
+            typer.echo(f"failed {_failure(r)}", err=True)
     if failed and len(failed) == len(results):
         raise UserError(f"none of the {len(results)} file(s) could be predicted "
-                        f"(first: {failed[0].path}: {failed[0].error})")
+                        f"(first: {_failure(failed[0])})")
+
+
+def _failure(r) -> str:  # noqa: ANN001 (runs.FilePrediction, lazy import)
+    """'<path>: <why>', naming the path once (audio errors already start with it)."""
+    return r.error if str(r.error).startswith(r.path) else f"{r.path}: {r.error}"
