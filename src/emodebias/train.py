@@ -128,8 +128,12 @@ class TrainData:
         """Align a FeatureStore, Manifest, Split and optional GroupAssignment by utt_id.
 
         Split utterances whose feature extraction failed (``store.failures``) are left out and
-        counted in ``info['missing_features']``; any other unknown id raises.
+        counted in ``info['missing_features']``; any other unknown id raises. A store, split or
+        group assignment made from another manifest is refused (`emodebias.store.check_inputs`).
         """
+        from emodebias.store import check_inputs
+
+        check_inputs(store, manifest, split, groups)
         utt = [str(u) for u in store.utt_ids]
         failures = set(getattr(store, "failures", {}) or {})
         missing = {}
