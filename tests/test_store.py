@@ -293,14 +293,67 @@ def test_emodb_acoustic_store(emodb_manifest, tmp_path):
                                   np.asarray(st.features)[st.rows(sub.utt_ids)])
 
 
-def test_emodb_resemblyzer_subset(emodb_manifest, tmp_path):
+def threads_seen(encoder, monkeypatch) -> list[tuple[int, set[int]]]:
+    """Record (torch threads, BLAS threads) at every `encoder.encode` call."""
+    from threadpoolctl import threadpool_info
+
+    seen: list[tuple[int, set[int]]] = []
+    real = encoder.encode
+
+    def encode(waves):
+        blas = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+        seen.append((torch.get_num_threads(), blas))
+        return real(waves)
+
+    monkeypatch.setattr(encoder, "encode", encode)
+    return seen
+
+
+def test_emodb_resemblyzer_subset(emodb_manifest, tmp_path, monkeypatch):
+    """Real speech; Resemblyzer runs on one torch and one BLAS thread whatever the defaults
+    (its idle threads spinning next to the readers made extraction many times slower)."""
     pytest.importorskip("resemblyzer")
     sub = Manifest(emodb_manifest.df.iloc[::50], emodb_manifest.classes)
-    st = extract(sub, get_encoder("resemblyzer"), tmp_path / "rz", progress=False)
+    enc = get_encoder("resemblyzer")
+    seen = threads_seen(enc, monkeypatch)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)  # as on a many-core machine
+    try:
+        st = extract(sub, enc, tmp_path / "rz", progress=False, num_workers=2)
+        assert torch.get_num_threads() == 4  # restored afterwards
+    finally:
+        torch.set_num_threads(before)
+    assert seen and all(t == (1, {1}) for t in seen), seen
     assert st.features.shape == (len(sub), 1, 256) and not st.failures
     feats = np.asarray(st.features, dtype=np.float32)
     assert np.isfinite(feats).all()
     np.testing.assert_allclose(np.linalg.norm(feats[:, 0], axis=1), 1.0, atol=2e-3)
+
+
+class Batched(AcousticEncoder):
+    """An acoustic encoder that claims to use intra-op threads (as the SSL models do)."""
+
+    multithreaded = True
+
+
+@pytest.mark.parametrize("omp, alone, with_readers", [(None, 8, 7), ("3", 3, 2), ("1", 1, 1)])
+def test_multithreaded_encoders_leave_a_core_to_the_readers(tmp_path, monkeypatch, omp, alone,
+                                                             with_readers):
+    import emodebias.encoders.base as base
+
+    monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: set(range(8)))
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    enc = Batched()
+    assert (enc.cpu_threads(0), enc.cpu_threads(2)) == (alone, with_readers)
+    assert AcousticEncoder().cpu_threads(2) == 1
+    seen = threads_seen(enc, monkeypatch)
+    sf.write(tmp_path / "a.wav", tone(0.5, 150), SR)
+    extract(make_manifest([("a", tmp_path / "a.wav")]), enc, tmp_path / "s", progress=False,
+            num_workers=2)
+    assert seen == [(with_readers, {1})]
 
 
 # --------------------------------------------------------------------------- CLI

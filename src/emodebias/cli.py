@@ -10,17 +10,34 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 import typer
 from typer.core import TyperGroup
 
-from emodebias import __version__
+from emodebias import __version__, progress
 from emodebias.errors import UserError
 
 EXIT_USER_ERROR = 2
 _USER_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                    PermissionError)
+# Bad or missing options; typer vendors click, so its usage errors are not click's classes.
+_USAGE_ERRORS = (click.UsageError, typer.BadParameter.__base__)
+
+
+def writable_dir(path: Path, option: str = "--out") -> Path:
+    """`path` as a folder a command may write into (created later if missing): an existing file,
+    or a folder (or nearest existing parent) without write permission, is a one-line UserError
+    before any work starts."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is an existing file; give a folder (created if missing)")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: {parent} is not writable; choose another folder")
+    return path
 
 
 def debug_enabled() -> bool:
@@ -31,8 +48,10 @@ def _one_line(exc: BaseException) -> str:
     """The exception's message on one line (OS errors name their file)."""
     if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, UserError):
         text = f"{exc.strerror or type(exc).__name__}: {exc.filename}"
-    elif isinstance(exc, click.BadParameter):
+    elif isinstance(exc, _USAGE_ERRORS):
         text = exc.format_message()
+        if exc.ctx is not None and not isinstance(exc, (click.BadParameter, typer.BadParameter)):
+            text += f" (see '{exc.ctx.command_path} --help')"
     else:
         text = str(exc.args[0]) if len(exc.args) == 1 else str(exc)
     return " ".join(text.split()) or type(exc).__name__
@@ -44,7 +63,7 @@ class ErrorReportingGroup(TyperGroup):
     def invoke(self, ctx: click.Context):  # noqa: ANN201 (click's signature)
         try:
             return super().invoke(ctx)
-        except (UserError, click.BadParameter, *_USER_OS_ERRORS) as exc:
+        except (UserError, *_USAGE_ERRORS, *_USER_OS_ERRORS) as exc:
             if debug_enabled():
                 raise
             click.echo(f"error: {_one_line(exc)}", err=True)
@@ -78,6 +97,7 @@ def _main(
     if debug:
         os.environ["EMODEBIAS_DEBUG"] = "1"
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    progress.set_enabled(not quiet)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
     for noisy in ("transformers", "urllib3", "filelock", "numba", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

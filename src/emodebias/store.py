@@ -43,7 +43,7 @@ import numpy as np
 import soundfile as sf
 
 from emodebias.audio import TARGET_SR, AudioError, load_audio
-from emodebias.encoders.base import Encoder
+from emodebias.encoders.base import Encoder, thread_limits
 from emodebias.errors import UserError
 from emodebias.fileio import folder_lock, replacing, write_text_atomic
 from emodebias.manifest import Manifest
@@ -284,36 +284,23 @@ def _plan_hash(batches: list[list[int]], durations: np.ndarray) -> str:
 
 # --------------------------------------------------------------------------- progress
 class _Progress:
-    """Files done, audio hours done, ETA (rich); silent when disabled."""
+    """Files done, audio hours done, ETA; silent when disabled."""
 
     def __init__(self, enabled: bool, total_files: int, total_hours: float, label: str) -> None:
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from emodebias.progress import Bar
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("files · {task.fields[hours]:.2f}/" f"{total_hours:.2f} h"),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-        self.bar.start()
-        self.task = self.bar.add_task(label, total=total_files, hours=0.0)
-        self.hours = 0.0
+        self.total_hours, self.hours = total_hours, 0.0
+        self.bar = Bar(total_files, label, enabled=enabled, detail=self._detail())
+
+    def _detail(self) -> str:
+        return f"files · {self.hours:.2f}/{self.total_hours:.2f} h audio"
 
     def advance(self, files: int, hours: float) -> None:
-        if self.enabled:
-            self.hours += hours
-            self.bar.update(self.task, advance=files, hours=self.hours)
+        self.hours += hours
+        self.bar.advance(files, self._detail())
 
     def close(self) -> None:
-        if self.enabled:
-            self.bar.stop()
+        self.bar.close()
 
 
 # --------------------------------------------------------------------------- extraction
@@ -481,9 +468,10 @@ def extract(
                      hint="wait for that extraction to finish or use another --out"):
         if device is not None:
             encoder.to(device)
-        return _extract_locked(manifest, encoder, out, batch_seconds, max_seconds, progress,
-                               skip_bad, overwrite, num_workers, checkpoint_seconds, max_batch,
-                               retry_failed)
+        with thread_limits(encoder.cpu_threads(num_workers)):  # no oversubscribed cores
+            return _extract_locked(manifest, encoder, out, batch_seconds, max_seconds, progress,
+                                   skip_bad, overwrite, num_workers, checkpoint_seconds,
+                                   max_batch, retry_failed)
 
 
 def _extract_locked(manifest: Manifest, encoder: Encoder, out: Path, batch_seconds: float,

@@ -6,6 +6,12 @@ an entry may override any shared axis. Every combination becomes one `RunSpec` w
 `name` and a content `hash` (sha256 of the canonical spec), which is the run's identity on disk:
 the same spec always maps to the same record, so a grid can be resumed or extended safely.
 
+Run-time settings are not part of that identity: the `device` (a grid started on a GPU may be
+finished on the CPU; it is refused inside encoder or train options, where it would change the
+hash and the feature cache key) and reused feature stores (`features:`; a store is checked
+against the grid's manifest and encoder before use, so it holds exactly the numbers the grid
+would extract).
+
 Grid file reference (every key optional unless marked)::
 
     name: my-grid
@@ -22,6 +28,9 @@ Grid file reference (every key optional unless marked)::
     cluster_encoder: resemblyzer      # what bare `cluster:k=K` group sources embed with
     train: {epochs: 50, batch_size: 32, lr: 1.0e-4}
     evaluation: {attributes: [gender, age_group, race], n_boot: 0}
+    device: cuda                      # extraction + training device (CLI --device overrides)
+    features: {wavlm-base-plus: ${feats}}  # reuse stores made by `emodebias extract` (or a
+                                      # path alone: the store of the grid's one encoder)
     extras: [...]                     # like runs; marked block "extras" in each spec/record
     runs:                             # required
       - method: erm
@@ -57,12 +66,13 @@ GROUP_FREE = {"erm", "random", "lff", "disent", "sih", "jtt"}
 SHARED_KEYS = {
     "name", "description", "variables", "corpus", "encoder", "folds", "ratios", "directions",
     "seeds", "split_seed", "pseudo_model", "cluster_encoder", "train", "evaluation", "runs",
-    "extras",
+    "extras", "device", "features",
 }
 ENTRY_AXES = {"corpus", "encoder", "folds", "ratios", "directions", "seeds", "split_seed", "train",
               "evaluation"}
 ENTRY_KEYS = {"method", "groups", "hparams"} | ENTRY_AXES
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+RUNTIME_FIELDS = ("device", "features")
 
 
 class GridError(UserError):
@@ -90,11 +100,16 @@ class RunSpec:
     # "extras": the grid lists the run under `extras:` (a method from neither paper), so reports
     # can mark it; "main" runs omit the field, so their hashes are unchanged
     block: str = "main"
+    # run-time settings (RUNTIME_FIELDS): carried to the workers and into the record, never
+    # part of the hash; defaults are omitted like `block`'s
+    device: str = "cpu"
+    features: dict = field(default_factory=dict)  # encoder name -> FeatureStore dir to reuse
 
     def to_dict(self) -> dict:
         d = copy.deepcopy(asdict(self))
-        if d["block"] == "main":
-            del d["block"]
+        for key, default in (("block", "main"), ("device", "cpu"), ("features", {})):
+            if d[key] == default:
+                del d[key]
         return d
 
     @classmethod
@@ -106,8 +121,10 @@ class RunSpec:
 
     @property
     def hash(self) -> str:
-        """sha256 of the canonical JSON spec (12 hex digits): the run's directory name."""
-        return content_hash(self.to_dict())
+        """sha256 of the canonical JSON spec without its run-time settings (12 hex digits): the
+        run's directory name."""
+        return content_hash({k: v for k, v in self.to_dict().items()
+                             if k not in RUNTIME_FIELDS})
 
     @property
     def ratio_label(self) -> str:
@@ -137,13 +154,26 @@ class RunSpec:
         """Runs with equal train keys read one feature store with one training config: their
         cells (folds, ratios, group sources) can train as one `fit_many` call."""
         return content_hash({"c": self.corpus_key, "enc": self.encoder, "eo": self.encoder_opts,
-                             "t": self.train, "e": self.evaluation})
+                             "t": self.train, "e": self.evaluation, "d": self.device})
 
     @property
     def batch_key(self) -> str:
         """Runs with equal batch keys share features, split and groups: trainable together."""
         return content_hash({"s": self.split_key, "enc": self.encoder, "eo": self.encoder_opts,
-                             "g": self.groups, "t": self.train, "e": self.evaluation})
+                             "g": self.groups, "t": self.train, "e": self.evaluation,
+                             "d": self.device})
+
+    @property
+    def store_encoders(self) -> list[str]:
+        """Encoders whose feature stores this run reads: its own, and its groups' embeddings
+        (cluster:<encoder>:k=K, pseudo:probe:<encoder>:<path>)."""
+        out = [self.encoder]
+        kind, _, rest = self.groups.partition(":")
+        if kind == "cluster" or (kind == "pseudo" and rest.startswith("probe:")):
+            enc = rest.split(":")[1 if kind == "pseudo" else 0]
+            if enc not in out:
+                out.append(enc)
+        return out
 
 
 def content_hash(obj: Any, n: int = 12) -> str:
@@ -311,7 +341,61 @@ def expand_grid(grid: dict, source: str = "<grid>", variables: dict | None = Non
             if h in specs:
                 raise GridError(f"{at}run {spec.name} duplicates one from {specs[h][1]}")
             specs[h] = (spec, at.removeprefix(where).rstrip(": "))
-    return [s for s, _ in specs.values()]
+    runs = [s for s, _ in specs.values()]
+    stores = _feature_stores(grid.get("features"), runs, where)
+    return [replace(s, features={e: stores[e] for e in s.store_encoders if e in stores})
+            for s in runs]
+
+
+def _runtime_device(top: Any, encoders: list[tuple[str, dict]], train: dict,
+                    at: str) -> tuple[str, list[tuple[str, dict]], dict]:
+    """The run device, from `device:` or (older grids) an encoder's or train's `device` option,
+    which are removed there so that the device stays out of hashes and cache keys. Whether the
+    device exists is checked when the grid runs (`--device` may override it)."""
+    from emodebias.encoders.base import EncoderError, check_device
+
+    given = {} if top is None else {"device": top}
+    given.update({f"encoder {name}": opts["device"] for name, opts in encoders if "device" in opts})
+    if "device" in train:
+        given["train.device"] = train["device"]
+    try:
+        found = {k: check_device(v, f"{at}{k}", available=False) for k, v in given.items()}
+    except EncoderError as exc:
+        raise GridError(str(exc)) from None
+    bare = [(name, {k: v for k, v in opts.items() if k != "device"}) for name, opts in encoders]
+    if len(set(found.values())) > 1:
+        raise GridError(f"{at}conflicting devices {found}; set one `device:` for the grid or "
+                        "pass --device")
+    device = next(iter(found.values()), "cpu")
+    return device, bare, {k: v for k, v in train.items() if k != "device"}
+
+
+def _feature_stores(value: Any, specs: list[RunSpec], where: str) -> dict[str, str]:
+    """`features:` -> {encoder name: absolute store dir}; a bare path names the store of the
+    grid's only encoder. Each must be a store folder of an encoder some run reads."""
+    if value is None:
+        return {}
+    used = sorted({e for s in specs for e in s.store_encoders})
+    if isinstance(value, str):
+        trained = sorted({s.encoder for s in specs})
+        if len(trained) != 1:
+            raise GridError(f"{where}features: a single path is ambiguous with encoders "
+                            f"{trained}; write features: {{encoder: path, ...}}")
+        value = {trained[0]: value}
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise GridError(f"{where}features must be a store path or a mapping encoder: path, got "
+                        f"{value!r}")
+    out = {}
+    for enc, path in value.items():
+        if enc not in used:
+            raise GridError(f"{where}features: no run reads encoder {enc!r}; the grid's "
+                            f"encoders are {used}")
+        store = Path(path).expanduser().resolve()
+        if not (store / "meta.json").is_file():
+            raise GridError(f"{where}features: {path} is not a feature store (no meta.json); "
+                            "make one with `emodebias extract`")
+        out[str(enc)] = str(store)
+    return out
 
 
 def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str],
@@ -330,6 +414,7 @@ def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str
     split_seed = _ints(axes["split_seed"] or 0, "split_seed", at)[0]
     encoders = [_named(e, "encoder", at) for e in _as_list(axes["encoder"] or "acoustic")]
     train = _mapping(axes["train"], "train", at)
+    device, encoders, train = _runtime_device(grid.get("device"), encoders, train, at)
     _check_train(train, at)
     evaluation = _mapping(axes["evaluation"], "evaluation", at)
     _check_values(evaluation, EVALUATION_RULES, "evaluation", at, closed=True)
@@ -362,6 +447,7 @@ def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str
                 corpus=corpus, corpus_opts=corpus_opts, encoder=enc, encoder_opts=enc_opts,
                 fold=fold, ratio=ratio, direction=direction, split_seed=split_seed, groups=g,
                 method=method, hparams=hp, seed=seed, train=train, evaluation=evaluation,
+                device=device,
             ))
     return out
 

@@ -29,11 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from emodebias.bench.grid import RunSpec, cluster_k, content_hash
+from emodebias import progress
+from emodebias.bench.grid import GridError, RunSpec, cluster_k, content_hash
 from emodebias.bench.results import RunResult
 from emodebias.bench.runner import RunFailure
 
 DEFAULT_ATTRIBUTES = ("gender", "age_group", "race")
+MAX_SECONDS = 10.0  # audio kept per file by grid extraction (EMO-SUPERB's crop)
 log = logging.getLogger(__name__)
 
 
@@ -65,7 +67,7 @@ def stage_manifest(spec: RunSpec, cache: Path):
         root = opts.pop("root", None)
         if root is None:
             if spec.corpus != "synthetic":
-                raise ValueError(f"corpus {spec.corpus!r} needs a 'root' option in the grid")
+                raise GridError(f"corpus {spec.corpus!r} needs a 'root' option in the grid")
             root = cache / "corpora" / spec.corpus_key
         manifest = load_corpus(spec.corpus, root, **opts)
         if n_folds and not manifest.folds:
@@ -89,11 +91,17 @@ def stage_split(spec: RunSpec, manifest, cache: Path):
         return split
 
 
-def stage_features(manifest, encoder: str, encoder_opts: dict, cache: Path):
-    """The FeatureStore of (manifest, encoder); extracted once, opened by path afterwards."""
+def stage_features(manifest, encoder: str, encoder_opts: dict, cache: Path, *,
+                   device: str = "cpu", reuse: str | None = None, progress: bool = False):
+    """The FeatureStore of (manifest, encoder); extracted once on `device`, opened by path
+    afterwards. The key leaves the device out: the same numbers, wherever they were computed.
+    `reuse` names an existing store to use instead, once it is checked to hold exactly these
+    features (same manifest content, encoder config and `MAX_SECONDS`)."""
     from emodebias.store import FeatureStore, extract, store_state
 
     key = f"{manifest.content_hash()}-{content_hash({'e': encoder, 'o': encoder_opts})}"
+    if reuse is not None:
+        return _reused_store(manifest, encoder, encoder_opts, Path(reuse), cache, key)
     path = cache / "features" / key
     done = cache / "features" / f"{key}.done"
     with file_lock(cache, f"features-{key}"):
@@ -104,10 +112,46 @@ def stage_features(manifest, encoder: str, encoder_opts: dict, cache: Path):
             if done.is_file():
                 log.warning("feature store %s was marked done but is %s (%s); extracting it "
                             "again", path, state, why)
-            extract(manifest, get_encoder(encoder, **encoder_opts), path, progress=False,
-                    overwrite=state == "damaged")
+            extract(manifest, get_encoder(encoder, **encoder_opts), path, progress=progress,
+                    overwrite=state == "damaged", max_seconds=MAX_SECONDS, device=device)
             done.write_text(encoder)
     return FeatureStore.open(path)
+
+
+def _reused_store(manifest, encoder: str, encoder_opts: dict, path: Path, cache: Path,
+                  key: str):
+    """A user's store, checked once against the manifest and the encoder (building the encoder
+    reads its weights' fingerprint); the check is remembered in ``features/<key>.reuse``."""
+    from emodebias.store import FeatureStore, StoreError
+
+    marker = cache / "features" / f"{key}.reuse"
+    with file_lock(cache, f"features-{key}"):
+        try:
+            store = FeatureStore.open(path, manifest=manifest)
+            if marker.is_file() and marker.read_text() == f"{path}\n{store.key}":
+                return store
+            if store.meta.get("max_seconds") != MAX_SECONDS:  # keyed, but say what to change
+                raise StoreError(f"{path} keeps the first {store.meta.get('max_seconds')} s of "
+                                 f"each file, the grid {MAX_SECONDS:g} s; extract it with "
+                                 f"--max-seconds {MAX_SECONDS:g}")
+            from emodebias.encoders import get_encoder
+
+            store.check(encoder=get_encoder(encoder, **encoder_opts), max_seconds=MAX_SECONDS)
+        except StoreError as exc:
+            raise StoreError(f"grid features for {encoder!r}: {exc}") from None
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{path}\n{store.key}")
+        return store
+
+
+def spec_features(spec: RunSpec, manifest, cache: Path, encoder: str | None = None,
+                  progress: bool = False):
+    """The store a spec reads for `encoder` (default its own; else a groups encoder, with
+    default options), on the spec's device, reusing the grid's `features:` store if named."""
+    name = encoder or spec.encoder
+    opts = spec.encoder_opts if name == spec.encoder else {}
+    return stage_features(manifest, name, opts, cache, device=spec.device,
+                          reuse=spec.features.get(name), progress=progress)
 
 
 def stage_groups(spec: RunSpec, manifest, split, cache: Path):
@@ -130,7 +174,7 @@ def stage_groups(spec: RunSpec, manifest, split, cache: Path):
         elif kind == "cluster":
             assignment = _cluster(spec, manifest, split, cache)
         elif kind == "pseudo":
-            assignment = _pseudo(rest, manifest, cache)
+            assignment = _pseudo(spec, rest, manifest, cache)
         else:
             raise ValueError(f"unknown group source {spec.groups!r}")
         assignment.save(path)
@@ -142,7 +186,7 @@ def _cluster(spec: RunSpec, manifest, split, cache: Path):
     from emodebias.groups.embeddings import load_embeddings
 
     encoder = spec.groups.split(":")[1]
-    store = stage_features(manifest, encoder, {}, cache)
+    store = spec_features(spec, manifest, cache, encoder)
     x, ids, ok = load_embeddings(store, "mean", manifest.utt_ids)
     fit_ids = set(split.train) | set(split.dev)
     fit_mask = np.array([u in fit_ids for u in ids], dtype=bool)
@@ -150,7 +194,7 @@ def _cluster(spec: RunSpec, manifest, split, cache: Path):
                           valid=ok)
 
 
-def _pseudo(model: str, manifest, cache: Path):
+def _pseudo(spec: RunSpec, model: str, manifest, cache: Path):
     """pseudo:f0 (median-F0 threshold), pseudo:probe:<encoder>:<probe path> (a saved
     GenderProbe on that encoder's embeddings) or pseudo:<checkpoint> (audio classifier)."""
     from emodebias import groups
@@ -161,10 +205,49 @@ def _pseudo(model: str, manifest, cache: Path):
         from emodebias.groups.embeddings import load_embeddings
 
         encoder, _, path = model[len("probe:"):].partition(":")
-        store = stage_features(manifest, encoder, {}, cache)
+        store = spec_features(spec, manifest, cache, encoder)
         x, ids, ok = load_embeddings(store, "mean", manifest.utt_ids)
         return groups.probe_groups(groups.GenderProbe.load(path), x, ids, manifest, ok, encoder)
-    return groups.hf_gender_groups(manifest, model)
+    return groups.hf_gender_groups(manifest, model, device=spec.device)
+
+
+def prepare_stages(specs: list[RunSpec], out: Path, show: bool | None = None) -> None:
+    """Build the grid's shared stages (corpora, feature stores, groups) in this process before
+    the runs start, one after another with progress bars, so that workers find them cached.
+
+    A user mistake (a missing corpus root, a reused store that does not fit) raises here, before
+    any run; any other failure is logged and left to the runs, which record it.
+    """
+    from emodebias.errors import UserError
+
+    cache = Path(out) / "cache"
+    steps: dict[tuple, tuple] = {}
+    for s in specs:
+        steps.setdefault(("manifest", s.corpus_key), ("corpus " + s.corpus, s, None))
+        for enc in s.store_encoders:
+            opts = s.encoder_opts if enc == s.encoder else {}
+            steps.setdefault(("features", s.corpus_key, enc, content_hash(opts)),
+                             ("features " + enc, s, enc))
+        if s.groups.startswith(("cluster:", "pseudo:")):
+            steps.setdefault(("groups", s.corpus_key, s.groups, s.split_key),
+                             ("groups " + s.groups, s, None))
+    if not steps:
+        return
+    with progress.Bar(len(steps), "grid stages", enabled=show) as bar:
+        for (kind, *_), (label, spec, enc) in steps.items():
+            bar.advance(0, label)
+            try:
+                manifest = stage_manifest(spec, cache)
+                if kind == "features":
+                    spec_features(spec, manifest, cache, enc, progress=bar.active)
+                elif kind == "groups":
+                    stage_groups(spec, manifest, stage_split(spec, manifest, cache), cache)
+            except UserError:
+                raise
+            except Exception as exc:  # noqa: BLE001 (the runs record it with its traceback)
+                log.warning("%s failed (%s: %s); its runs will be recorded as failed", label,
+                            type(exc).__name__, exc)
+            bar.advance(1)
 
 
 # ----------------------------------------------------------------------------- training
@@ -195,16 +278,18 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
     for cell in cells.values():
         try:
             first = cell[0]
-            manifest = stage_manifest(first, cache)
-            split = stage_split(first, manifest, cache)
-            store = stage_features(manifest, first.encoder, first.encoder_opts, cache)
-            groups = stage_groups(first, manifest, split, cache)
+            with progress.suppressed():  # the runner's bar is live; stages draw none here
+                manifest = stage_manifest(first, cache)
+                split = stage_split(first, manifest, cache)
+                store = spec_features(first, manifest, cache)
+                groups = stage_groups(first, manifest, split, cache)
             data = TrainData.from_objects(store, manifest, split, groups)
         except Exception as exc:  # a shared stage failed: every run of the cell fails with it
             yield from (RunFailure(s, exc) for s in cell)
             continue
         pairs.append((data, [RunConfig(s.method, dict(s.hparams), s.seed,
-                                       TrainConfig(**s.train)) for s in cell]))
+                                       TrainConfig(**s.train, device=s.device))
+                              for s in cell]))
         order += cell
         # score the test rows that have features; the failed ones go into the record
         scored = [store.utt_ids[i] for i in data.test_idx]

@@ -58,6 +58,7 @@ import pandas as pd
 import soundfile as sf
 from scipy import fft as sp_fft
 
+from emodebias import progress
 from emodebias.corpora._base import CorpusError
 from emodebias.labels import soft_from_votes
 from emodebias.manifest import Manifest, ManifestError
@@ -396,7 +397,8 @@ def generate(out_dir: str | Path, n_speakers_per_gender: int = 12, utterances_pe
     speakers = make_speakers(cfg)
     plan = _plan(cfg, speakers)
     records = []
-    for row in plan.itertuples(index=False):
+    for row in progress.track(plan.itertuples(index=False), f"synthetic corpus -> {out_dir}",
+                              total=len(plan)):
         spk = speakers.loc[row.spk_row]
         rng = _rng(cfg.seed, 1, int(spk["idx"]), row.e_i, row.take)
         intensity = float(rng.uniform(0.4, 1.2))

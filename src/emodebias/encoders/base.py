@@ -5,12 +5,23 @@ any of them: `.id` (short name), `.config` (every setting that changes the numbe
 the store key, so changing any of it never returns stale features), `.n_layers`, `.dim`,
 `.sample_rate`, `.info` (descriptive extras for meta.json: layer and feature names), `.to(device)`
 and `.encode(waves)`.
+
+Threads. Each encoder says how many CPU threads its `encode` can use (`cpu_threads`): models that
+run one short utterance at a time through a small network (Resemblyzer's LSTM) or plain numpy
+feature code gain nothing from intra-op threads, and their idle OpenMP/BLAS threads spinning
+next to the audio-reading threads made extraction many times slower than with one thread.
+`thread_limits` applies the count (torch intra-op threads, and one BLAS thread for numpy/scipy
+work) around a whole extraction and restores the previous settings afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +35,71 @@ class EncoderError(UserError, RuntimeError):
     """An encoder could not be built or run; the message says what to do."""
 
 
+DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+
+
+def check_device(device: object, where: str = "--device", available: bool = True) -> str:
+    """A torch device this package runs on ('cpu', 'cuda', 'cuda:N', 'mps'), stripped; with
+    `available`, also one this machine has."""
+    if not isinstance(device, str) or not DEVICE.fullmatch(device.strip()):
+        raise EncoderError(f"{where} must be cpu, cuda, cuda:N or mps, got {device!r}")
+    device = device.strip()
+    if available and device.startswith("cuda"):
+        count = torch.cuda.device_count()
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            raise EncoderError(f"{where} {device}: torch sees {count} CUDA device(s) on this "
+                               "machine; use --device cpu, or a CUDA build of torch")
+    if available and device == "mps" and not torch.backends.mps.is_available():
+        raise EncoderError(f"{where} mps: no Apple GPU available to torch; use --device cpu")
+    return device
+
+
+def available_cores() -> int:
+    """CPU cores this process may use: its affinity mask, capped by OMP_NUM_THREADS when set
+    (worker processes and users who pin threads set it)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        cap = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        cap = 0
+    return max(1, min(cores, cap) if cap > 0 else cores)
+
+
+@contextlib.contextmanager
+def thread_limits(torch_threads: int) -> Iterator[None]:
+    """Run with `torch_threads` torch intra-op threads and single-threaded BLAS (numpy, scipy,
+    librosa work in the encoder and in the audio readers); restore both afterwards."""
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(torch_threads)))
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class Encoder(ABC):
     """Frozen feature extractor: `encode(list of mono 16 kHz float32 arrays) -> [B, L, D]`."""
 
     id: str
     sample_rate: int = 16_000
+    # Whether `encode` gains from intra-op threads (batched tensor work); False for per-utterance
+    # small models and numpy feature code, which then run on one thread (see module docstring).
+    multithreaded: bool = True
+
+    def cpu_threads(self, reader_threads: int = 0) -> int:
+        """Torch threads `encode` should use on the CPU while `reader_threads` read audio: one
+        for single-threaded encoders, else every available core but one kept for the readers."""
+        if not self.multithreaded:
+            return 1
+        cores = available_cores()
+        return max(1, cores - 1) if reader_threads > 0 and cores > 2 else cores
 
     @property
     @abstractmethod

@@ -19,6 +19,8 @@ FEATURE_SETS = ("eGeMAPSv02", "GeMAPSv01b", "ComParE_2016")
 class OpenSmileEncoder(Encoder):
     """openSMILE functionals of a feature set (default eGeMAPSv02, 88-d)."""
 
+    multithreaded = False  # openSMILE processes one signal on one thread
+
     def __init__(self, feature_set: str = "eGeMAPSv02") -> None:
         try:
             import opensmile

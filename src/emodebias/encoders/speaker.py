@@ -42,6 +42,7 @@ class ResemblyzerEncoder(Encoder):
     """Resemblyzer GE2E d-vectors (256-d), one per utterance."""
 
     id = "resemblyzer"
+    multithreaded = False  # one utterance at a time through a small LSTM
 
     def __init__(self, device: str = "cpu", trim_silence: bool = True) -> None:
         try:

@@ -17,11 +17,16 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from emodebias import progress
 from emodebias.errors import UserError
 from emodebias.groups.assignment import GroupAssignment
+
+if TYPE_CHECKING:
+    from emodebias.manifest import Manifest
 
 DEFAULT_KS = (2, 4, 8, 16, 32)
 ALGORITHMS = ("minibatch", "kmeans")
@@ -88,7 +93,8 @@ def fit_clusters(embeddings: np.ndarray, utt_ids: list[str], k: int,
     if fit.sum() < k:
         raise ClusterError(f"cannot fit k={k} clusters on {int(fit.sum())} utterance(s)")
     est, resolved = _estimator(int(k), algorithm, seed, params)
-    est.fit(x[fit])
+    with progress.Bar(None, f"k-means k={k} on {int(fit.sum())} {name} embeddings"):
+        est.fit(x[fit])
     ids = np.full(n, -1, dtype=np.int64)
     if valid.any():
         ids[valid] = est.predict(x[valid])
@@ -136,12 +142,14 @@ def cache_key(utt_ids: list[str], fit_mask: np.ndarray | None, k: int, algorithm
 
 def cached_cluster_groups(store, k: int, fit_mask: np.ndarray | None = None,
                           algorithm: str = "minibatch", seed: int = 42, layer: int | str = "mean",
-                          params: dict | None = None, cache: bool = True) -> GroupAssignment:
+                          params: dict | None = None, cache: bool = True,
+                          manifest: Manifest | None = None) -> GroupAssignment:
     """Cluster a FeatureStore's embeddings, caching the result in ``<store dir>/groups/<key>/``.
 
     `fit_mask` is aligned with the store's row order. The cache is reused only when the store's
     content (its features and failures), the fit rows, k, algorithm, seed, layer and parameters
     are identical; the assignment records the manifest hash the store was extracted from.
+    Given `manifest`, a store extracted from another manifest is refused first.
     """
     k = check_k(k)
     from emodebias.groups.embeddings import encoder_name, load_embeddings, store_dir
@@ -150,6 +158,8 @@ def cached_cluster_groups(store, k: int, fit_mask: np.ndarray | None = None,
         from emodebias.store import FeatureStore
 
         store = FeatureStore.open(store)
+    if manifest is not None:
+        store.check(manifest)
     ids = list(store.utt_ids)
     root = store_dir(store)
     target = None
