@@ -34,6 +34,7 @@ from emodebias.groups.cluster import ClusterError, cached_cluster_groups, fit_cl
 from emodebias.manifest import Manifest
 from emodebias.splits import Split, SplitError
 from emodebias.store import FeatureStore, StoreError, check_inputs, extract, store_state
+from emodebias.train import TrainData
 
 SR = 16_000
 TESTS = Path(__file__).resolve().parent
@@ -185,6 +186,28 @@ def test_store_from_another_manifest_with_the_same_ids_is_refused(wavs, tmp_path
     with pytest.raises(StoreError, match="another manifest"):
         FeatureStore.open(store.path, manifest=other)
     check_inputs(store, man)  # its own manifest is fine
+    # where training data is assembled (train, bench, the API) and where clusters are made
+    split = Split("1", man.utt_ids[:6], man.utt_ids[6:8], man.utt_ids[8:])
+    with pytest.raises(StoreError, match="another manifest"):
+        TrainData.from_objects(store, other, split)
+    with pytest.raises(StoreError, match="another manifest"):
+        cached_cluster_groups(store, 2, manifest=other)
+    assert len(TrainData.from_objects(store, man, split).train_idx) == 6
+
+
+def test_train_command_refuses_a_store_of_another_manifest(wavs, tmp_path):
+    from emodebias.cli import app
+
+    man = manifest_of(wavs)
+    extract(man, AcousticEncoder(), tmp_path / "st", progress=False)
+    other = manifest_of(list(reversed(wavs)), ids=man.utt_ids)
+    other_path = other.save(tmp_path / "other.parquet")
+    Split("1", man.utt_ids[:6], man.utt_ids[6:8], man.utt_ids[8:]).save(tmp_path / "split")
+    res = CliRunner().invoke(app, ["train", "--features", str(tmp_path / "st"), "--manifest",
+                                   str(other_path), "--split", str(tmp_path / "split"),
+                                   "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2, res.output
+    assert "another manifest" in res.output and not (tmp_path / "run" / "record.json").exists()
 
 
 # ----------------------------------------------------------------------- cluster caches
@@ -249,6 +272,8 @@ def test_groups_from_another_manifest_are_refused(wavs, tmp_path):
     store = extract(man, AcousticEncoder(), tmp_path / "st", progress=False)
     with pytest.raises(GroupError, match="lack 1 of the 6"):
         check_inputs(store, man, split, GroupAssignment(ids[1:], np.zeros(11), ["F"], "t"))
+    with pytest.raises(GroupError, match="share no utterance"):  # not "pass --groups DIR"
+        TrainData.from_objects(store, man, split, foreign)
 
 
 def test_damaged_group_files_are_one_line_errors(tmp_path):
