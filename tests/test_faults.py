@@ -246,6 +246,27 @@ def test_bad_k_option_is_refused(text):
     assert parse_ks("2, 4,16") == [2, 4, 16]
 
 
+def test_groups_command_refuses_bad_k_and_another_manifests_store(wavs, tmp_path):
+    from emodebias.cli import app
+
+    man = manifest_of(wavs)
+    man_path = man.save(tmp_path / "m.parquet")
+    extract(man, AcousticEncoder(), tmp_path / "st", progress=False)
+    base = ["groups", "-m", str(man_path), "-s", "cluster", "-f", str(tmp_path / "st"),
+            "-o", str(tmp_path / "g")]
+    for k in ("0", "-3", "", "1", "2,x"):
+        res = CliRunner().invoke(app, [*base, "--k", k])
+        assert res.exit_code == 2 and "Traceback" not in res.output, (k, res.output)
+        assert "--k" in res.output
+    other_path = manifest_of(list(reversed(wavs)), ids=man.utt_ids).save(tmp_path / "o.parquet")
+    res = CliRunner().invoke(app, [*base[:2], str(other_path), *base[3:], "--k", "2"])
+    assert res.exit_code == 2 and "another manifest" in res.output
+    res = CliRunner().invoke(app, [*base, "--k", "2", "--attributes", "speaker"])
+    assert res.exit_code == 0, res.output
+    saved = GroupAssignment.load(next((tmp_path / "g").glob("cluster*")))
+    assert saved.manifest_hash == man.content_hash()
+
+
 # ----------------------------------------------------------------------- groups <-> manifest
 def test_groups_from_another_manifest_are_refused(wavs, tmp_path):
     man = manifest_of(wavs)

@@ -41,13 +41,14 @@ def _split_ids(manifest, split: str | None) -> tuple[list[str] | None, list[str]
     return list(s.train), list(s.train) + list(s.dev)
 
 
-def _open_store(features: Path | None, source: str):
+def _open_store(features: Path | None, source: str, manifest):  # noqa: ANN001 (Manifest)
+    """The --features store, refused when it was extracted from another manifest."""
     if features is None:
         raise typer.BadParameter(f"--source {source} needs --features (a FeatureStore directory)")
     from emodebias import locate
     from emodebias.store import FeatureStore
 
-    return FeatureStore.open(locate.resolve(features, locate.FEATURES))
+    return FeatureStore.open(locate.resolve(features, locate.FEATURES), manifest=manifest)
 
 
 def _pseudo(manifest, model: str | None, features: Path | None, layer: str, label_map: str | None,
@@ -69,7 +70,7 @@ def _pseudo(manifest, model: str | None, features: Path | None, layer: str, labe
     if model.endswith(".npz") or Path(model).with_suffix(".json").is_file():
         from emodebias.groups.embeddings import encoder_name, load_embeddings
 
-        store = _open_store(features, "pseudo with a probe")
+        store = _open_store(features, "pseudo with a probe", manifest)
         x, ids, ok = load_embeddings(store, layer)
         return probe_groups(GenderProbe.load(model), x, ids, manifest, ok, encoder_name(store))
     from emodebias.groups.pseudo import hf_gender_groups
@@ -83,7 +84,7 @@ def _clusters(manifest, features: Path | None, ks: list[int], fit_ids: list[str]
 
     from emodebias.groups.cluster import cached_cluster_groups
 
-    store = _open_store(features, "cluster")
+    store = _open_store(features, "cluster", manifest)
     fit_mask = None if fit_ids is None else np.isin(np.asarray(store.utt_ids, dtype=object),
                                                     np.asarray(fit_ids, dtype=object))
     return [cached_cluster_groups(store, k, fit_mask, algorithm, seed, layer) for k in ks]
@@ -133,16 +134,14 @@ def groups(
     import pandas as pd
 
     from emodebias import locate
+    from emodebias.groups.cluster import parse_ks
     from emodebias.groups.diagnostics import diagnose, group_sizes
     from emodebias.groups.truth import truth_groups
     from emodebias.manifest import Manifest
 
     if source not in SOURCES:
         raise typer.BadParameter(f"--source {source!r} not in {SOURCES}")
-    try:
-        ks = [int(v) for v in _csv(k)]
-    except ValueError as exc:
-        raise typer.BadParameter(f"--k {k!r}: expected integers like 2,4,8,16") from exc
+    ks = parse_ks(k) if source == "cluster" else []
     man = Manifest.load(locate.resolve(manifest, locate.MANIFEST))
     train_ids, fit_ids = _split_ids(man, split)
     if source == "truth":
@@ -185,7 +184,7 @@ def _tsne(man, features: Path | None, made: list, layer: str, out: Path) -> None
     from emodebias.groups.embeddings import load_embeddings
     from emodebias.groups.tsne import tsne_coords, tsne_figure
 
-    x, ids, ok = load_embeddings(_open_store(features, "cluster"), layer)
+    x, ids, ok = load_embeddings(_open_store(features, "cluster", man), layer)
     coords = tsne_coords(x[ok])
     gender = man.df["gender"].to_numpy(dtype=object)[man.index_of(ids)] \
         if "gender" in man.df.columns else None
