@@ -5,23 +5,36 @@ A store is one directory:
   than RAM work);
 - `meta.json`: encoder id, config (incl. revision), layer names, dim, sample rate, `max_seconds`,
   manifest content hash, the store `key` (a hash of all of these), `utt_ids` (row order),
-  `failures` ({utt_id: reason}), `complete`, and the resume marker (`batches_done`, `plan_hash`).
+  `failures` ({utt_id: reason}), `complete`, the resume marker (`batches_done`, `plan_hash`) and,
+  once complete, `content_hash` (a digest of the stored numbers and of which rows failed);
+- `plan.json`: the batch plan and the durations it was made from (for resuming);
+- `groups/`: clusters cached from these features (`emodebias.groups.cluster`), keyed by
+  `content_hash`, and removed whenever the store is rewritten;
+- `.lock`: the write lock. `extract` holds it while writing, so a second writer of the same
+  folder waits for the first (or gives up after `lock_timeout`) instead of interleaving rows.
 
 Staleness: the key covers the manifest content hash (ids, paths, labels), the encoder id and
-config, and `max_seconds`. `extract` into a directory holding another key raises (or, with
-`overwrite=True`, starts over); `FeatureStore.open(dir, manifest=..., encoder=...)` raises on a
-mismatch. `store_dir(root, manifest, encoder)` names a keyed subdirectory for caches.
+config, and `max_seconds`. `extract` into a directory holding another key raises; with
+`overwrite=True` it always starts over. `FeatureStore.open(dir, manifest=..., encoder=...)` and
+`check_inputs(store, manifest, split, groups)` raise on a mismatch, naming both sides: a store
+made from another manifest with the same utterance ids (other paths or labels) is refused.
+`store_dir(root, manifest, encoder)` names a keyed subdirectory for caches.
 
 Failures: a file that cannot be used (missing, unreadable, empty, < 0.1 s: `emodebias.audio`
 raises AudioError) keeps its row, filled with NaN, and its reason goes to `meta["failures"]`;
 `.valid_mask` excludes them. NaN (not zeros) so a consumer that ignores the mask fails loudly.
+Failures can heal: `retry_failed=True` (`extract --retry-failed`) encodes the failed rows of a
+complete store again. A store in which every file failed is an error, not an empty result.
 
 Extraction: files are ordered by duration (longest first, so memory errors show up at once) and
 packed into batches of at most `batch_seconds` of padded audio; audio for the next batches is read
-and resampled by worker threads while the encoder runs. Rows are written to the memmap and, every
-`checkpoint_seconds`, flushed before `meta.json` (the resume marker) is atomically replaced. A
-rerun after a crash or kill continues from the marker with the same deterministic plan, so the
-final store is identical, bit for bit, to an uninterrupted run.
+and resampled by worker threads while the encoder runs. Rows are written to the memmap and, after
+the first batch and then every `checkpoint_seconds`, flushed before `meta.json` (the resume
+marker) is atomically replaced. A rerun after a crash or kill continues from the marker with the
+same deterministic plan, so the final store is identical, bit for bit, to an uninterrupted run.
+A rerun with other batch settings keeps the finished batches and plans the rest anew; only a
+change of the audio itself (other durations, files that became readable or unreadable) makes a
+resume impossible, and the error names the changed files.
 """
 
 from __future__ import annotations
