@@ -3,9 +3,13 @@
 * Resumable: a spec whose record exists is never recomputed (see `results` for the atomic
   commit); after any crash, including ``kill -9`` of the whole process group, a rerun completes
   only what is missing. Failed runs leave `failures/<hash>.json` and are retried next time.
+  A record that cannot be read is moved to ``damaged/`` (with a warning) and its run redone.
+* One grid per folder: the invoking process holds the folder's write lock (a second `bench`
+  into it fails at once), and a folder holding runs that are not in this grid is refused, so
+  the results table never pools two grids (a grid extended with new runs resumes in place).
 * Batched: specs that share features and a training config go to tasks of whole cells (split +
   groups), dealt over the workers, so the executor trains each task in one
-  `emodebias.train.fit_many` call that stacks runs across folds and group sources (issue 8).
+  `emodebias.train.fit_many` call that stacks runs across folds and group sources.
   Batching never changes numbers; it only changes how work is packed.
 * Pluggable: the executor is named by a dotted path ``module:function`` taking
   ``(specs: list[RunSpec], out: Path)`` and yielding `RunResult` / `RunFailure`; it is resolved
