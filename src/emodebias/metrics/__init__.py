@@ -12,13 +12,21 @@ test set; `paired_test`, `holm` and `fold_interval` compare runs.
 from emodebias.metrics.attributes import MetricsInputError, bin_attribute, parse_bins
 from emodebias.metrics.evaluate import GAP_METRICS, MetricsResult, evaluate
 from emodebias.metrics.frame import MetricFrame
+from emodebias.metrics.oof import pooled_frame, pooled_oof
 from emodebias.metrics.predictions import (
     evaluate_predictions,
     from_predictions,
     load_predictions,
     read_predictions,
 )
-from emodebias.metrics.stats import paired_test, sign_flip_p
+from emodebias.metrics.stats import (
+    fold_interval,
+    holm,
+    min_sign_flip_p,
+    paired_test,
+    pairs_needed,
+    sign_flip_p,
+)
 
 __all__ = [
     "GAP_METRICS",
@@ -28,10 +36,16 @@ __all__ = [
     "bin_attribute",
     "evaluate",
     "evaluate_predictions",
+    "fold_interval",
     "from_predictions",
+    "holm",
     "load_predictions",
+    "min_sign_flip_p",
     "paired_test",
+    "pairs_needed",
     "parse_bins",
+    "pooled_frame",
+    "pooled_oof",
     "read_predictions",
     "sign_flip_p",
 ]
