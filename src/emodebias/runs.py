@@ -321,8 +321,7 @@ class Run:
         """Each file's probabilities, or the reason it has none (unreadable, non-finite)."""
         from emodebias.audio import AudioError, load_audio
 
-        fit = self.fit  # fail before loading an encoder when there is no head
-        del fit
+        _ = self.fit  # a run without a head fails here, before an encoder is loaded
         enc = self.encoder(device)
         block = self.record.get("encoder") or {}
         max_seconds = block.get("max_seconds", DEFAULT_MAX_SECONDS)

@@ -142,6 +142,8 @@ def groups(
     if source not in SOURCES:
         raise typer.BadParameter(f"--source {source!r} not in {SOURCES}")
     ks = parse_ks(k) if source == "cluster" else []
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder (one sub-folder per assignment)")
     man = Manifest.load(locate.resolve(manifest, locate.MANIFEST))
     train_ids, fit_ids = _split_ids(man, split)
     if source == "truth":
@@ -150,8 +152,6 @@ def groups(
         made = [_pseudo(man, model, features, layer, label_map, fit_ids, device)]
     else:
         made = _clusters(man, features, ks, fit_ids, algorithm, seed, layer)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; pass a folder (one sub-folder per assignment)")
     tables, warnings, written = [], [], []
     for assignment in made:
         target = assignment.save(out / _slug(assignment.source), manifest=man)
