@@ -46,6 +46,8 @@ def test_write_read_round_trip_and_first_commit_wins(tmp_path) -> None:
     assert is_done(tmp_path, SPEC) and d.name == SPEC.hash
     rec = read_record(d)
     assert rec["spec"] == SPEC.to_dict() and rec["best_epoch"] == 4
+    assert rec["train_config"]["epochs"] == 50 and rec["classes"] == ["a", "b"]
+    assert rec["encoder"] == {"name": "acoustic", "options": {}}
     with np.load(d / "predictions.npz") as z:
         assert z["utt_ids"].tolist() == ["u1", "u2"] and np.array_equal(z["probs"], np.eye(2))
     write_run(tmp_path, result(f1=0.9))  # same spec again: the committed record stays

@@ -193,7 +193,7 @@ def make_record(result: RunResult) -> dict:
         "status": "ok",
         "best_epoch": result.best_epoch,
         "hparams": result.hparams,
-        "train_config": result.train_config,
+        "train_config": result.train_config or _resolved_train(spec),
         "encoder": result.encoder or {"name": spec.encoder, "options": spec.encoder_opts},
         "classes": list(result.classes),
         "metrics": {"summary": result.summary, "table": result.table},
@@ -207,6 +207,15 @@ def make_record(result: RunResult) -> dict:
         "host": socket.gethostname(),
         "pid": os.getpid(),
     })
+
+
+def _resolved_train(spec: RunSpec) -> dict:
+    """The full TrainConfig a grid spec's `train` overrides resolve to."""
+    from dataclasses import asdict
+
+    from emodebias.train import TrainConfig
+
+    return asdict(TrainConfig(**spec.train))
 
 
 def _write_contents(folder: Path, result: RunResult) -> None:
