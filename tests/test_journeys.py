@@ -207,8 +207,8 @@ def test_j5_nan_outputs_are_failures_not_argmax(compared, clips, monkeypatch) ->
 
 def test_consumers_take_any_run_folder(compared, bench_run) -> None:
     """collect over a single run folder, a grid folder, and a folder above both."""
-    assert cli("collect", str(compared / "runs" / "rw")).stdout.startswith("1 runs (1 train)")
-    assert cli("collect", str(bench_run)).stdout.startswith("1 runs (1 grid)")
+    assert cli("collect", str(compared / "runs" / "rw")).stdout.startswith("1 run (1 train)")
+    assert cli("collect", str(bench_run)).stdout.startswith("1 run (1 grid)")
     both = cli("collect", str(compared.parent.parent), "--path",
                str(compared / "all.parquet")).stdout
     assert re.match(r"\d+ runs \(", both) and "train" in both and "grid" in both

@@ -137,8 +137,9 @@ def collect(
         raise _no_runs(out)
     df = collect_records(out, path)
     kinds = df.drop_duplicates("hash")["kind"].value_counts().to_dict()
-    typer.echo(f"{df['hash'].nunique()} runs ({', '.join(f'{n} {k}' for k, n in kinds.items())}), "
-               f"{len(df)} rows")
+    n = df["hash"].nunique()
+    typer.echo(f"{n} run{'' if n == 1 else 's'} "
+               f"({', '.join(f'{c} {k}' for k, c in kinds.items())}), {len(df)} rows")
     typer.echo(f"wrote {path or out / 'results.parquet'}")
 
 
