@@ -42,6 +42,7 @@ def test_demo_writes_records_report_and_headline(demo_out) -> None:
     assert "| Gain | ● |" in output and "| Gain | ○ |" in output
     html = out / "report" / "report.html"
     assert f"report: {html}" in output
+    assert not re.search(r"\w+Warning\b|Traceback|Loading weights", output)  # no library noise
     assert "data:image/png;base64," in html.read_text()
     assert (out / "results.parquet").is_file()
     for r in recs:  # dev-selected epoch within the 5 epochs, predictions saved for every run

@@ -222,3 +222,15 @@ def test_bad_sources_name_the_problem(tmp_path):
         get_encoder("nope")
     with pytest.raises(EncoderError, match="existing checkpoint directory"):
         get_encoder("./missing/dir/model")
+
+
+def test_loading_a_local_checkpoint_prints_no_bar(ckpts, capfd):
+    """transformers' per-tensor "Loading weights" bar is noise for a local checkpoint; the
+    user's own progress-bar setting comes back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    get_encoder(ckpts["wavlm"])
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()

@@ -80,6 +80,7 @@ class Bar:
     def __init__(self, total: float | None, description: str, *, enabled: bool | None = None,
                  detail: str = "") -> None:
         self.active = is_enabled() if enabled is None else bool(enabled)
+        self._total = total
         if not self.active:
             return
         self._progress = _shared_progress()
@@ -96,6 +97,8 @@ class Bar:
             self.active = False
             if _live["users"] > 1:
                 self._progress.remove_task(self._task)
+            elif self._total is None:  # work of unknown length: show it as done
+                self._progress.update(self._task, total=1, completed=1)
             self._progress.refresh()
             _release()
 

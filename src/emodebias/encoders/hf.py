@@ -17,9 +17,11 @@ utterance alone, up to float rounding. Layer-norm checkpoints (large / XLS-R) ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -52,6 +54,21 @@ def _offline_message(source: str, exc: Exception) -> str:
     )
 
 
+@contextlib.contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """Hide transformers' per-tensor "Loading weights" bar while a local checkpoint loads (a
+    second of noise on stderr per model); downloads keep their progress."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def load_pretrained(source: str | Path, model_cls: Any) -> tuple[nn.Module, str]:
     """Load `model_cls.from_pretrained(source)` in eval mode -> (model, revision fingerprint)."""
     path = Path(source).expanduser()
@@ -60,7 +77,8 @@ def load_pretrained(source: str | Path, model_cls: Any) -> tuple[nn.Module, str]
         if not (path / "config.json").is_file():
             raise EncoderError(f"{path} has no config.json: not a transformers checkpoint")
         try:
-            model = model_cls.from_pretrained(str(path), local_files_only=True, **kwargs)
+            with _no_loading_bar():
+                model = model_cls.from_pretrained(str(path), local_files_only=True, **kwargs)
         except (OSError, ValueError, KeyError) as exc:
             raise EncoderError(f"cannot load the checkpoint in {path}: {exc}") from exc
         files = [path / "config.json"] + [p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES]
@@ -70,7 +88,8 @@ def load_pretrained(source: str | Path, model_cls: Any) -> tuple[nn.Module, str]
         if text.startswith((".", "/", "~")) or text.count("/") > 1 or path.exists():
             raise EncoderError(f"{source}: not a checkpoint directory (nor a hub id 'org/name')")
         try:
-            model = model_cls.from_pretrained(str(source), local_files_only=True, **kwargs)
+            with _no_loading_bar():
+                model = model_cls.from_pretrained(str(source), local_files_only=True, **kwargs)
         except OSError as exc:
             if not hub_reachable():
                 raise EncoderError(_offline_message(str(source), exc)) from exc
