@@ -686,3 +686,20 @@ def test_random_grid_values_expand_or_fail_with_one_line(override, train, runs):
         assert s.ratio is None or (np.isfinite(s.ratio) and s.ratio >= 1)
         assert s.train.get("epochs", 1) >= 1 and s.train.get("batch_size", 1) >= 1
         assert isinstance(s.seed, int) and not isinstance(s.seed, bool)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(GRID_KEYS), JSONISH, max_size=3), TRAIN_VALUES)
+def test_random_grid_files_through_the_bench_command(tmp_path, override, train):
+    from emodebias.cli import app
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"corpus": "synthetic", "folds": [1], "runs": ["erm"],
+                                    "train": train, **override}))
+    res = CliRunner().invoke(app, ["bench", str(path), "--dry-run", "--out",
+                                   str(tmp_path / "out")])
+    assert res.exit_code in (0, 2), res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    if res.exit_code == 2:
+        assert "error" in res.output.lower() and "Traceback" not in res.output
