@@ -52,8 +52,9 @@ MODEL = "model"
 PROVENANCE = "provenance.json"  # a grid invocation's provenance, beside its runs/
 # Record fields that legitimately differ between two executions of the same spec.
 VOLATILE = ("wall_time", "created", "host", "pid", "provenance", "sources")
-# Folders never searched for runs: temporaries of killed writers and grid stage caches.
-_SKIP_DIRS = ("cache", "failures")
+# Folders never searched for runs (besides temporaries of killed writers): grid stage caches,
+# failure notes and records set aside as damaged.
+_SKIP_DIRS = ("cache", "failures", "damaged")
 MAX_DEPTH = 4  # how deep below the given folder runs are looked for
 
 
