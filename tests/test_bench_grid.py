@@ -254,3 +254,29 @@ def test_a_grid_reuses_an_extracted_store(tmp_path) -> None:
     (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error")]
     assert line.startswith("error: grid features for 'acoustic': ") and "manifest" in line
     assert not list((tmp_path / "o3").glob("runs/*"))
+
+
+def test_grid_stages_extract_with_progress_unless_quiet(tmp_path, monkeypatch) -> None:
+    """The grid's shared stages run first, in this process: extraction draws its bar when the
+    process switch is on (the CLI without -q) and stays silent otherwise."""
+    import emodebias.store
+    from emodebias import progress
+
+    seen: list[bool] = []
+    real = emodebias.store.extract
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["progress"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(emodebias.store, "extract", spy)
+    specs = load_grid(tiny_grid(tmp_path))
+    try:
+        progress.set_enabled(True)
+        pipeline.prepare_stages(specs, tmp_path / "loud")
+        progress.set_enabled(False)
+        pipeline.prepare_stages(specs, tmp_path / "quiet")
+    finally:
+        progress.set_enabled(False)
+    assert seen == [True, False]
+    assert (tmp_path / "quiet" / "cache" / "manifests" / f"{specs[0].corpus_key}.parquet").is_file()
