@@ -80,7 +80,8 @@ def train(
     features: Path = typer.Option(..., "--features", "-f",
                                   help="feature store (the folder `extract --out` was given)"),
     manifest: Path = typer.Option(..., "--manifest", "-m",
-                                  help="manifest Parquet file or the folder `prepare --out` got"),
+                                  help="manifest Parquet file or the folder `prepare --out` "
+                                       "was given"),
     split: str = typer.Option(..., help="saved split (split.json or the folder `split --out` "
                                         "was given) or a fold name of the manifest"),
     method: str = typer.Option("erm", help="method name (see `emodebias methods`)"),
@@ -88,13 +89,14 @@ def train(
         None, help="training groups: an assignment folder, or the folder `groups --out` was "
                    "given when it holds exactly one"),
     hp: list[str] | None = typer.Option(None, help="hyperparameter override NAME=VALUE (repeat)"),
-    epochs: int = typer.Option(50, min=1),
-    batch_size: int = typer.Option(32, min=1),
-    lr: float = typer.Option(1e-4, min=0.0),
-    seed: int = typer.Option(0),
+    epochs: int = typer.Option(50, min=1, help="training epochs (the dev-best one is kept)"),
+    batch_size: int = typer.Option(32, min=1, help="utterances per training step"),
+    lr: float = typer.Option(1e-4, min=0.0, help="Adam learning rate"),
+    seed: int = typer.Option(0, help="seed of initialisation, sampling and batch order"),
     n_boot: int = typer.Option(0, min=0, help="speaker-bootstrap resamples for 95% CIs of the "
                                               "test metrics"),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (not part of the run's "
+                                           "identity)"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder to write (an earlier run "
                                                       "folder there is replaced)"),
 ) -> None:
