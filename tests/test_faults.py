@@ -91,14 +91,19 @@ def one_line_user_error(exc: BaseException) -> None:
 
 # ----------------------------------------------------------------------- concurrent writers
 SLOW_EXTRACT = """
-import sys, time
+import os, sys, time
 from emodebias.encoders.acoustic import AcousticEncoder
 from emodebias.manifest import Manifest
 from emodebias.store import extract
 
 class Slow(AcousticEncoder):
+    calls = 0
+
     def encode(self, waves):
+        Slow.calls += 1
         time.sleep(float(sys.argv[4]))
+        while Slow.calls > 1 and sys.argv[6] != "-" and not os.path.exists(sys.argv[6]):
+            time.sleep(0.05)  # held after its first batch until the test opens the gate
         return super().encode(waves)
 
 timeout = None if sys.argv[3] == "wait" else float(sys.argv[3])
@@ -108,10 +113,14 @@ extract(Manifest.load(sys.argv[1]), Slow(), sys.argv[2], batch_seconds=1.0, prog
 
 
 def start_extract(man_path: Path, out: Path, timeout: str = "wait", sleep: float = 0.15,
-                  checkpoint: float = 0.0) -> subprocess.Popen:
+                  checkpoint: float = 0.0, gate: Path | None = None,
+                  stderr: Path | None = None) -> subprocess.Popen:
+    """`extract` in another process; with `gate`, it stops after its first batch until the
+    gate file exists; with `stderr`, its error output goes to that file."""
+    err = open(stderr, "w") if stderr else subprocess.PIPE  # noqa: SIM115 (child owns it)
     return subprocess.Popen([sys.executable, "-c", SLOW_EXTRACT, str(man_path), str(out),
-                             timeout, str(sleep), str(checkpoint)],
-                            stderr=subprocess.PIPE, text=True, env=env())
+                             timeout, str(sleep), str(checkpoint), str(gate or "-")],
+                            stderr=err, text=True, env=env())
 
 
 def wait_for(predicate, proc: subprocess.Popen, limit: float = 60.0) -> None:
@@ -134,14 +143,14 @@ def meta_batches(out: Path) -> int:
 def test_two_extracts_into_one_store_wait_instead_of_interleaving(wavs, tmp_path):
     man = manifest_of(wavs)
     man_path = man.save(tmp_path / "m.parquet")
-    out = tmp_path / "store"
-    first = start_extract(man_path, out, sleep=0.6)
-    wait_for(lambda: meta_batches(out) >= 1, first)  # the first one is writing
-    second = start_extract(man_path, out, sleep=0.0)
+    out, gate, log = tmp_path / "store", tmp_path / "gate", tmp_path / "second.err"
+    first = start_extract(man_path, out, gate=gate)
+    wait_for(lambda: meta_batches(out) >= 1, first)  # the first one is writing, held
+    second = start_extract(man_path, out, sleep=0.0, stderr=log)
+    wait_for(lambda: "being written by another process" in log.read_text(), second)
+    gate.touch()
     assert first.wait(120) == 0, first.stderr.read()
-    assert meta_batches(out) > 1
-    assert second.wait(120) == 0
-    assert "being written by another process" in second.stderr.read()
+    assert second.wait(120) == 0, log.read_text()
     reference = extract(man, AcousticEncoder(), tmp_path / "reference", batch_seconds=1.0,
                         progress=False)
     same_store(out, reference.path)  # not a mix of two writers' rows
@@ -150,9 +159,9 @@ def test_two_extracts_into_one_store_wait_instead_of_interleaving(wavs, tmp_path
 def test_second_extract_with_no_patience_fails_with_one_line(wavs, tmp_path):
     man_path = manifest_of(wavs).save(tmp_path / "m.parquet")
     out = tmp_path / "store"
-    first = start_extract(man_path, out, sleep=3.0)
+    first = start_extract(man_path, out, gate=tmp_path / "never")
     try:
-        wait_for(lambda: meta_batches(out) >= 0, first)
+        wait_for(lambda: meta_batches(out) >= 1, first)
         second = start_extract(man_path, out, timeout="0", sleep=0.0)
         assert second.wait(60) != 0
         last = second.stderr.read().strip().splitlines()[-1]
@@ -418,7 +427,7 @@ sys.path.insert(0, sys.argv[2])
 from emodebias.bench.grid import expand_grid
 from emodebias.bench.runner import run_local
 import json
-os.environ["TOY_SLEEP"] = "0.3"
+os.environ["TOY_SLEEP"] = "0.8"
 print("start", flush=True)
 s = run_local(expand_grid(json.loads(sys.argv[3])), sys.argv[1], executor="{toy}", progress=False)
 print("done", s.completed, flush=True)
