@@ -149,6 +149,14 @@ def test_commit_run_replaces_runs_but_never_other_files(tmp_path) -> None:
     commit_run(d, result(f1=0.9), replace=True)
     assert read_record(d)["metrics"]["summary"]["macro_f1"] == 0.9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporaries left
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / f"run.tmp-{dead}-abcd").mkdir()  # a killed `train` left these
+    (tmp_path / f"run.old-{dead}-abcd").mkdir()
+    (tmp_path / f"run.tmp-{os.getpid()}-beef").mkdir()  # a live writer's
+    commit_run(d, result(f1=0.8), replace=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", f"run.tmp-{os.getpid()}-beef"]
+    (tmp_path / f"run.tmp-{os.getpid()}-beef").rmdir()
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):
         commit_run(tmp_path / "file", result(), replace=True)

@@ -24,9 +24,11 @@ complete, and a killed writer leaves only a `*.tmp-*` directory that the next ru
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -159,6 +161,8 @@ def commit_run(final: Path, result: RunResult, replace: bool = False) -> Path:
 
         result.provenance = provenance.collect()
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead(p for pattern in (".tmp-*", ".old-*")
+                 for p in final.parent.glob(glob.escape(final.name) + pattern))
     tmp = final.parent / f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -248,10 +252,15 @@ def write_failure(out: Path, spec: RunSpec, exc: BaseException) -> Path:
 
 def clean_stale(out: Path) -> int:
     """Remove temporary run directories left by killed writers whose process is gone."""
+    return _remove_dead((Path(out) / "runs").glob("*.tmp-*"))
+
+
+def _remove_dead(paths: Iterable[Path]) -> int:
+    """Remove ``<name>.tmp-<pid>-*`` / ``<name>.old-<pid>-*`` folders whose writer is gone."""
     n = 0
-    for tmp in (Path(out) / "runs").glob("*.tmp-*"):
-        pid = int(tmp.name.split(".tmp-")[1].split("-")[0])
-        if pid != os.getpid() and not _alive(pid):
+    for tmp in paths:
+        match = re.search(r"\.(?:tmp|old)-(\d+)-", tmp.name)
+        if match and int(match[1]) != os.getpid() and not _alive(int(match[1])):
             shutil.rmtree(tmp, ignore_errors=True)
             n += 1
     return n
