@@ -439,12 +439,12 @@ def _clear_store(out: Path) -> None:
 
 def _content_digest(out: Path, failures: dict[str, str]) -> str:
     """Hash of the stored numbers and of which rows failed: the key of caches derived from them."""
-    h = hashlib.blake2b(digest_size=8)
+    h = hashlib.sha256()  # hardware-accelerated on current CPUs: ~2x blake2b, reads dominate
     with open(out / FEATURES_FILE, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             h.update(chunk)
     h.update(json.dumps(sorted(failures)).encode())
-    return h.hexdigest()
+    return h.hexdigest()[:16]
 
 
 def extract(
