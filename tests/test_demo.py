@@ -88,6 +88,9 @@ def test_rerun_recomputes_nothing(demo_out) -> None:
     assert res.exit_code == 0, res.output
     assert "10 already done, 0 completed now, 0 failed" in res.output
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/record.json")} == before
+    quiet = CliRunner().invoke(app, ["-q", "bench", "demo-quick", "-o", str(out)])
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.output  # -q: no tally, no bars
+    assert quiet.stdout == f"results: {out / 'results.parquet'} (10 runs)\n"
 
 
 def test_two_workers_give_the_same_records(demo_out, tmp_path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import typer
@@ -10,6 +11,7 @@ import typer
 from emodebias.cli import app
 from emodebias.errors import UserError
 
+log = logging.getLogger(__name__)
 MAX_BATCH = 256  # = emodebias.bench.runner.MAX_BATCH (not imported: the CLI starts light)
 
 
@@ -52,7 +54,7 @@ def _run_grid(grid: str, out: Path, variables: dict, workers: int, backend: str,
     specs = _load_specs(grid, variables, device)
     for d in sorted({s.device for s in specs}):
         check_device(d, "--device" if device else "the grid's device")
-    typer.echo(f"{grid}: {len(specs)} runs -> {out}", err=True)
+    log.info("%s: %d runs -> %s", grid, len(specs), out)
     prepare_stages([s for s in specs if not is_done(out, s)], out)
     show = progress.is_enabled()
     if backend == "ray":
@@ -65,15 +67,14 @@ def _run_grid(grid: str, out: Path, variables: dict, workers: int, backend: str,
 
 
 def _print_failures(summary) -> None:  # noqa: ANN001 (GridSummary, lazy import)
-    """The grid's tally, then its failed runs (errors printed verbatim) on stderr."""
-    typer.echo(f"runs: {summary.total} total, {summary.skipped} already done, "
-               f"{summary.completed} completed now, {len(summary.failed)} failed "
-               f"({summary.wall_time:.1f} s)", err=True)
+    """The grid's tally (hidden by -q), then its failed runs (errors printed verbatim)."""
+    log.info("runs: %d total, %d already done, %d completed now, %d failed (%.1f s)",
+             summary.total, summary.skipped, summary.completed, len(summary.failed),
+             summary.wall_time)
     for f in summary.failed[:10]:
-        typer.echo(f"{typer.style('failed', fg='red')} {f.get('name', f['hash'])}: "
-                   f"{f.get('error')}", err=True)
+        log.warning("failed %s: %s", f.get("name", f["hash"]), f.get("error"))
     if len(summary.failed) > 10:
-        typer.echo(f"... and {len(summary.failed) - 10} more (see failures/*.json)", err=True)
+        log.warning("... and %d more (see failures/*.json)", len(summary.failed) - 10)
 
 
 DEVICE_HELP = ("cpu, cuda, cuda:N or mps: where features are extracted and heads trained "
