@@ -527,6 +527,20 @@ def test_retry_failed_heals_rows_that_work_now(wavs, tmp_path):
     np.testing.assert_array_equal(np.asarray(healed.features), np.asarray(fresh.features))
 
 
+def test_a_damaged_store_is_named_and_overwrite_repairs_it(wavs, tmp_path):
+    man = manifest_of(wavs)
+    out = extract(man, AcousticEncoder(), tmp_path / "st", progress=False).path
+    (out / "meta.json").write_text('{"complete": tr')
+    assert store_state(out)[0] == "damaged"
+    for attempt in (lambda: FeatureStore.open(out),
+                    lambda: extract(man, AcousticEncoder(), out, progress=False)):
+        with pytest.raises(StoreError, match="damaged.*--overwrite") as err:
+            attempt()
+        one_line_user_error(err.value)
+    repaired = extract(man, AcousticEncoder(), out, progress=False, overwrite=True)
+    assert store_state(out)[0] == "complete" and not repaired.failures
+
+
 def test_retry_failed_from_the_command_line(wavs, tmp_path):
     from emodebias.cli import app
 

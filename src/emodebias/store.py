@@ -96,7 +96,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise StoreError(f"no feature store at {path} (missing {META_FILE}); "
                          "create one with `emodebias extract`") from None
     except json.JSONDecodeError as exc:
-        raise StoreError(f"{path / META_FILE} is not valid JSON ({exc})") from exc
+        raise StoreError(f"{path / META_FILE} is damaged: not valid JSON ({exc}); extract the "
+                         "store again with --overwrite") from None
 
 
 def _write_meta(path: Path, meta: dict[str, Any]) -> None:
