@@ -25,14 +25,14 @@ def _coverage(speakers: int, gap: float, groups: int = 2, seed: int = 1, n_perm:
     return sim, r, covered.mean(), plain.mean()
 
 
-@pytest.mark.parametrize(("speakers", "gap", "upper"), [(40, 0.1, 0.97), (20, 0.2, 0.97),
-                                                         (20, 0.1, 0.985)])
+@pytest.mark.parametrize(("speakers", "gap", "groups"), [(20, 0.1, 2), (40, 0.1, 2),
+                                                          (20, 0.2, 2), (20, 0.1, 3)])
 def test_bias_corrected_interval_covers_a_real_gap(speakers: int, gap: float,
-                                                   upper: float) -> None:
-    sim, r, coverage, plain = _coverage(speakers, gap)
-    assert sim.true_gap == pytest.approx(gap)
-    # measured: 0.970 (40 spk), 0.941 (gap 0.2), 0.979 (20 spk, gap 0.1: slightly conservative)
-    assert 0.93 <= coverage <= upper, coverage
+                                                   groups: int) -> None:
+    sim, r, coverage, plain = _coverage(speakers, gap, groups)
+    if groups == 2:
+        assert sim.true_gap == pytest.approx(gap)
+    assert 0.93 <= coverage <= 0.97, coverage
     # the plain percentile interval of the plug-in gap misses far more often (it is biased)
     assert plain < 0.9
     # the plug-in gap is biased upward, the corrected estimate much less
@@ -46,11 +46,6 @@ def test_no_gap_interval_reaches_zero_or_is_indistinguishable_from_chance() -> N
     assert honest.mean() >= 0.93 and coverage >= 0.93
     assert plain == 0.0  # every plain percentile interval lies above 0
     assert np.mean(r["point"]) > 0.05  # the noise a plug-in gap shows without any real gap
-
-
-def test_three_groups_cover() -> None:
-    _, _, coverage, _ = _coverage(20, 0.1, groups=3)
-    assert coverage >= 0.93  # measured 0.986 (conservative)
 
 
 def test_permutation_null_false_positive_rate() -> None:

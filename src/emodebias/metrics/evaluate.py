@@ -22,7 +22,7 @@ Conventions (definitions in ``docs/metrics.md``):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -381,29 +381,51 @@ def _overall(c: rates.Counts) -> dict[str, np.ndarray]:
 
 
 def plan_metrics(c: rates.Counts, classes: Mapping[str, np.ndarray]
-                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray],
+                            dict[str, tuple[np.ndarray, Callable]]]:
     """Attribute metrics from the compared groups' counts ``[..., G, K]``.
 
-    Returns values ``metric -> [...]``, per-class gap terms ``metric -> [..., K]`` and signed
+    Returns values ``metric -> [...]``, per-class gap terms ``metric -> [..., K]``, signed
     per-class differences ``rate -> [..., C, K]`` (two groups: second − first; more: each group
-    − all compared groups).
+    − all compared groups), and for each gap its spread X ``[..., G, K]`` with the function
+    that maps X to the gap (homogeneous of degree 1, for `inference.shrunk_interval`).
     """
     pooled = c.pooled()
-    values, terms = {}, {}
-    for m in ("tpr_gap", "fpr_gap", "f1_gap"):
+    values, terms, spreads = {}, {}, {}
+    for m in ("tpr_gap", "fpr_gap", "f1_gap", "dp_sumdev_gap", "dp_maxdev_gap"):
         fn = _RATE_FN[_GAP_RATE[m]]
-        terms[m], values[m] = rates.aggregation_gap(fn(c), fn(pooled), classes[m])
-    for m, (term, gap) in rates.dp_gaps(rates.ppr(c), rates.ppr(pooled)).items():
-        terms[m], values[m] = term, gap
+        mask = classes[m]
+        spread = fn(c) - fn(pooled)
+        agg = _max_agg(mask) if m == "dp_maxdev_gap" else _sum_agg(mask)
+        terms[m] = np.where(mask, np.abs(spread).max(-2) if m == "dp_maxdev_gap"
+                            else np.abs(spread).sum(-2), np.nan)
+        values[m] = agg(spread)
+        spreads[m] = (spread, agg)
     mf, acc = rates.macro_f1(c), rates.hamming_acc(c)
     values["macro_f1_gap"] = mf.max(-1) - mf.min(-1)
+    spreads["macro_f1_gap"] = ((mf - mf.mean(-1, keepdims=True))[..., None], _range_agg)
     values["worst_group_f1"] = mf.min(-1)
     values["worst_group_acc"] = acc.min(-1)
     diffs = {}
     for r in DIFF_RATES:
         g, o = _RATE_FN[r](c), _RATE_FN[r](pooled)
         diffs[r] = g[..., 1:2, :] - g[..., 0:1, :] if c.tp.shape[-2] == 2 else g - o
-    return values, terms, diffs
+    return values, terms, diffs, spreads
+
+
+def _sum_agg(mask: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """FairLib aggregation: RMS over the `mask` classes of Σ_g |X_gc|."""
+    return lambda x: rates.aggregation_gap(x, np.zeros_like(x[..., :1, :]), mask)[1]
+
+
+def _max_agg(mask: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """RMS over the `mask` classes of max_g |X_gc|."""
+    return lambda x: rates._rms(np.abs(x).max(-2), mask)[1]
+
+
+def _range_agg(x: np.ndarray) -> np.ndarray:
+    """Largest minus smallest group value (one column)."""
+    return x[..., 0].max(-1) - x[..., 0].min(-1)
 
 
 def contrast_names(names: list[str]) -> list[str]:
@@ -418,16 +440,18 @@ def _score_plan(pl: _Plan, k: int, classes: list[str], rng: np.random.Generator,
     a, n_groups = pl.attr.name, len(pl.names)
     sums = lambda w: _as_counts(  # noqa: E731
         inference.group_sums(w, pl.unit_sums, pl.unit_group, n_groups), k)
-    values, terms, diffs = plan_metrics(sums(np.ones((1, len(pl.unit_group)))), pl.classes)
+    values, terms, diffs, spreads = plan_metrics(sums(np.ones((1, len(pl.unit_group)))),
+                                                 pl.classes)
     pl.values, pl.terms = values, terms
     for m, v in values.items():
         summary[f"{a}.{m}"] = float(v[0])
     summary[f"{a}.min_speakers"] = float(pl.speakers.min())
-    boot = bdiffs = null = None
+    boot = bdiffs = bspreads = null = None
+    inflate = float(np.sqrt(pl.speakers.min() / max(pl.speakers.min() - 1, 1)))
     if n_boot > 0 and pl.reason:
         _skip(skipped, a, f"intervals not estimable: {pl.reason}", int(pl.speakers.min()))
     if n_boot > 0:
-        boot, _, bdiffs = plan_metrics(sums(inference.stratified_weights(
+        boot, _, bdiffs, bspreads = plan_metrics(sums(inference.stratified_weights(
             rng, pl.unit_strata, n_boot)), pl.classes)
     if n_perm > 0:
         strata = pl.unit_strata // n_groups
@@ -437,8 +461,15 @@ def _score_plan(pl: _Plan, k: int, classes: list[str], rng: np.random.Generator,
     for m in ATTR_METRICS:
         key, point = f"{a}.{m}", values[m][0]
         is_gap = m.endswith("_gap")
+        gap_of = None
+        if is_gap and bspreads is not None:
+            (x0, agg), xb = spreads[m], bspreads[m][0]
+
+            def gap_of(ok: np.ndarray, x0=x0, xb=xb, agg=agg) -> tuple[float, float, float]:
+                out = inference.shrunk_interval(x0[0], xb[ok], agg, ci=ci, inflate=inflate)
+                return tuple(float(v) for v in out)
         status, reason, est, lo, hi, unusable = _interval(
-            point, None if boot is None else boot[m], pl.reason, max_unusable, ci, is_gap)
+            point, None if boot is None else boot[m], pl.reason, max_unusable, ci, gap_of)
         if unusable:
             _skip(skipped, a, "bootstrap resamples where the metric was undefined (a class had no "
                   "positives/negatives in a resampled group)", unusable, metric=m)
@@ -473,7 +504,7 @@ def _score_plan(pl: _Plan, k: int, classes: list[str], rng: np.random.Generator,
                 point = diffs[r][0, j, ci_]
                 b = None if bdiffs is None else bdiffs[r][:, j, ci_]
                 status, reason, _, lo, hi, unusable = _interval(
-                    point, b, pl.reason, max_unusable, ci, gap=False)
+                    point, b, pl.reason, max_unusable, ci, None)
                 class_rows.append({"attribute": a, "rate": r, "cls": cls, "contrast": contrast,
                                    "diff": point, "ci_low": lo, "ci_high": hi,
                                    "status": status, "reason": reason, "n_unusable": unusable})
@@ -481,26 +512,24 @@ def _score_plan(pl: _Plan, k: int, classes: list[str], rng: np.random.Generator,
 
 
 def _interval(point: float, boot: np.ndarray | None, plan_reason: str, max_unusable: float,
-              ci: float, gap: bool) -> tuple[str, str, float, float, float, int]:
-    """(status, reason, estimate, low, high, unusable resamples) of one number."""
+              ci: float, gap_of: Callable | None) -> tuple[str, str, float, float, float, int]:
+    """(status, reason, estimate, low, high, unusable resamples) of one number; `gap_of` maps
+    the mask of usable resamples to a gap's (estimate, low, high), else percentile."""
     nan = float("nan")
     if not np.isfinite(point):
         return "not estimable", "undefined on this test set", nan, nan, nan, 0
     if boot is None:
         return "not computed", plan_reason or "no bootstrap (n_boot=0)", nan, nan, nan, 0
-    unusable = int((~np.isfinite(boot)).sum())
-    est = float(inference.bias_corrected_interval(point, boot[np.isfinite(boot)], ci)[0]) \
-        if gap and unusable < len(boot) else nan
+    ok = np.isfinite(boot)
+    unusable = int((~ok).sum())
+    est, lo, hi = gap_of(ok) if gap_of is not None and ok.any() else (nan, nan, nan)
     if plan_reason:
         return "not estimable", plan_reason, est, nan, nan, unusable
     if unusable > max_unusable * len(boot):
         return ("not estimable", f"{unusable} of {len(boot)} resamples unusable (> "
                 f"max_unusable={max_unusable:g})", est, nan, nan, unusable)
-    ok = boot[np.isfinite(boot)]
-    if gap:
-        est, lo, hi = (float(x) for x in inference.bias_corrected_interval(point, ok, ci))
-    else:
-        lo, hi = (float(x) for x in inference.percentile_interval(ok, ci))
+    if gap_of is None:
+        lo, hi = (float(x) for x in inference.percentile_interval(boot[ok], ci))
     return "ok", "", est, lo, hi, unusable
 
 

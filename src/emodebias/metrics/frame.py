@@ -76,6 +76,8 @@ class MetricFrame:
             units, strata = _unit_sums(base, _speaker_codes(speakers, len(y))[keep], self._codes)
             w = inference.stratified_weights(np.random.default_rng(seed), strata, n_boot)
             self._boot = self._group_counts(w, None, strata, units)
+            n = np.bincount(strata).min()
+            self._inflate = float(np.sqrt(n / max(n - 1, 1)))
 
     # ------------------------------------------------------------------ computation
     def _group_counts(self, w: np.ndarray, rows: np.ndarray | None, group: np.ndarray,
@@ -85,11 +87,12 @@ class MetricFrame:
         return _as_counts(g, self._k), _as_counts(g.sum(-2), self._k)
 
     def _values(self, which: str) -> np.ndarray:
-        """``[B, G+1, M, K]``: group rates then overall, for the point (B=1) or resamples."""
+        """``[B, G+1, M·K]``: group rates then overall (columns metric-major), for the point
+        (B=1) or the resamples."""
         groups, overall = self._point if which == "point" else self._boot
         out = [np.concatenate([METRICS[m](groups), METRICS[m](overall)], axis=-2)
                for m in self.metrics]
-        return np.stack(out, axis=-2)
+        return np.concatenate(out, axis=-1)
 
     def _columns(self) -> pd.MultiIndex:
         return pd.MultiIndex.from_product([self.metrics, self.classes], names=["metric", "cls"])
@@ -102,17 +105,19 @@ class MetricFrame:
         return pd.Series(v.reshape(-1), index=self._columns())
 
     def _stat(self, fn, *, ci: bool, gap: bool = False) -> pd.Series | pd.DataFrame:  # noqa: ANN001
-        point = fn(self._values("point"))[0]
+        point = fn(self._values("point")[0])
         if not ci:
             return self._series(point)
         if self._boot is None:
             raise MetricsInputError("intervals need n_boot > 0 (and speakers) at construction")
-        boot = np.moveaxis(fn(self._values("boot")), 0, -1)
-        if gap:
-            est, lo, hi = inference.bias_corrected_interval(np.abs(point), np.abs(boot), self.ci)
+        if gap:  # the spread is the groups' values; `fn` maps it to the difference
+            est, lo, hi = inference.shrunk_interval(
+                self._values("point")[0], self._values("boot"), fn, ci=self.ci,
+                inflate=self._inflate)
             cols = {"value": self._series(point), "value_bc": self._series(est)}
         else:
-            lo, hi = inference.percentile_interval(boot, self.ci)
+            lo, hi = inference.percentile_interval(np.moveaxis(fn(self._values("boot")), 0, -1),
+                                                   self.ci)
             cols = {"value": self._series(point)}
         return pd.DataFrame({**cols, "ci_low": self._series(lo), "ci_high": self._series(hi)})
 
@@ -135,19 +140,19 @@ class MetricFrame:
         return self._frame(lo), self._frame(hi)
 
     def group_min(self, *, ci: bool = False) -> pd.Series | pd.DataFrame:
-        return self._stat(lambda v: np.nanmin(v[:, :-1], axis=1), ci=ci)
+        return self._stat(lambda v: np.nanmin(v[..., :-1, :], axis=-2), ci=ci)
 
     def group_max(self, *, ci: bool = False) -> pd.Series | pd.DataFrame:
-        return self._stat(lambda v: np.nanmax(v[:, :-1], axis=1), ci=ci)
+        return self._stat(lambda v: np.nanmax(v[..., :-1, :], axis=-2), ci=ci)
 
     def difference(self, *, method: str = "between_groups",
                    ci: bool = False) -> pd.Series | pd.DataFrame:
         """Largest minus smallest group value, or the largest |group − overall| ("to_overall")."""
         _check_method(method)
         if method == "between_groups":
-            fn = lambda v: np.nanmax(v[:, :-1], 1) - np.nanmin(v[:, :-1], 1)  # noqa: E731
+            fn = lambda v: np.nanmax(v[..., :-1, :], -2) - np.nanmin(v[..., :-1, :], -2)  # noqa: E731
         else:
-            fn = lambda v: np.nanmax(np.abs(v[:, :-1] - v[:, -1:]), 1)  # noqa: E731
+            fn = lambda v: np.nanmax(np.abs(v[..., :-1, :] - v[..., -1:, :]), -2)  # noqa: E731
         return self._stat(fn, ci=ci, gap=True)
 
     def ratio(self, *, method: str = "between_groups",
@@ -155,11 +160,13 @@ class MetricFrame:
         """Smallest over largest group value, or the smallest group/overall ratio (≤ 1)."""
         _check_method(method)
         if method == "between_groups":
-            fn = lambda v: rates.safe_div(np.nanmin(v[:, :-1], 1), np.nanmax(v[:, :-1], 1))  # noqa: E731
+            def fn(v: np.ndarray) -> np.ndarray:
+                return rates.safe_div(np.nanmin(v[..., :-1, :], -2), np.nanmax(v[..., :-1, :], -2))
         else:
             def fn(v: np.ndarray) -> np.ndarray:
-                r = rates.safe_div(v[:, :-1], np.broadcast_to(v[:, -1:], v[:, :-1].shape))
-                return np.nanmin(np.where(r > 1, 1 / r, r), axis=1)
+                r = rates.safe_div(v[..., :-1, :], np.broadcast_to(v[..., -1:, :],
+                                                                  v[..., :-1, :].shape))
+                return np.nanmin(np.where(r > 1, 1 / r, r), axis=-2)
         return self._stat(fn, ci=ci)
 
     # ------------------------------------------------------------------ multi-label summaries
@@ -211,7 +218,8 @@ def _groups(features: object, n: int) -> tuple[np.ndarray, pd.Index]:
                                               else "sensitive_feature_0")
     if len(df) != n:
         raise MetricsInputError(f"sensitive_features has {len(df)} rows for {n} utterances")
-    grouped = df.groupby(list(df.columns), sort=True, observed=True, dropna=True)
+    by = list(df.columns) if df.shape[1] > 1 else df.columns[0]
+    grouped = df.groupby(by, sort=True, observed=True, dropna=True)
     codes = grouped.ngroup().to_numpy()
     codes = np.where(df.isna().any(axis=1).to_numpy(), -1, codes)
     keys = list(grouped.groups.keys())

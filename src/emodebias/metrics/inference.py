@@ -23,9 +23,11 @@ replications at once through the same code that `evaluate` uses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-INTERVAL_GAP = "bias-corrected percentile (squared scale, clipped at 0)"
+INTERVAL_GAP = "bias-corrected percentile, shrunk-centre bootstrap (squared scale, clipped at 0)"
 INTERVAL_PLAIN = "percentile"
 
 
@@ -80,6 +82,40 @@ def bias_corrected_interval(point: np.ndarray, boot: np.ndarray,
     lo, hi = np.nanquantile(bsq, [alpha, 1 - alpha], axis=-1)
     est = np.sqrt(np.clip(sq - bias, 0, None))
     return est, np.sqrt(np.clip(lo - 2 * bias, 0, None)), np.sqrt(np.clip(hi - 2 * bias, 0, None))
+
+
+def shrunk_interval(spread: np.ndarray, boot_spread: np.ndarray,
+                    agg: Callable[[np.ndarray], np.ndarray], *, ci: float = 0.95,
+                    inflate: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(estimate, low, high) of a gap ``agg(X)`` that is positively homogeneous in its spread X.
+
+    `spread` ``[..., G, K]`` is the point estimate's X (group rates minus their centre),
+    `boot_spread` ``[B, ..., G, K]`` the bootstrap resamples' (NaN resamples ignored). Steps:
+    the squared gap's bootstrap bias b gives the corrected estimate θ̃ = sqrt(max(θ̂² − b, 0));
+    the bootstrap world is then re-centred on a truth with that gap (X̂ scaled by θ̃/θ̂) and its
+    resampling deviations added, times `inflate` (sqrt(n/(n−1)) undoes the bootstrap's variance
+    deflation with n speakers per group); the interval is the percentile interval of those
+    squared gaps shifted by their own bias, clipped at 0 and square-rooted. Re-centring matters:
+    around X̂ itself the resampled gaps spread as if the gap were as large as the inflated
+    plug-in, which made intervals too wide (97–99% coverage at nominal 95%).
+    """
+    spread = np.asarray(spread, float)
+    boot_spread = np.asarray(boot_spread, float)
+    point = agg(spread)
+    boot = agg(boot_spread)
+    sq = point ** 2
+    bias = np.nanmean(boot ** 2, axis=0) - sq
+    est2 = np.clip(sq - bias, 0, None)
+    scale = np.sqrt(est2) / np.where(point > 0, point, 1.0)
+    # broadcast the per-gap scale over the axes `agg` reduced: (G, K) or only G
+    scale = scale[..., None, None] if point.ndim == spread.ndim - 2 else scale[..., None, :]
+    centre = spread * scale
+    world = agg(centre + (boot_spread - spread) * inflate) ** 2
+    world_bias = np.nanmean(world, axis=0) - est2
+    alpha = (1 - ci) / 2
+    lo, hi = np.nanquantile(world, [alpha, 1 - alpha], axis=0)
+    return (np.sqrt(est2), np.sqrt(np.clip(lo - world_bias, 0, None)),
+            np.sqrt(np.clip(hi - world_bias, 0, None)))
 
 
 def percentile_interval(boot: np.ndarray, ci: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

@@ -73,30 +73,36 @@ def tpr_gap_intervals(sim: Simulated, rng: np.random.Generator, *, n_boot: int =
                       n_perm: int = 0, ci: float = 0.95) -> dict[str, np.ndarray]:
     """Per replication: plug-in gap, bias-corrected estimate and interval, permutation p.
 
-    Runs the library's resampling (`inference`) and gap (`rates.aggregation_gap`) code on all
-    replications at once.
+    Runs the library's resampling (`inference`) and TPR-gap code (`evaluate.plan_metrics`) on
+    all replications at once; ``pct_low``/``pct_high`` are the plain percentile interval of the
+    plug-in gap, for comparison.
     """
     from emodebias.metrics import inference, rates
+    from emodebias.metrics.evaluate import _as_counts, _sum_agg
 
     g = int(sim.group.max()) + 1
     zeros = np.zeros_like(sim.tp)
     # unit sums laid out as evaluate's [TP_k, FP_k, FN_k, n]: FP unused for the TPR gap
     units = np.concatenate([sim.tp, zeros, sim.pos - sim.tp, sim.pos[..., :1]], axis=-1)
-    every = np.ones(K, dtype=bool)
+    agg = _sum_agg(np.ones(K, dtype=bool))  # the TPR gap's aggregation, as in `evaluate`
 
-    def gap(sums: np.ndarray) -> np.ndarray:
-        c = rates.Counts(sums[..., :K], sums[..., K:2 * K], sums[..., 2 * K:3 * K],
-                         sums[..., 3 * K])
-        return rates.aggregation_gap(rates.tpr(c), rates.tpr(c.pooled()), every)[1]
+    def tpr_spread(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = _as_counts(sums, K)
+        x = rates.tpr(c) - rates.tpr(c.pooled())
+        return agg(x), x
 
-    point = gap(inference.group_sums(np.ones((1, len(sim.group))), units, sim.group, g))[:, 0]
-    w = inference.stratified_weights(rng, sim.group, n_boot)
-    boot = gap(inference.group_sums(w, units, sim.group, g))
-    est, lo, hi = inference.bias_corrected_interval(point, boot, ci)
-    out = {"point": point, "estimate": est, "low": lo, "high": hi,
+    point, x0 = tpr_spread(inference.group_sums(np.ones((1, len(sim.group))), units, sim.group,
+                                                g))
+    boot, xb = tpr_spread(inference.group_sums(inference.stratified_weights(
+        rng, sim.group, n_boot), units, sim.group, g))
+    speakers = np.bincount(sim.group).min()
+    inflate = float(np.sqrt(speakers / max(speakers - 1, 1)))
+    est, lo, hi = inference.shrunk_interval(x0[:, 0], np.moveaxis(xb, 1, 0), agg, ci=ci,
+                                            inflate=inflate)
+    out = {"point": point[:, 0], "estimate": est, "low": lo, "high": hi,
            "pct_low": np.nanquantile(boot, (1 - ci) / 2, axis=-1),
            "pct_high": np.nanquantile(boot, 1 - (1 - ci) / 2, axis=-1)}
     if n_perm:
-        null = gap(inference.permuted_group_sums(rng, units, sim.group, g, n_perm))
-        out["p_perm"] = inference.permutation_p(point, null)
+        null, _ = tpr_spread(inference.permuted_group_sums(rng, units, sim.group, g, n_perm))
+        out["p_perm"] = inference.permutation_p(point[:, 0], null)
     return out
