@@ -44,7 +44,7 @@ def test_pipeline_names_exist_and_unknown_names_fail() -> None:
 
 @pytest.mark.parametrize(("name", "data"), [
     ("make_split", 2), ("make_folds", 1), ("extract", 3), ("fit", 4), ("fit_many", 4),
-    ("evaluate", 1),
+    ("evaluate", 1), ("truth_groups", 1), ("cluster_groups", 2), ("pseudo_groups", 2),
 ])
 def test_options_after_the_data_arguments_are_keyword_only(name, data) -> None:
     params = list(inspect.signature(getattr(ed, name)).parameters.values())
@@ -86,9 +86,29 @@ def stages(tmp_path_factory):
     split = ed.make_split(man, 1, ratio="1:2")
     split.save(w / "split")
     store = ed.extract(man, "acoustic", w / "feats", progress=False)
-    groups = ed.groups.truth_groups(man, "gender")
+    groups = ed.truth_groups(man, columns="gender")
     groups.save(w / "groups" / "truth", manifest=man)
     return w, man, split, store, groups
+
+
+def test_group_constructors(stages) -> None:
+    w, man, split, store, truth = stages
+    assert truth.source == "truth:gender" and truth.n_groups == 2
+    clusters = ed.cluster_groups(w / "feats", 3, manifest=man, split=split, algorithm="kmeans")
+    assert clusters.source == "cluster:acoustic:k=3" and clusters.info["n_fit"] == len(
+        split.train) + len(split.dev)
+    by_fold = ed.cluster_groups(store, 3, manifest=w / "manifest", split="1", algorithm="kmeans")
+    assert by_fold.info["n_fit"] > clusters.info["n_fit"]  # the full fold, not the 1:2 subsample
+    with pytest.raises(ed.UserError, match="pass the manifest too"):
+        ed.cluster_groups(store, 3, split="1")
+    f0 = ed.pseudo_groups(man, "f0")
+    assert f0.names == ["F", "M"] and f0.info["accuracy"] > 0.8
+    with pytest.raises(ed.UserError, match="pass the split"):
+        ed.pseudo_groups(man, "f0:fit")
+    with pytest.raises(ed.UserError, match="f0, f0:<Hz> or f0:fit"):
+        ed.pseudo_groups(man, "f0:high")
+    with pytest.raises(ed.UserError, match="pass the feature store"):
+        ed.pseudo_groups(man, w / "probe.npz")
 
 
 def test_fit_from_python_equals_train_from_the_shell(stages) -> None:

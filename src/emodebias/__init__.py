@@ -6,7 +6,7 @@ package (and the CLI) import fast::
     man = ed.load_corpus("synthetic", "corpus")            # or ed.open_manifest("work/crema")
     split = ed.make_split(man, 1, ratio="1:20")
     store = ed.extract(man, "acoustic", "work/feats")
-    truth = ed.groups.truth_groups(man, "gender")          # ed.groups: truth / pseudo / cluster
+    truth = ed.truth_groups(man, columns="gender")         # or ed.cluster_groups(store, 8, ...)
     run = ed.fit(store, man, split, "gdro", groups=truth, epochs=20)
     run.summary["gender.tpr_gap"]; ed.evaluate(run, manifest=man, n_boot=1000)
     ed.load_run("work/runs/gdro").predict(["clip.wav"])    # probabilities [n, K]
@@ -32,6 +32,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "open_store": ("emodebias.api", "open_store"),
     "open_split": ("emodebias.api", "open_split"),
     "open_groups": ("emodebias.api", "open_groups"),
+    "truth_groups": ("emodebias.api", "truth_groups"),
+    "cluster_groups": ("emodebias.api", "cluster_groups"),
+    "pseudo_groups": ("emodebias.api", "pseudo_groups"),
     "load_run": ("emodebias.runs", "load_run"),
     "load_runs": ("emodebias.runs", "load_runs"),
     "Run": ("emodebias.runs", "Run"),

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from emodebias.errors import UserError
 from emodebias.runs import Run, RunRequest, load_run, load_runs
 
 if TYPE_CHECKING:
@@ -24,9 +25,9 @@ if TYPE_CHECKING:
     from emodebias.splits import Split
     from emodebias.store import FeatureStore
 
-__all__ = ["evaluate", "extract", "fit", "fit_many", "load_corpus", "load_run", "load_runs",
-           "make_folds", "make_split", "open_groups", "open_manifest", "open_split",
-           "open_store"]
+__all__ = ["cluster_groups", "evaluate", "extract", "fit", "fit_many", "load_corpus", "load_run",
+           "load_runs", "make_folds", "make_split", "open_groups", "open_manifest", "open_split",
+           "open_store", "pseudo_groups", "truth_groups"]
 
 
 # ----------------------------------------------------------------------------- stage inputs
@@ -105,6 +106,94 @@ def extract(manifest: Manifest, encoder: Encoder | str, out: str | Path, *,
                     progress=progress, **options)
 
 
+# ----------------------------------------------------------------------------- groups
+def truth_groups(manifest: Manifest | str | Path, *,
+                 columns: str | Sequence[str] = "gender") -> GroupAssignment:
+    """Ground-truth groups from manifest columns; several columns give their intersections."""
+    from emodebias.groups.truth import truth_groups as _truth
+
+    return _truth(open_manifest(manifest), [columns] if isinstance(columns, str) else
+                  list(columns))
+
+
+def _fit_ids(manifest: Manifest | None, split: Split | str | int | Path | None
+             ) -> list[str] | None:
+    """Train + dev ids of `split` (what group models are fitted on), None without a split."""
+    if split is None:
+        return None
+    from emodebias.splits import Split
+
+    if not isinstance(split, Split):
+        if manifest is None:
+            raise UserError(f"split {split!r} is a name or path: pass the manifest too")
+        split = open_split(manifest, split)
+    if manifest is not None:
+        split.check(manifest)
+    return list(split.train) + list(split.dev)
+
+
+def cluster_groups(store: FeatureStore | str | Path, k: int, *,
+                   manifest: Manifest | str | Path | None = None,
+                   split: Split | str | int | Path | None = None, algorithm: str = "minibatch",
+                   seed: int = 42, layer: int | str = "mean") -> GroupAssignment:
+    """k-means groups of a store's embeddings (IDI): fitted on the split's train + dev (every
+    row without a split), every row assigned; cached beside the store. With `manifest`, a
+    store extracted from another manifest is refused."""
+    import numpy as np
+
+    from emodebias.groups.cluster import cached_cluster_groups
+
+    man = None if manifest is None else open_manifest(manifest)
+    store = open_store(store)
+    fit = _fit_ids(man, split)
+    mask = None if fit is None else np.isin(np.asarray(store.utt_ids, dtype=object),
+                                            np.asarray(fit, dtype=object))
+    return cached_cluster_groups(store, k, mask, algorithm, seed, layer, manifest=man)
+
+
+def pseudo_groups(manifest: Manifest | str | Path, model: str | Path, *,
+                  store: FeatureStore | str | Path | None = None,
+                  split: Split | str | int | Path | None = None, layer: int | str = "mean",
+                  label_map: Mapping[str, str] | None = None, device: str = "cpu",
+                  progress: bool = False) -> GroupAssignment:
+    """Pseudo-gender groups from `model`: ``f0`` (median F0 at 160 Hz), ``f0:<Hz>``, ``f0:fit``
+    (threshold fitted on the split's train + dev), a saved GenderProbe (``.npz``; needs the
+    `store` of embeddings it was trained on), or an audio-classification checkpoint."""
+    from emodebias.groups.f0 import F0Threshold, f0_groups
+
+    man = open_manifest(manifest)
+    model = str(model)
+    if model == "f0" or model.startswith("f0:"):
+        arg = model[3:]
+        if arg == "fit":
+            fit = _fit_ids(man, split)
+            if fit is None:
+                raise UserError("f0:fit fits its threshold on a split's train + dev: pass the "
+                                "split (--split)")
+            return f0_groups(man, fit_ids=fit, progress=progress)
+        try:
+            rule = F0Threshold(float(arg)) if arg else None
+        except ValueError:
+            raise UserError(f"pseudo model {model!r}: write f0, f0:<Hz> or f0:fit") from None
+        return f0_groups(man, rule, progress=progress)
+    if model.endswith(".npz") or Path(model).with_suffix(".json").is_file():
+        from emodebias.groups.embeddings import encoder_name, load_embeddings
+        from emodebias.groups.probe import GenderProbe, probe_groups
+
+        if store is None:
+            raise UserError(f"the probe {model} reads embeddings: pass the feature store it was "
+                            "trained on (--features)")
+        opened = open_store(store)
+        opened.check(man)
+        x, ids, ok = load_embeddings(opened, layer)
+        return probe_groups(GenderProbe.load(model), x, ids, man, ok, encoder_name(opened))
+    from emodebias.groups.pseudo import hf_gender_groups
+
+    return hf_gender_groups(man, model, dict(label_map) if label_map else None, device=device,
+                            progress=progress)
+
+
+# ----------------------------------------------------------------------------- training
 def _config(epochs: int, batch_size: int, lr: float, device: str, options: dict) -> Any:
     from emodebias.train import TrainConfig
 

@@ -30,17 +30,6 @@ def _slug(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", source.replace("k=", "k")).strip("_")
 
 
-def _split_ids(manifest, split: str | None) -> tuple[list[str] | None, list[str] | None]:
-    """(train ids, train+dev ids) of a fold name or a saved split (file or folder)."""
-    if split is None:
-        return None, None
-    from emodebias.runs import open_split
-
-    s = open_split(manifest, split)
-    s.check(manifest, source=f"--split {split}")
-    return list(s.train), list(s.train) + list(s.dev)
-
-
 def _open_store(features: Path | None, source: str, manifest):  # noqa: ANN001 (Manifest)
     """The --features store, refused when it was extracted from another manifest."""
     if features is None:
@@ -49,45 +38,6 @@ def _open_store(features: Path | None, source: str, manifest):  # noqa: ANN001 (
     from emodebias.store import FeatureStore
 
     return FeatureStore.open(locate.resolve(features, locate.FEATURES), manifest=manifest)
-
-
-def _pseudo(manifest, model: str | None, features: Path | None, layer: str, label_map: str | None,
-            fit_ids: list[str] | None, device: str):
-    from emodebias.groups.f0 import F0Threshold, f0_groups
-    from emodebias.groups.probe import GenderProbe, probe_groups
-
-    if not model:
-        raise typer.BadParameter("--source pseudo needs --model: f0 | f0:<Hz> | f0:fit | "
-                                 "<probe.npz> | <HF checkpoint dir or hub id>")
-    if model == "f0" or model.startswith("f0:"):
-        arg = model[3:]
-        if arg == "fit":
-            if fit_ids is None:
-                raise typer.BadParameter("--model f0:fit needs --split (fits on its train+dev)")
-            return f0_groups(manifest, fit_ids=fit_ids, progress=True)
-        rule = F0Threshold(float(arg)) if arg else None
-        return f0_groups(manifest, rule, progress=True)
-    if model.endswith(".npz") or Path(model).with_suffix(".json").is_file():
-        from emodebias.groups.embeddings import encoder_name, load_embeddings
-
-        store = _open_store(features, "pseudo with a probe", manifest)
-        x, ids, ok = load_embeddings(store, layer)
-        return probe_groups(GenderProbe.load(model), x, ids, manifest, ok, encoder_name(store))
-    from emodebias.groups.pseudo import hf_gender_groups
-
-    return hf_gender_groups(manifest, model, _label_map(label_map), device=device, progress=True)
-
-
-def _clusters(manifest, features: Path | None, ks: list[int], fit_ids: list[str] | None,
-              algorithm: str, seed: int, layer: str):
-    import numpy as np
-
-    from emodebias.groups.cluster import cached_cluster_groups
-
-    store = _open_store(features, "cluster", manifest)
-    fit_mask = None if fit_ids is None else np.isin(np.asarray(store.utt_ids, dtype=object),
-                                                    np.asarray(fit_ids, dtype=object))
-    return [cached_cluster_groups(store, k, fit_mask, algorithm, seed, layer) for k in ks]
 
 
 def _print_table(table, warnings: list[str]) -> None:
@@ -133,11 +83,11 @@ def groups(
     """Make group assignments (truth, pseudo-label, k-means clusters) and diagnose them."""
     import pandas as pd
 
-    from emodebias import locate
+    from emodebias import api, locate
     from emodebias.groups.cluster import parse_ks
     from emodebias.groups.diagnostics import diagnose, group_sizes
-    from emodebias.groups.truth import truth_groups
     from emodebias.manifest import Manifest
+    from emodebias.runs import open_split
 
     if source not in SOURCES:
         raise typer.BadParameter(f"--source {source!r} not in {SOURCES}")
@@ -145,13 +95,22 @@ def groups(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a folder (one sub-folder per assignment)")
     man = Manifest.load(locate.resolve(manifest, locate.MANIFEST))
-    train_ids, fit_ids = _split_ids(man, split)
+    fold = None if split is None else open_split(man, split)
+    if fold is not None:
+        fold.check(man, source=f"--split {split}")
+    train_ids = None if fold is None else list(fold.train)
     if source == "truth":
-        made = [truth_groups(man, _csv(column))]
+        made = [api.truth_groups(man, columns=_csv(column))]
     elif source == "pseudo":
-        made = [_pseudo(man, model, features, layer, label_map, fit_ids, device)]
+        if not model:
+            raise typer.BadParameter("--source pseudo needs --model: f0 | f0:<Hz> | f0:fit | "
+                                     "<probe.npz> | <HF checkpoint dir or hub id>")
+        made = [api.pseudo_groups(man, model, store=features, split=fold, layer=layer,
+                                  label_map=_label_map(label_map), device=device, progress=True)]
     else:
-        made = _clusters(man, features, ks, fit_ids, algorithm, seed, layer)
+        store = _open_store(features, "cluster", man)
+        made = [api.cluster_groups(store, kk, manifest=man, split=fold, algorithm=algorithm,
+                                   seed=seed, layer=layer) for kk in ks]
     tables, warnings, written = [], [], []
     for assignment in made:
         target = assignment.save(out / _slug(assignment.source), manifest=man)
