@@ -427,7 +427,7 @@ def _resume_plan(out: Path, previous: dict[str, Any], durations: np.ndarray,
         what = (f"{len(changed)} file(s) have other durations or read errors now, e.g. "
                 f"{changed[0]}" if changed else "its batch plan cannot be recovered")
         raise StoreError(f"{out}: the audio changed since the interrupted extraction ({what}); "
-                         "start over with --overwrite (overwrite=True in Python)")
+                         "start over with --overwrite")
     return old
 
 
