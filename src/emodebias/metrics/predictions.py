@@ -227,8 +227,10 @@ def evaluate_predictions(
     that neither the predictions nor the manifest have is an error. `bins` cuts numeric
     attributes into groups (``{"age": [20, 36, 50]}``). `speaker` names the speaker column
     (None: utterances are resampled as if independent). Other keywords go to `evaluate`
-    (n_boot, n_perm, min_speakers, threshold, ...).
+    (n_boot and n_perm default to 1000 here, as in the CLI; min_speakers, threshold, ...).
     """
+    kwargs.setdefault("n_boot", 1000)
+    kwargs.setdefault("n_perm", 1000)
     pred = source if isinstance(source, Predictions) else read_predictions(
         source, prob_prefix=prob_prefix, label_prefix=label_prefix, utt_id=utt_id)
     frame = pred.columns.reset_index(drop=True)
@@ -302,7 +304,6 @@ def from_predictions(
     **kwargs: object,
 ) -> MetricsResult:
     """`evaluate_predictions` against a manifest (targets, speakers and attributes from it)."""
-    kwargs.setdefault("n_perm", 1000)
     return evaluate_predictions(predictions, manifest=manifest, attributes=attributes,
                                 intersections=intersections,
                                 speaker="speaker" if speaker_bootstrap else None, **kwargs)
