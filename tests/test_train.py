@@ -187,7 +187,7 @@ def test_cli_train_and_methods(tmp_path) -> None:
     feats = np.random.default_rng(3).normal(size=(len(ids), 2, 4)).astype(np.float16)
     np.save(store / "features.npy", feats)
     (store / "meta.json").write_text(json.dumps({"complete": True, "utt_ids": ids, "n_layers": 2,
-                                                 "dim": 4, "failures": {}}))
+                                                 "dim": 4, "failures": {}, "key": "test-store"}))
     GroupAssignment(ids, np.array([i % 2 for i in range(len(ids))]), ["M", "F"],
                     "truth:gender").save(tmp_path / "groups")
     runner = CliRunner()
@@ -201,8 +201,9 @@ def test_cli_train_and_methods(tmp_path) -> None:
     assert list(pred["utt_ids"]) == split.test
     np.testing.assert_allclose(pred["probs"].sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(pred["targets"], man.soft_labels()[50:], rtol=1e-6)
-    assert json.loads((out / "config.json").read_text())["hparams"]["eta_q"] == 0.05
-    assert FitResult.load(out).hparams["eta_q"] == 0.05
+    record = json.loads((out / "record.json").read_text())
+    assert record["hparams"]["eta_q"] == 0.05 and record["spec"]["method"] == "gdro"
+    assert FitResult.load(out / "model").hparams["eta_q"] == 0.05
     bad = runner.invoke(app, args[:-4] + ["--hp", "nope=1", "--out", str(out)])
     assert bad.exit_code != 0 and "eta_q" in bad.output
     listing = runner.invoke(app, ["methods"])

@@ -124,8 +124,14 @@ def test_group_support_warnings_name_part_group_and_counts() -> None:
     n_f = sum(1 for u in skewed.train if u.startswith("F"))
     assert n_f == 1
     train_f = [w for w in msgs if "train part" in w and "gender=F" in w]
-    assert len(train_f) == 1 and "has 1 gender=F utterance(s) from 1 speaker(s)" in train_f[0]
-    assert not [w for w in msgs if "train part" in w and "gender=M" in w]
+    assert len(train_f) == 2
+    assert "has 1 gender=F utterance(s) from 1 speaker(s)" in train_f[1]
+    # per emotion: b's 8 male train utterances give floor(8/20) = 0 female ones
+    n_mb = sum(1 for u in skewed.train if u.startswith("M") and u.endswith(("_0", "_4")))
+    assert train_f[0].endswith(f"train part has no gender=F utterance of b (gender=M: {n_mb})")
+    assert not [w for w in msgs if "train part" in w and "gender=M utterance" in w]
+    assert group_support_warnings(m, skewed, min_speakers=1, per_emotion=False) == [
+        w for w in msgs if "utterance of" not in w]
 
 
 def test_split_command_prints_the_warning(tmp_path) -> None:
@@ -138,3 +144,40 @@ def test_split_command_prints_the_warning(tmp_path) -> None:
                                    str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
     assert "warning:" in res.output and "train part has 1 gender=F" in res.output
+
+
+def test_grid_records_a_failed_training_and_the_run_facts(tmp_path) -> None:
+    """In a grid, a run that selects nothing is a failure record, not a done run; finished runs
+    carry the convergence flag, the split's support warnings and GDRO's q trajectory; extras
+    runs are marked in their record."""
+    import json
+
+    import yaml
+
+    from emodebias.bench.grid import load_grid
+    from emodebias.bench.runner import run_local
+
+    grid = {"name": "tiny", "corpus": {"name": "synthetic", "folds": 5,
+                                       "n_speakers_per_gender": 5, "utterances_per_emotion": 4,
+                                       "seconds": [0.5, 0.7]},
+            "encoder": "acoustic", "folds": [1], "ratios": ["1:5"],
+            "train": {"epochs": 3, "lr": 1.0e-2, "kernels": "torch"},
+            "runs": ["erm", {"method": "gdro", "groups": "truth"}],
+            "extras": [{"method": "rw", "groups": "truth",
+                        "train": {"epochs": 3, "lr": 1.0e+30, "kernels": "torch"}}]}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    specs = load_grid(path)
+    summary = run_local(specs, tmp_path / "out", progress=False)
+    assert len(summary.failed) == 1 and "finite dev loss" in summary.failed[0]["error"]
+    (failure,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "failures").glob("*")]
+    assert failure["spec"]["method"] == "rw" and failure["spec"]["block"] == "extras"
+    assert "TrainingError" in failure["error"]
+    records = (tmp_path / "out").glob("runs/*/record.json")
+    recs = {r["spec"]["method"]: r for r in (json.loads(p.read_text()) for p in records)}
+    assert set(recs) == {"erm", "gdro"} and all("block" not in r["spec"] for r in recs.values())
+    for r in recs.values():
+        assert r["info"]["convergence"]["selected_epoch"] == r["best_epoch"]
+        assert isinstance(r["info"]["warnings"], list)
+    q = recs["gdro"]["info"]["q_trajectory"]
+    assert len(q) == 3 and len(q[0]) == 6 * 2 == len(recs["gdro"]["info"]["q_groups"])

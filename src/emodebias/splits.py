@@ -374,22 +374,37 @@ MIN_GROUP_SPEAKERS = 2  # fewer train/dev speakers of a group than this: warn
 
 def group_support_warnings(manifest: Manifest, split: Split, attribute: str = "gender",
                            min_utterances: int = MIN_GROUP_UTTERANCES,
-                           min_speakers: int = MIN_GROUP_SPEAKERS) -> list[str]:
+                           min_speakers: int = MIN_GROUP_SPEAKERS,
+                           per_emotion: bool = True) -> list[str]:
     """One line per (train or dev part, group of `attribute`) with too little support.
 
     Why: at strong imbalance the minority group can nearly vanish from a part (at 1:20 on a small
     corpus, often from dev), so training or dev-loss model selection never sees it; nothing
     fails, the numbers just stop meaning what they seem to. Groups are the attribute's values
-    over the whole manifest, so a group absent from a part is reported with 0.
+    over the whole manifest, so a group absent from a part is reported with 0. With
+    `per_emotion`, a strict-majority emotion of a part that has utterances of some groups but
+    none of another (its minority vanished at this ratio) is reported too.
     """
     if attribute not in manifest.df.columns:
         return []
     values = manifest.df[attribute]
     groups = sorted(str(v) for v in values.dropna().unique())
+    maj = majority_classes(manifest) if per_emotion else None
     out = []
     for part in ("train", "dev"):
         ids = getattr(split, part)
-        rows = manifest.df.iloc[manifest.index_of(list(ids))] if ids else manifest.df.iloc[:0]
+        pos = manifest.index_of(list(ids)) if ids else np.zeros(0, dtype=np.int64)
+        rows = manifest.df.iloc[pos]
+        if maj is not None and len(groups) > 1:
+            attr = rows[attribute].astype(object).where(rows[attribute].notna(), "").astype(str)
+            for c, emotion in enumerate(manifest.classes):
+                in_c = maj[pos] == c
+                counts = {g: int((in_c & (attr == g).to_numpy()).sum()) for g in groups}
+                empty = [g for g, n in counts.items() if n == 0]
+                if empty and any(counts.values()):
+                    have = ", ".join(f"{attribute}={g}: {n}" for g, n in counts.items() if n)
+                    out.append(f"{split.name}: the {part} part has no {attribute}="
+                               f"{'/'.join(empty)} utterance of {emotion} ({have})")
         for g in groups:
             sel = rows[rows[attribute].astype(object).astype(str) == g]
             n_utt, n_spk = len(sel), int(sel["speaker"].nunique())
