@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -212,3 +214,18 @@ def test_block_folds_cycle() -> None:
     assert out.iloc[3].isna().all()
     with pytest.raises(SplitError, match="at least 3"):
         block_folds(pd.Series(["a"]), [["a"], ["b"]])
+
+
+def test_saved_split_remembers_its_manifest(crema: Manifest, fold1: Split, tmp_path) -> None:
+    assert fold1.manifest_hash == crema.content_hash()
+    loaded = Split.load(fold1.save(tmp_path))
+    loaded.check(crema)  # same manifest: fine
+    soft = [f"soft_{c}" for c in crema.classes]  # same ids and files, other labels
+    df = crema.df.copy()
+    df[soft] = df[soft].to_numpy()[:, ::-1]
+    relabelled = Manifest(df, crema.classes)
+    with pytest.raises(SplitError, match="another manifest"):
+        loaded.check(relabelled)
+    fewer = Manifest(crema.df[~crema.df["utt_id"].isin(loaded.test[:2])], crema.classes)
+    with pytest.raises(SplitError, match=r"2 test utterance\(s\) are not in"):
+        Split.from_dict({**asdict(loaded), "manifest_hash": None}).check(fewer)
