@@ -70,3 +70,15 @@ def test_numeric_and_absent_attributes_are_errors() -> None:
     with pytest.raises(MetricsInputError, match=r"\['race'\] not found"):
         evaluate_predictions({"probs": probs, "targets": targets, "gender": df.gender},
                              attributes=["race"], speaker=None)
+
+
+def test_zero_width_intervals_are_flagged() -> None:
+    # perfect predictions: every resample has macro-F1 1 and TPR/FPR/F1 gaps 0
+    targets, _, spk = _data(n=200)
+    res = evaluate(targets, targets, {"g": np.where(spk % 2, "a", "b")}, speakers=spk,
+                   n_boot=100)
+    assert res.summary["macro_f1"] == 1.0 and "macro_f1.ci_low" not in res.summary
+    assert any(s["metric"] == "macro_f1" and "same value" in s["reason"] for s in res.skipped)
+    rows = res.gaps[res.gaps.metric.isin(["tpr_gap", "fpr_gap", "f1_gap"])]
+    assert (rows.status == "not estimable").all() and (rows.value == 0).all()
+    assert rows.reason.str.startswith("all 100 usable resamples gave the same value").all()

@@ -172,8 +172,11 @@ def evaluate(
         w = inference.stratified_weights(rng, unit_strata, n_boot)
         c = _as_counts(w @ unit_sums, k)
         for m, v in _overall(c).items():
-            lo, hi = inference.percentile_interval(v, ci)
-            summary[f"{m}.ci_low"], summary[f"{m}.ci_high"] = float(lo), float(hi)
+            status, reason, _, lo, hi, _ = _interval(summary[m], v, "", max_unusable, ci, None)
+            if status == "ok":
+                summary[f"{m}.ci_low"], summary[f"{m}.ci_high"] = lo, hi
+            else:
+                _skip(skipped, ALL, f"interval {status}: {reason}", metric=m)
     gap_rows, class_rows = [], []
     for pl in plans:
         g, r = _score_plan(pl, k, classes, rng, n_boot, n_perm, max_unusable, ci, summary,
@@ -530,6 +533,9 @@ def _interval(point: float, boot: np.ndarray | None, plan_reason: str, max_unusa
                 f"max_unusable={max_unusable:g})", est, nan, nan, unusable)
     if gap_of is None:
         lo, hi = (float(x) for x in inference.percentile_interval(boot[ok], ci))
+    if not hi - lo > 1e-12:
+        return ("not estimable", f"all {int(ok.sum())} usable resamples gave the same value "
+                "(a zero-width interval would claim certainty)", est, nan, nan, unusable)
     return "ok", "", est, lo, hi, unusable
 
 
