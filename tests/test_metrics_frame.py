@@ -85,3 +85,18 @@ def test_intervals_when_bootstrapped() -> None:
         MetricFrame(y, p, gender)  # options are keyword-only
     with pytest.raises(MetricsInputError, match="method"):
         mf.difference(method="max")
+
+
+def test_evaluate_by_group_matches_the_frame_for_every_attribute() -> None:
+    from emodebias.metrics import evaluate
+
+    y, p, feats = _data(seed=3)
+    res = evaluate(y, p, feats, classes=["a", "b", "c", "d"])
+    table = res.by_group()
+    for attr in ("gender", "age"):
+        mf = MetricFrame(y_true=y, y_pred=p, sensitive_features=feats[attr],
+                         metrics=("tpr", "fpr", "ppr", "f1"), classes=["a", "b", "c", "d"])
+        got = table.loc[attr][mf.by_group.columns]
+        np.testing.assert_allclose(got.loc[[str(g) for g in mf.by_group.index]].to_numpy(float),
+                                   mf.by_group.to_numpy(float), atol=1e-12)
+    assert table.loc[("all", "all")].notna().all()

@@ -70,6 +70,16 @@ class MetricsResult:
         cols = ["attribute", "group", "cls", "metric", "reason", "count"]
         return pd.DataFrame(self.skipped, columns=cols)
 
+    def by_group(self) -> pd.DataFrame:
+        """Per-class rates laid out like `MetricFrame.by_group`, for every attribute at once:
+        rows (attribute, group), columns (metric, class); the overall rates are the row
+        ("all", "all")."""
+        rows = self.table[self.table["metric"].isin(DIFF_RATES) & (self.table["cls"] != ALL)]
+        wide = rows.pivot_table(index=["attribute", "group"], columns=["metric", "cls"],
+                                values="value", aggfunc="first", dropna=False, sort=False)
+        wide.columns = wide.columns.set_names(["metric", "cls"])
+        return wide
+
     def not_estimable(self) -> pd.DataFrame:
         """The gap rows whose interval is withheld, with the reason."""
         return self.gaps[self.gaps["status"] == "not estimable"]
