@@ -124,3 +124,25 @@ def test_result_round_trips_through_json_dict() -> None:
     assert back.summary == res.summary
     assert back.skipped == res.skipped
     pd.testing.assert_frame_equal(back.table, res.table, check_dtype=False)
+
+
+def test_random_predictor_gap_is_indistinguishable_from_chance_on_crema_d(
+        shared_data: Path) -> None:
+    """Real speakers and labels, predictions with no gender effect: the plug-in TPR gap is
+    positive, but the null and the bias-corrected interval say it is noise."""
+    df = _test_split(shared_data, 1)
+    targets = df[CLASSES].to_numpy()
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(40):
+        probs = (rng.random(targets.shape) < 0.5).astype(float)
+        res = evaluate(targets, probs, {"gender": df.Gender.to_numpy()},
+                       speakers=df.SpkrID.to_numpy(), n_boot=200, n_perm=200, seed=seed)
+        g = res.gaps.set_index("metric").loc["tpr_gap"]
+        rows.append((g.value, g.value_bc, g.ci_low, g.p_perm, g.noise_floor, g.status))
+    value, bc, low, p, floor, status = map(np.array, zip(*rows, strict=True))
+    assert set(status) == {"ok"}
+    assert res.gaps.speakers.iloc[0] == "Female:11, Male:7"  # the fold-1 test speakers
+    assert value.min() > 0.01 and bc.mean() < 0.5 * value.mean()
+    assert np.mean(low == 0) >= 0.9 and np.mean(p <= 0.05) <= 0.15
+    assert np.mean(value < floor) >= 0.85  # the plug-in gap sits under the noise floor
