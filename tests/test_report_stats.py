@@ -13,7 +13,7 @@ from scipy import stats
 from emodebias.bench.grid import RunSpec
 from emodebias.bench.results import tidy_frame
 from emodebias.manifest import Manifest
-from emodebias.metrics import evaluate
+from emodebias.metrics import MetricsInputError, evaluate
 from emodebias.metrics.oof import pooled_frame, pooled_oof
 from emodebias.metrics.stats import fold_interval, holm, min_sign_flip_p, pairs_needed
 from emodebias.report.html import gap_rows, oof_rows, summary_wide
@@ -107,8 +107,26 @@ def test_report_rows_show_flags_nulls_and_pooled_scores(tmp_path: Path) -> None:
     head, body = gap_rows(wide)
     erm = [r for r in body if r[0] == "ERM" and "TPR" in r[2]][0]
     assert erm[7] == "3/3" and erm[8] == "3"  # every fold flagged, 3 speakers per gender
-    head, body = oof_rows(tmp_path, wide)
+    head, body, note = oof_rows(tmp_path, wide)
+    assert note.startswith("The tables above score each fold's test set separately")
     labels = {r[0]: r for r in body}
     assert set(labels) == {"ERM", "RW"}
     assert labels["ERM"][3] == "F:9, M:9" and "[" in labels["ERM"][5]
     assert float(labels["ERM"][4]) > float(labels["RW"][4])  # ERM's men are noisier
+
+
+def test_folds_sharing_test_utterances_are_not_pooled(tmp_path: Path) -> None:
+    manifest, records, _, _ = _grid(tmp_path)
+    erm = [r for r in records if r["spec"]["method"] == "erm"]
+    with np.load(tmp_path / "runs" / erm[0]["hash"] / "predictions.npz") as z:
+        data = {k: z[k] for k in z.files}
+    with np.load(tmp_path / "runs" / erm[1]["hash"] / "predictions.npz") as z:
+        data["utt_ids"][0] = z["utt_ids"][0]  # one utterance tested in two folds
+    np.savez(tmp_path / "runs" / erm[0]["hash"] / "predictions.npz", **data)
+    with pytest.raises(MetricsInputError, match="share test utterances"):
+        pooled_oof(tmp_path, manifest=manifest, n_boot=0, n_perm=0)
+    key = RunSpec(corpus="toy", encoder="e", fold="0", method="erm").corpus_key
+    (tmp_path / "cache" / "manifests").mkdir(parents=True)
+    manifest.save(tmp_path / "cache" / "manifests" / f"{key}.parquet")
+    _, body, note = oof_rows(tmp_path, summary_wide(tidy_frame(records)))
+    assert body == [] and note.startswith("Pooled out-of-fold scoring skipped:")

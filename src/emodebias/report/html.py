@@ -169,17 +169,23 @@ def gap_rows(wide: pd.DataFrame, attribute: str = "gender",
 
 
 def oof_rows(root: Path | None, wide: pd.DataFrame, attribute: str = "gender",
-             gap: str = "tpr_gap") -> tuple[list, list]:
-    """Pooled out-of-fold scoring per configuration (all folds' test sets as one)."""
+             gap: str = "tpr_gap") -> tuple[list, list, str]:
+    """Pooled out-of-fold scoring per configuration (all folds' test sets as one); the note
+    says why it was skipped when the runs cannot be pooled."""
     head = ["method", "sup", "folds", "speakers/group", "paper", "bias-corr. [95% CI]",
             "p (perm.)", "noise floor"]
     if root is None:
-        return head, []
+        return head, [], ""
+    from emodebias.errors import UserError
     from emodebias.metrics.oof import pooled_oof
 
     keep = set(wide["hash"].astype(str)) if "hash" in wide.columns else set()
     body = []
-    for run in pooled_oof(root, n_boot=1000, n_perm=1000):
+    try:
+        pooled = pooled_oof(root, n_boot=1000, n_perm=1000)
+    except UserError as exc:
+        return head, [], f"Pooled out-of-fold scoring skipped: {exc}"
+    for run in pooled:
         if not keep & set(run.hashes):  # another scenario's configuration
             continue
         g = run.result.gaps
@@ -195,7 +201,7 @@ def oof_rows(root: Path | None, wide: pd.DataFrame, attribute: str = "gender",
                      supervision(run.config["method"], run.config["groups"]),
                      len(run.folds), r["speakers"], fmt_num(r["value"]), ci,
                      fmt_num(r["p_perm"]), fmt_num(r["noise_floor"])])
-    return head, body
+    return head, body, OOF_NOTE
 
 
 GAP_NOTE = ("Gaps average per-class terms by the root mean square over classes. 'paper' is the "
@@ -239,10 +245,12 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
         if body:
             blocks += [("h", 3, "Gender gaps against chance (per fold)"), ("table", head, body),
                        ("p", GAP_NOTE)]
-        head, body = oof_rows(runs, part)
+        head, body, note = oof_rows(runs, part)
         if body:
             blocks += [("h", 3, "Pooled out-of-fold scoring (all folds' test sets as one)"),
-                       ("table", head, body), ("p", OOF_NOTE)]
+                       ("table", head, body), ("p", note)]
+        elif note:
+            blocks.append(("p", note))
         png = plots.tradeoff_scatter(part, fig_dir / f"tradeoff_{i}.png", title=title)
         if png:
             blocks.append(("img", png, f"Fairness–accuracy trade-off, {title}"))
