@@ -294,7 +294,7 @@ def _plans(pairs: Pairs, workers: int) -> list[_Plan]:
     return plans
 
 
-def _non_finite_rows(datas: list[TrainData], chunk: int = 4096) -> dict[tuple, np.ndarray]:
+def _non_finite_rows(datas: list[TrainData], chunk: int = 1024) -> dict[tuple, np.ndarray]:
     """Rows (sorted) whose features hold a NaN or inf, among the rows the runs read, per store;
     each store is read once however many TrainData objects share it."""
     rows: dict[tuple, list[np.ndarray]] = defaultdict(list)
@@ -306,8 +306,8 @@ def _non_finite_rows(datas: list[TrainData], chunk: int = 4096) -> dict[tuple, n
     out = {}
     for key, parts in rows.items():
         used = np.unique(np.concatenate(parts))
-        bad = [used[s : s + chunk][~np.isfinite(np.asarray(arrays[key][used[s : s + chunk]],
-                                                            dtype=np.float32)).all((1, 2))]
+        bad = [used[s : s + chunk][~np.isfinite(np.asarray(arrays[key][used[s : s + chunk]])
+                                                ).reshape(len(used[s : s + chunk]), -1).all(1)]
                for s in range(0, len(used), chunk)]
         out[key] = np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
     return out
@@ -822,7 +822,8 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[tuple[int, FitRe
                              "n_classes": d.n_classes, "n_groups": d.n_groups},
                     "n_train": len(p.prep.idx), "prepare": p.prep.info, "stack_size": n_runs,
                     "twins": len(rep.twins), "best_dev_loss": float(best_loss[r]),
-                    "convergence": _convergence(best_epoch[r], cfg),
+                    "convergence": _convergence(best_epoch[r], cfg, f"{p.cls.name} seed "
+                                                f"{p.run.seed}"),
                     **p.cls.run_info(p.hp, history[r], d), **post}
             results.append((p.pos, FitResult(
                 np.asarray(test_r, dtype=np.float32), np.asarray(dev_r, dtype=np.float32),
@@ -853,14 +854,14 @@ def _no_selection(p: _Plan, history: list[dict], best: float) -> TrainingError |
                          f"({n_dev} dev utterances): {why}")
 
 
-def _convergence(selected: int, cfg: TrainConfig) -> dict:
+def _convergence(selected: int, cfg: TrainConfig, run: str = "run") -> dict:
     """Whether the dev-selected epoch is in the last LATE_SHARE of training (then the dev loss
     was still falling when training stopped: the run may be under-trained)."""
     last = max(1, int(np.ceil(LATE_SHARE * cfg.epochs)))
     late = cfg.select == "dev_loss" and selected > cfg.epochs - last
     if late:
-        log.warning("selected epoch %d of %d is in the last %d%% of training: the run may not "
-                    "have converged (more epochs or a larger lr)", selected, cfg.epochs,
+        log.warning("%s: selected epoch %d of %d is in the last %d%% of training: it may not "
+                    "have converged (more epochs or a larger lr)", run, selected, cfg.epochs,
                     round(100 * LATE_SHARE))
     return {"selected_epoch": int(selected), "epochs": int(cfg.epochs), "late": bool(late),
             "late_share": LATE_SHARE}
