@@ -268,7 +268,10 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
     `fit_stream` call, which stacks runs of a method across cells, and each run is scored and
     yielded as soon as its stack finishes (so the runner commits it before the rest finish).
     """
+    from emodebias.splits import group_support_warnings
     from emodebias.train import RunConfig, TrainConfig, TrainData, fit_stream
+
+    said: set[str] = set()  # support warnings logged so far (a split is shared by its cells)
 
     cache = Path(out) / "cache"
     cells: dict[str, list[RunSpec]] = {}
@@ -284,6 +287,11 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
                 store = spec_features(first, manifest, cache)
                 groups = stage_groups(first, manifest, split, cache)
             data = TrainData.from_objects(store, manifest, split, groups)
+            warnings = group_support_warnings(manifest, split)
+            for w in warnings:
+                if w not in said:  # once per split, not once per cell
+                    said.add(w)
+                    log.warning("%s", w)
         except Exception as exc:  # a shared stage failed: every run of the cell fails with it
             yield from (RunFailure(s, exc) for s in cell)
             continue
@@ -293,14 +301,18 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
         order += cell
         # score the test rows that have features; the failed ones go into the record
         scored = [store.utt_ids[i] for i in data.test_idx]
-        context += [(manifest, scored, _failed_ids(store, split))] * len(cell)
+        context += [(manifest, scored, warnings, _failed_ids(store, split))] * len(cell)
     done: set[int] = set()
     try:
         for pos, fit in fit_stream(pairs):
             done.add(pos)
-            spec, (manifest, test_ids, failed) = order[pos], context[pos]
+            spec, (manifest, test_ids, warnings, failed) = order[pos], context[pos]
+            if isinstance(fit, BaseException):  # the run could not train or selected nothing
+                yield RunFailure(spec, fit)
+                continue
             try:
                 result = _result(spec, manifest, test_ids, np.asarray(fit.test_probs), fit)
+                result.info["warnings"] = warnings
                 result.info["failed_features"] = failed
                 yield result
             except Exception as exc:
@@ -316,6 +328,10 @@ def _failed_ids(store, split) -> dict[str, list[str]]:
             for part in ("train", "dev", "test")}
 
 
+# FitResult.info entries copied into the run record (convergence flag, GDRO's q trajectory, ...)
+RECORD_INFO = ("convergence", "q_trajectory", "q_groups", "prepare")
+
+
 def _result(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray, fit) -> RunResult:
     metrics, targets = _score(spec, manifest, test_ids, probs)
     table = metrics.to_dict()["table"]
@@ -325,6 +341,7 @@ def _result(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray, fit
         wall_time=float(fit.wall_time),
         test_ids=test_ids, test_probs=probs, test_targets=targets,
         classes=list(manifest.classes),
-        info={"skipped_metrics": metrics.skipped, "n_test": len(test_ids)},
+        info={"skipped_metrics": metrics.skipped, "n_test": len(test_ids),
+              **{k: fit.info[k] for k in RECORD_INFO if k in fit.info}},
         save_model=fit.save if fit.state else None,
     )
