@@ -287,7 +287,9 @@ def evaluate_predictions(
         if speaker not in frame.columns:
             raise MetricsInputError(f"no speaker column {speaker!r} in {pred.where}"
                                     f"{' or the manifest' if manifest is not None else ''}; "
-                                    "pass the right column, or none to resample utterances")
+                                    "name it with --speaker COLUMN (speaker=), or pass "
+                                    "--speaker '' (speaker=None) to resample utterances as if "
+                                    "independent")
         speakers = frame[speaker].to_numpy()
     result = evaluate(targets, probs, frame[wanted], speakers=speakers, classes=classes,
                       intersections=[tuple(c) for c in intersections], **kwargs)
