@@ -9,7 +9,8 @@ library's stratified speaker bootstrap and permutation null on it. Printed per s
 * with no true gap, the share of replications whose interval reaches 0 or whose gap is
   indistinguishable from chance (permutation p > 0.05);
 * the permutation test's false-positive rate at α = 0.05 (no true gap) or its power;
-* the mean plug-in and bias-corrected estimates against the truth.
+* the mean plug-in and bias-corrected estimates against the truth;
+* coverage of the signed per-class TPR differences' intervals (two groups).
 
 ``--evaluate-reps`` also runs whole `emodebias.metrics.evaluate` calls on utterance-level data
 (the path users take) for one setting, to show the array path and the API agree.
@@ -40,8 +41,8 @@ def run_setting(speakers: int, gap: float, groups: int, reps: int, n_boot: int, 
 
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # NaN resamples of tiny designs
     rng = np.random.default_rng(seed)
-    out = {"covered": 0, "plain": 0, "honest_zero": 0, "p_below": 0, "point": 0.0,
-           "estimate": 0.0, "reps": 0}
+    out = {"signed": 0, "signed_n": 0, "covered": 0, "plain": 0, "honest_zero": 0,
+           "p_below": 0, "point": 0.0, "estimate": 0.0, "reps": 0}
     chunk = 500
     true = None
     for start in range(0, reps, chunk):
@@ -51,6 +52,10 @@ def run_setting(speakers: int, gap: float, groups: int, reps: int, n_boot: int, 
         true = sim.true_gap
         out["covered"] += int(((r["low"] <= true + 1e-12) & (true <= r["high"] + 1e-12)).sum())
         out["plain"] += int(((r["pct_low"] <= true) & (true <= r["pct_high"])).sum())
+        if "diff_low" in r:
+            truth = sim.true_tpr[1] - sim.true_tpr[0]
+            out["signed"] += int(((r["diff_low"] <= truth) & (truth <= r["diff_high"])).sum())
+            out["signed_n"] += r["diff_low"].size
         out["honest_zero"] += int(((r["low"] == 0) | (r["p_perm"] > 0.05)).sum())
         out["p_below"] += int((r["p_perm"] <= 0.05).sum())
         out["point"] += float(np.nansum(r["point"]))
@@ -60,7 +65,8 @@ def run_setting(speakers: int, gap: float, groups: int, reps: int, n_boot: int, 
     return {"speakers": speakers, "gap": gap, "groups": groups, "true": true, "reps": n,
             "coverage": out["covered"] / n, "plain": out["plain"] / n,
             "honest_zero": out["honest_zero"] / n, "p_below": out["p_below"] / n,
-            "mean_point": out["point"] / n, "mean_estimate": out["estimate"] / n}
+            "mean_point": out["point"] / n, "mean_estimate": out["estimate"] / n,
+            "signed": out["signed"] / out["signed_n"] if out["signed_n"] else float("nan")}
 
 
 def utterances(rng: np.random.Generator, speakers: int, gap: float):
@@ -112,7 +118,7 @@ def main() -> None:
     print(f"{args.reps} replications, {args.n_boot} bootstrap resamples, {args.n_perm} "
           "permutations, nominal 95%")
     print(f"{'spk/grp':>7} {'G':>2} {'gap':>5} {'cover':>6} {'plain':>6} {'0|chance':>8} "
-          f"{'p<=.05':>7} {'plug-in':>8} {'bias-c.':>8} {'sec':>6}")
+          f"{'p<=.05':>7} {'plug-in':>8} {'bias-c.':>8} {'signed':>7} {'sec':>6}")
     print("(rows with < 5 speakers per group: evaluate() flags these intervals 'not "
           "estimable'; their raw coverage is shown to say why)")
     for i, (speakers, gap, groups) in enumerate(SETTINGS):
@@ -121,7 +127,7 @@ def main() -> None:
                         args.seed + i)
         print(f"{speakers:>7} {groups:>2} {r['true']:>5.3f} {r['coverage']:>6.3f} "
               f"{r['plain']:>6.3f} {r['honest_zero']:>8.3f} {r['p_below']:>7.3f} "
-              f"{r['mean_point']:>8.3f} {r['mean_estimate']:>8.3f} "
+              f"{r['mean_point']:>8.3f} {r['mean_estimate']:>8.3f} {r['signed']:>7.3f} "
               f"{time.perf_counter() - t:>6.1f}{'  flagged' if speakers < 5 else ''}")
     if args.evaluate_reps:
         r = run_evaluate(args.evaluate_reps, 20, 0.1, args.n_boot, args.seed + 99)

@@ -32,6 +32,9 @@ def test_bias_corrected_interval_covers_a_real_gap(speakers: int, gap: float,
     sim, r, coverage, plain = _coverage(speakers, gap, groups)
     if groups == 2:
         assert sim.true_gap == pytest.approx(gap)
+        truth = sim.true_tpr[1] - sim.true_tpr[0]
+        signed = (r["diff_low"] <= truth) & (truth <= r["diff_high"])
+        assert 0.92 <= signed.mean() <= 0.97, signed.mean()  # per-class signed differences
     assert 0.93 <= coverage <= 0.97, coverage
     # the plain percentile interval of the plug-in gap misses far more often (it is biased)
     assert plain < 0.9

@@ -14,7 +14,8 @@ Conventions (definitions in ``docs/metrics.md``):
   that enter it. Each gap is reported three ways: the paper-compatible plug-in value
   (``<attr>.<gap>``), a bias-corrected estimate with its interval (``<attr>.<gap>_bc``,
   ``.ci_low``/``.ci_high``), and a permutation p-value and noise floor (``<attr>.<gap>_p``,
-  ``<attr>.<gap>_floor``). Signed per-class differences with intervals are in ``per_class``.
+  ``<attr>.<gap>_floor``). Signed per-class differences with intervals (percentile, widened by
+  sqrt(n/(n−1)) for n speakers in the smallest group) are in ``per_class``.
 * Intervals come from a speaker bootstrap stratified by group (`inference`); they are withheld
   (flagged "not estimable" with the reason) when a compared group has fewer than `min_speakers`
   speakers or more than `max_unusable` of the resamples leave a metric undefined.
@@ -518,6 +519,8 @@ def _score_plan(pl: _Plan, k: int, classes: list[str], rng: np.random.Generator,
                 b = None if bdiffs is None else bdiffs[r][:, j, ci_]
                 status, reason, _, lo, hi, unusable = _interval(
                     point, b, pl.reason, max_unusable, ci, None)
+                # widen by sqrt(n/(n−1)): the stratified bootstrap's variance deflation
+                lo, hi = point + inflate * (lo - point), point + inflate * (hi - point)
                 class_rows.append({"attribute": a, "rate": r, "cls": cls, "contrast": contrast,
                                    "diff": point, "ci_low": lo, "ci_high": hi,
                                    "status": status, "reason": reason, "n_unusable": unusable})

@@ -99,7 +99,14 @@ def tpr_gap_intervals(sim: Simulated, rng: np.random.Generator, *, n_boot: int =
     inflate = float(np.sqrt(speakers / max(speakers - 1, 1)))
     est, lo, hi = inference.shrunk_interval(x0[:, 0], np.moveaxis(xb, 1, 0), agg, ci=ci,
                                             inflate=inflate)
-    out = {"point": point[:, 0], "estimate": est, "low": lo, "high": hi,
+    if g == 2:  # signed per-class differences, as `evaluate` reports them (second − first)
+        d0 = x0[:, 0, 1] - x0[:, 0, 0]
+        qlo, qhi = np.nanquantile(xb[..., 1, :] - xb[..., 0, :], [(1 - ci) / 2, (1 + ci) / 2],
+                                  axis=1)
+        diff = {"diff_low": d0 + inflate * (qlo - d0), "diff_high": d0 + inflate * (qhi - d0)}
+    else:
+        diff = {}
+    out = {**diff, "point": point[:, 0], "estimate": est, "low": lo, "high": hi,
            "pct_low": np.nanquantile(boot, (1 - ci) / 2, axis=-1),
            "pct_high": np.nanquantile(boot, 1 - (1 - ci) / 2, axis=-1)}
     if n_perm:
