@@ -452,8 +452,10 @@ def _score_plan(pl: _Plan, k: int, classes: list[str], rng: np.random.Generator,
                 skipped: list[dict]) -> tuple[list[dict], list[dict]]:
     """Point values, intervals and nulls of one attribute into `summary`; gap and per-class rows."""
     a, n_groups = pl.attr.name, len(pl.names)
-    sums = lambda w: _as_counts(  # noqa: E731
-        inference.group_sums(w, pl.unit_sums, pl.unit_group, n_groups), k)
+
+    def sums(w: np.ndarray) -> rates.Counts:
+        return _as_counts(inference.group_sums(w, pl.unit_sums, pl.unit_group, n_groups), k)
+
     values, terms, diffs, spreads = plan_metrics(sums(np.ones((1, len(pl.unit_group)))),
                                                  pl.classes)
     pl.values, pl.terms = values, terms
