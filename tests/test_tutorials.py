@@ -237,6 +237,12 @@ def check_demo(o: Outcome) -> None:
     assert len(recs) == 10 and all(r["status"] == "ok" and r["kind"] == "grid" for r in recs)
     erm = [r["metrics"]["summary"]["macro_f1"] for r in recs if r["spec"]["method"] == "erm"]
     assert f"| ERM | – | {np.mean(erm):.3f} ± {np.std(erm, ddof=1):.3f} |" in o.out("demo")
+    # Gain ● (macro-F1): the mean over the gender-label methods' means, relative to ERM's
+    truth = [np.mean([r["metrics"]["summary"]["macro_f1"] for r in recs
+                      if (r["spec"]["method"], r["spec"]["groups"]) == (m, "truth:gender")])
+             for m in ("rw", "gdro")]
+    gain = (np.mean(truth) - np.mean(erm)) / np.mean(erm)
+    assert f"| Gain | ● | {100 * gain:+.2f}% |" in o.out("demo")
     for r in recs:  # each record's macro-F1 is that of its saved predictions
         pred = saved_predictions(Path("work/demo/runs", r["hash"]))
         assert r["metrics"]["summary"]["macro_f1"] == pytest.approx(
