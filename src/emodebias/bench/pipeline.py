@@ -8,15 +8,20 @@ same stage wait for one builder instead of racing::
     cache/manifests/<corpus key>.parquet the corpus Manifest (with folds)
     cache/splits/<split key>.json        the Split (fold, ratio, direction, seed)
     cache/features/<manifest>-<enc>/     the FeatureStore (memmap; opened by path, never copied)
+    cache/features/<manifest>-<enc>.reuse  or the grid's own store (`features:`), once checked
     cache/groups/<groups key>/           the GroupAssignment
     cache/locks/*.lock
 
 Specs that share a batch key (a cell) share all of these; every cell of a task trains in one
-`emodebias.train.fit_stream` call (issue 8), which stacks runs across cells. Grid conventions that
+`emodebias.train.fit_stream` call, which stacks runs across cells. Grid conventions that
 the papers leave open are decided here: an empty-string corpus option (an unset preset variable)
 is dropped; `make_folds: k` adds k speaker-independent folds to corpora without official ones;
 cluster groups are fitted on the fold's train + dev embeddings (PAPERS.md §6.7, mean over layers)
 and assign every utterance.
+
+The device (`RunSpec.device`) is where features are extracted and heads trained; it is in no
+cache key, so a store made on a GPU serves a CPU rerun. `prepare_stages` builds the shared
+stages in the calling process first (with progress bars), so workers only train.
 """
 
 from __future__ import annotations
