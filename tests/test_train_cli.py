@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 
 import numpy as np
@@ -12,7 +11,7 @@ from typer.testing import CliRunner
 
 from emodebias.bench.results import collect, find_run_dirs, read_record
 from emodebias.cli import app
-from emodebias.commands.training import EpochLogFormat, metrics_lines
+from emodebias.commands.training import metrics_lines
 from emodebias.runs import load_run
 from emodebias.store import FeatureStore
 
@@ -142,11 +141,10 @@ def test_out_must_be_a_run_folder_or_new(work) -> None:
     assert "not a run folder" in res.stderr and (work / "userdata" / "notes.txt").is_file()
 
 
-def test_epoch_log_and_metrics_table_format() -> None:
-    rec = logging.LogRecord("emodebias.train", logging.INFO, "", 0, "epoch %d/%d dev loss %s",
-                            (37, 50, [1.74812]), None)
-    EpochLogFormat().filter(rec)
-    assert rec.getMessage() == "epoch 37/50 dev loss 1.748"
+def test_epoch_log_and_metrics_table_format(work) -> None:
+    res = train(work, "--out", str(work / "runs" / "log"))
+    epochs = re.findall(r"^epoch (\d+)/3 dev loss (\S+)$", res.stderr, flags=re.M)
+    assert [e for e, _ in epochs] == ["1", "2", "3"] and all(float(v) > 0 for _, v in epochs)
     lines = metrics_lines({"macro_f1": 0.5, "macro_f1.ci_low": 0.4, "macro_f1.ci_high": 0.6,
                            "hamming_acc": 0.75, "gender.tpr_gap": 0.125,
                            "gender.tpr_gap_estimable": 0.0, "age_group.tpr_gap": None})

@@ -796,7 +796,8 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[tuple[int, FitRe
         for k, v in state.items():
             mask_k = better.view(-1, *([1] * (v.dim() - 1)))
             best_state[k] = torch.where(mask_k, v, best_state[k])
-        log.info("epoch %d/%d dev loss %s", epoch, cfg.epochs, dev_list)
+        log.info("epoch %d/%d dev loss %s", epoch, cfg.epochs,
+                 " ".join(f"{v:.3f}" for v in dev_list))
 
     for e in encoders:  # back to ordinary gradients (the model may be trained further)
         e.sink = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import typer
@@ -21,19 +20,6 @@ def parse_hparams(pairs: list[str] | None) -> dict:
         key, value = pair.split("=", 1)
         out[key.strip()] = yaml.safe_load(value)
     return out
-
-
-class EpochLogFormat(logging.Filter):
-    """Training logs each epoch's dev losses as a list (one per stacked run); a single run's
-    line reads better as a number: ``epoch 37/50 dev loss 1.748``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if (isinstance(args, tuple) and len(args) == 3 and isinstance(args[2], (list, tuple))
-                and str(record.msg).startswith("epoch")):
-            losses = " ".join(f"{float(v):.3f}" for v in args[2])
-            record.args = (*args[:2], losses)
-        return True
 
 
 OVERALL = ("macro_f1", "hamming_acc")
@@ -118,18 +104,12 @@ def train(
     assignment = GroupAssignment.load(group_path) if group_path else None
     sources = {"manifest": man_path, "features": store.path, "split": split,
                "groups": group_path}
-    log_filter = EpochLogFormat()
-    train_log = logging.getLogger("emodebias.train")
-    train_log.addFilter(log_filter)
-    try:
-        result = train_runs(store, man, split_obj, [RunRequest(method, parse_hparams(hp), seed)],
-                            groups=assignment,
-                            config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
-                                               device=device),
-                            evaluation={"n_boot": n_boot} if n_boot else None,
-                            sources=sources, provenance=provenance.collect())[0]
-    finally:
-        train_log.removeFilter(log_filter)
+    result = train_runs(store, man, split_obj, [RunRequest(method, parse_hparams(hp), seed)],
+                        groups=assignment,
+                        config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
+                                           device=device),
+                        evaluation={"n_boot": n_boot} if n_boot else None,
+                        sources=sources, provenance=provenance.collect())[0]
     if assignment is not None and result.spec.groups == "none":
         typer.echo(f"note: {method} uses no groups; --groups was not used", err=True)
     path = commit_run(out, result, replace=True)
