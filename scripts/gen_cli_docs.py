@@ -18,6 +18,14 @@ INTRO = """\
 The reference of every `emodebias` command, generated from the command-line app (the same text
 `emodebias COMMAND --help` prints). The tutorials in [tutorials/](tutorials/) show the commands
 in use; [grid.md](grid.md) describes grid files and [results.md](results.md) the outputs.
+
+Conventions shared by every command: each prints the paths it wrote, and a stage's output folder
+(the `--out` it was given) is what the next stage takes. A mistake in the input (a missing file,
+a bad option value, files made from different manifests) ends with one line on stderr starting
+`error:` and exit code 2; `--debug` (or `EMODEBIAS_DEBUG=1`) shows the full traceback instead.
+`-q` keeps only warnings and errors (and hides progress bars), `-v` adds debug messages; both go
+before the command (`emodebias -q extract ...`). Everything runs on the CPU unless `--device`
+says otherwise.
 """
 
 
