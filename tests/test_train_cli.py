@@ -153,3 +153,14 @@ def test_epoch_log_and_metrics_table_format(work) -> None:
     assert lines[3].split() == ["gender", "0.125†"] and lines[4].split() == ["age_group", "nan"]
     assert "not estimable" in lines[-1]
     assert json.loads(json.dumps(lines))  # plain text lines
+
+
+def test_methods_marks_reading_dependent_ones() -> None:
+    from emodebias.methods import REGISTRY
+
+    res = invoke("methods")
+    marked = {line.split()[1] for line in res.stdout.splitlines()
+              if line.startswith("│") and " * " in line.split("│")[1] + " "}
+    declared = {n for n, cls in REGISTRY.items() if cls.reading_dependent}
+    assert marked == declared == {"gr", "gr_loss"}
+    assert "reading-dependent" in res.stdout.splitlines()[-1]

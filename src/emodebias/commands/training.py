@@ -139,5 +139,9 @@ def methods() -> None:
         table.add_column(col)
     for name, cls in sorted(REGISTRY.items(), key=lambda kv: FAMILY_ORDER.index(kv[1].family)):
         hps = ", ".join(f"{k}={v}" for k, v in cls.HPARAMS.items()) or "-"
-        table.add_row(name, cls.family, cls.supervision, hps)
-    Console(width=140).print(table)
+        mark = " *" if cls.reading_dependent else ""
+        table.add_row(name + mark, cls.family, cls.supervision, hps)
+    console = Console(width=140)
+    console.print(table)
+    console.print("* reading-dependent: the paper's formula admits more than one reading; "
+                  "docs/decisions.md says which one this is.", markup=False)
