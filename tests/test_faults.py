@@ -726,3 +726,16 @@ def test_random_grid_files_through_the_bench_command(tmp_path, override, train):
     assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
     if res.exit_code == 2:
         assert "error" in res.output.lower() and "Traceback" not in res.output
+
+
+def test_manifest_hash_follows_which_labels_belong_to_which_class() -> None:
+    """Swapping two classes' label columns changes the labels, so it must change the hash."""
+    df = pd.DataFrame({"utt_id": ["a", "b"], "path": ["a.wav", "b.wav"], "speaker": ["s", "t"],
+                       "soft_x": [0.9, 0.2], "soft_y": [0.1, 0.8]})
+    swapped = df.rename(columns={"soft_x": "soft_y", "soft_y": "soft_x"})
+    one = Manifest(df, ["x", "y"], corpus="t")
+    two = Manifest(swapped, ["x", "y"], corpus="t")
+    assert one.content_hash() != two.content_hash()
+    reordered = Manifest(df[["utt_id", "path", "speaker", "soft_y", "soft_x"]], ["x", "y"],
+                         corpus="t")
+    assert reordered.content_hash() == one.content_hash()  # column order alone is no change
