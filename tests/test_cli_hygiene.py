@@ -155,3 +155,22 @@ def test_quiet_turns_progress_off(manifest_path, tmp_path, monkeypatch) -> None:
         assert res.exit_code == 0, res.output
     assert seen == [False, True]
     progress.set_enabled(False)
+
+
+def test_bars_follow_the_switch_and_nest_in_one_display() -> None:
+    progress.set_enabled(False)
+    assert not progress.Bar(3, "off").active  # library default: silent
+    with progress.Bar(3, "asked", enabled=True) as asked:
+        assert asked.active
+    progress.set_enabled(True)
+    try:
+        with progress.Bar(2, "outer") as outer:
+            with progress.suppressed():
+                assert not progress.Bar(1, "under another live display").active
+            with progress.Bar(None, "inner") as inner:
+                assert inner._progress is outer._progress  # one live display, two lines
+                assert len(outer._progress.tasks) == 2
+            assert [t.description for t in outer._progress.tasks] == ["outer"]
+    finally:
+        progress.set_enabled(False)
+    assert progress._live["progress"] is None

@@ -253,6 +253,7 @@ def prepare_stages(specs: list[RunSpec], out: Path, show: bool | None = None) ->
                 log.warning("%s failed (%s: %s); its runs will be recorded as failed", label,
                             type(exc).__name__, exc)
             bar.advance(1)
+        bar.advance(0, "")
 
 
 # ----------------------------------------------------------------------------- training
