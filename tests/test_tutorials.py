@@ -178,6 +178,11 @@ def check_evaluate_predictions(o: Outcome, df: pd.DataFrame) -> None:
     p = df[[f"prob_{c}" for c in CLASSES]].to_numpy()
     macro = binary_f1(y, p)
     assert f"macro_f1     {macro:.4f}" in o.out("evaluate")
+    # the page's sample output is this table's (same data): its lines are the real ones
+    page = (ROOT / "docs" / "tutorials" / "evaluate-predictions.md").read_text()
+    sample = page[page.index("```text\n600 utterances"):].split("```")[1].splitlines()[1:]
+    assert all(line in o.out("evaluate").splitlines() for line in sample if line != "..."), \
+        "update the sample output in docs/tutorials/evaluate-predictions.md"
     # the TPR gap of two groups: RMS over classes of the per-class recall difference
     yb, pb = y > 0.25, p > 0.25
     diffs = [recall_score(yb[m, j], pb[m, j]) - recall_score(yb[~m, j], pb[~m, j])
