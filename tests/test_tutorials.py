@@ -207,8 +207,11 @@ def check_evaluate_predictions(o: Outcome, df: pd.DataFrame) -> None:
 
 
 def check_own_corpus(o: Outcome) -> None:
+    assert "wrote work/manifest/manifest.parquet" in o.out("prepare")
     man = pd.read_parquet("work/manifest/manifest.parquet")
-    assert len(man) == len(pd.read_csv("my-corpus/corpus.csv"))
+    table = pd.read_csv("my-corpus/corpus.csv")
+    assert len(man) == len(table) and set(man["gender"]) == {"F", "M"}
+    assert man["utt_id"].tolist() == [Path(f).stem for f in table["file"]]  # ids: file names
     folds = [c for c in man.columns if c.startswith("split_")]
     assert len(folds) == 3
     for col in folds:  # speaker-independent folds
