@@ -33,7 +33,8 @@ def manifest_path(tmp_path_factory) -> Path:
         t = np.arange(int((0.4 + 0.1 * i) * SR)) / SR
         path = root / f"u{i}.wav"
         sf.write(path, (0.3 * np.sin(2 * np.pi * (120 + 40 * i) * t)).astype(np.float32), SR)
-        rows.append({"utt_id": f"u{i}", "path": str(path), "speaker": f"s{i}"})
+        rows.append({"utt_id": f"u{i}", "path": str(path), "speaker": f"s{i}",
+                     "soft_neu": 1.0 - 0.3 * i, "soft_ang": 0.3 * i})
     return Manifest(pd.DataFrame(rows), classes=["neu", "ang"], corpus="t").save(
         root / "manifest.parquet")
 

@@ -143,7 +143,8 @@ class Manifest:
     def content_hash(self) -> str:
         """Stable hash of ids, paths and labels: the cache key of everything derived from it."""
         h = hashlib.sha256(json.dumps(self.classes).encode())
-        cols = ["utt_id", "path"] + [f"soft_{c}" for c in self.classes]  # in class order
+        cols = ["utt_id", "path"] + [f"soft_{c}" for c in self.classes  # in class order
+                                     if f"soft_{c}" in self.df.columns]  # (none: unlabelled)
         h.update(pd.util.hash_pandas_object(self.df[cols], index=False).to_numpy().tobytes())
         return h.hexdigest()[:16]
 
