@@ -86,3 +86,22 @@ def test_report_markdown_and_self_contained_html(tmp_path) -> None:
     assert page.count("data:image/png;base64,") == len(figs) + 1
     assert not re.search(r"src='(?!data:)", page)
     assert "<td>Gain</td><td>●</td>" in page
+
+
+def test_report_marks_extras_reading_dependent_methods_and_late_runs(tmp_path) -> None:
+    recs = [record("erm", "none", f, macro_f1=.6, hamming_acc=.8, **{"gender.tpr_gap": .3})
+            for f in (1, 2)]
+    for f in (1, 2):
+        for method in ("gr", "jtt", "rw"):
+            recs.append(record(method, "truth:gender" if method != "jtt" else "none", f,
+                               macro_f1=.6, hamming_acc=.8, **{"gender.tpr_gap": .2}))
+    recs[2]["info"] = {"convergence": {"late": True}}  # gr, fold 1
+    recs[4]["info"] = {"convergence": {"late": True}}  # rw, fold 1
+    tidy = tidy_frame(recs)
+    assert tidy.drop_duplicates("hash")["late_epoch"].sum() == 2
+    md = write_report(tidy, tmp_path / "r", title="T").markdown.read_text()
+    rows = {line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ")}
+    assert {"GR*", "JTT⁺", "RW", "ERM"} <= rows
+    assert "Convergence: 2 of 8 runs selected an epoch in the last 10%" in md
+    assert "(GR* 1, RW 1)" in md or "(RW 1, GR* 1)" in md
+    assert "* reading-dependent" in md and "⁺ an extra" in md

@@ -345,7 +345,7 @@ def load_predictions(run: Path) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- tidy table
 SPEC_COLUMNS = ["hash", "name", "corpus", "encoder", "fold", "ratio", "direction", "split_seed",
                 "groups", "group_kind", "k", "method", "hparams", "seed", "best_epoch",
-                "wall_time", "kind", "run"]
+                "wall_time", "kind", "run", "block", "late_epoch"]
 TIDY_COLUMNS = SPEC_COLUMNS + ["part", "metric", "attribute", "group", "cls", "value", "support"]
 
 
@@ -361,7 +361,8 @@ def record_rows(rec: dict, run: str | None = None) -> list[dict]:
         "k": cluster_k(spec["groups"]), "method": spec["method"],
         "hparams": json.dumps(spec["hparams"], sort_keys=True), "seed": spec["seed"],
         "best_epoch": rec.get("best_epoch"), "wall_time": rec.get("wall_time"),
-        "kind": rec.get("kind", "grid"), "run": run,
+        "kind": rec.get("kind", "grid"), "run": run, "block": spec.get("block") or "main",
+        "late_epoch": bool(rec.get("info", {}).get("convergence", {}).get("late", False)),
     }
     rows = []
     for key, value in rec["metrics"]["summary"].items():

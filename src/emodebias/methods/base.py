@@ -116,6 +116,8 @@ class Method(nn.Module):
     # the method's formula is one reading of an unreadable or ambiguous source (GR): results
     # tables should say so
     reading_dependent: ClassVar[bool] = False
+    # in neither reproduced study (EMO-Debias, IDI): an extra the report marks as such
+    extra: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ class-level API
     @classmethod

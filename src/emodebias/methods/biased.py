@@ -247,6 +247,8 @@ class JTT(Method):
     an error is a top-1 prediction that is not a positive class of the multi-label target.
     """
 
+    extra = True
+
     family = "biased-learner"
     supervision = "none"
     HPARAMS = {"id_epochs": 5, "up": 6}

@@ -59,6 +59,8 @@ def apply_thresholds(probs: np.ndarray, groups: np.ndarray, thr: np.ndarray) -> 
 class EOThresholds(Method):
     """ERM training + per-group EO thresholds fitted on dev (see the module docstring)."""
 
+    extra = True
+
     family = "post-processing"
     supervision = "hard"
     HPARAMS = {"min_positives": 5}

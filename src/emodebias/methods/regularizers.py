@@ -97,6 +97,8 @@ class CondMMD(Method):
     L = L_SER + λ·Σ_c Σ_g ‖μ_{c,g} − μ_c‖² / V, μ the batch mean of h_S in the cell / class and
     V the batch's total variance of h_S (not detached), so shrinking h_S cannot cheat it."""
 
+    extra = True
+
     family = "regularisation"
     supervision = "hard"
     HPARAMS = {"lambda_mmd": 1.0}

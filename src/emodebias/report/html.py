@@ -29,6 +29,7 @@ import pandas as pd
 from emodebias.bench.results import summary_wide
 from emodebias.report import plots
 from emodebias.report.tables import (
+    MARKS_NOTE,
     TABLE1_METRICS,
     fmt_num,
     frame_rows,
@@ -216,13 +217,27 @@ OOF_NOTE = ("The tables above score each fold's test set separately (mean over f
             "percentile interval).")
 
 
+def convergence_note(wide: pd.DataFrame) -> list[Block]:
+    """How many runs selected an epoch in the last tenth of training (they may not have
+    converged), by method; nothing when none did."""
+    if "late_epoch" not in wide.columns or not wide["late_epoch"].astype(bool).any():
+        return []
+    late = wide[wide["late_epoch"].astype(bool)]
+    by = ", ".join(f"{row_label(m, 'none')} {n}" for m, n in
+                   late.groupby("method").size().sort_values(ascending=False).items())
+    return [("p", f"Convergence: {len(late)} of {len(wide)} runs selected an epoch in the last "
+                  f"10% of training and may not have converged ({by}); consider more epochs or "
+                  "a larger learning rate.")]
+
+
 def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
                  runs: Path | None = None) -> tuple[list, str]:
     wide = summary_wide(tidy)
     blocks: list[Block] = [("p", f"{len(wide)} runs · generated {time.strftime('%Y-%m-%d %H:%M')}"
                             " · cells are mean ± std over folds; Gain = relative change of the "
                             "level's average vs ERM ((ERM − x)/ERM for gaps, (x − ERM)/ERM for "
-                            "F1/ACC); ● truth, ◐ pseudo-label, ○ clusters / no groups.")]
+                            "F1/ACC); ● truth, ◐ pseudo-label, ○ clusters / no groups; "
+                            + MARKS_NOTE), *convergence_note(wide)]
     headline = ""
     for i, (key, part) in enumerate(scenarios(wide)):
         title = scenario_title(key)

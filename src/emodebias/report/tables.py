@@ -60,8 +60,25 @@ def supervision(method: str, groups: str) -> str:
     return "–" if method in BASELINES else "○"
 
 
+# marks after a method's name: its formula is one reading of its source / it is in neither study
+READING_MARK, EXTRA_MARK = "*", "⁺"
+MARKS_NOTE = (f"{READING_MARK} reading-dependent (the source's formula admits more than one "
+              f"reading; see docs/decisions.md) · {EXTRA_MARK} an extra, in neither reproduced "
+              "study.")
+
+
+def method_marks(method: str) -> str:
+    """The registry's marks for a method (unknown names, e.g. from older runs, get none)."""
+    from emodebias.methods import REGISTRY
+
+    cls = REGISTRY.get(method)
+    if cls is None:
+        return ""
+    return (READING_MARK if cls.reading_dependent else "") + (EXTRA_MARK if cls.extra else "")
+
+
 def row_label(method: str, groups: str, hparams: str = "{}") -> str:
-    name = DISPLAY.get(method, method.upper())
+    name = DISPLAY.get(method, method.upper()) + method_marks(method)
     if group_kind(groups) == "cluster":
         name += "-IDI"
     hp = json.loads(hparams) if hparams else {}
@@ -165,7 +182,8 @@ def paper_table(wide: pd.DataFrame, metrics: list[str], bucket: str = "level",
         for _, o in overall.iterrows():
             g = {"bucket": o["bucket"]}
             for m in metrics:
-                g[m] = ((ref[m] - o[m]) if lower_is_better(m) else (o[m] - ref[m])) / ref[m]
+                change = (ref[m] - o[m]) if lower_is_better(m) else (o[m] - ref[m])
+                g[m] = change / ref[m] if ref[m] != 0 else np.nan  # no relative change from 0
             gains.append(g)
     gain = pd.DataFrame(gains, columns=["bucket", *metrics])
     return PaperTable(rows, overall, gain, list(metrics), title)
