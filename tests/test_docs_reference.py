@@ -127,7 +127,7 @@ def test_results_doc_columns_are_the_collected_columns(collected) -> None:
     _, tidy = collected
     rows = re.findall(r"^\| `(\w+)` \| (\w+) \|", section(RESULTS_DOC, "### Columns"), re.M)
     assert [name for name, _ in rows] == list(tidy.columns)
-    kinds = {"text": "OUSTV", "float": "f", "int": "iu"}
+    kinds = {"text": "OUSTV", "float": "f", "int": "iu", "bool": "b"}
     for name, kind in rows:
         assert tidy[name].dtype.kind in kinds[kind] or (
             kind == "text" and pd.api.types.is_string_dtype(tidy[name])), (name, tidy[name].dtype)
