@@ -43,6 +43,9 @@ from emodebias.workers import init_worker
 
 log = logging.getLogger(__name__)
 
+# per-epoch lines are detail in a grid (a progress bar shows it); `train` raises this logger's
+# level to show them for a single run
+EPOCH_LOG_LEVEL = logging.DEBUG
 # a run whose selected epoch falls in the last LATE_SHARE of its epochs is flagged: the dev loss
 # was still falling, so more epochs or a larger learning rate may change its numbers
 LATE_SHARE = 0.1
@@ -796,7 +799,7 @@ def _train_stack(plans: list[_Plan], bank: FeatureBank) -> list[tuple[int, FitRe
         for k, v in state.items():
             mask_k = better.view(-1, *([1] * (v.dim() - 1)))
             best_state[k] = torch.where(mask_k, v, best_state[k])
-        log.info("epoch %d/%d dev loss %s", epoch, cfg.epochs,
+        log.log(EPOCH_LOG_LEVEL, "epoch %d/%d dev loss %s", epoch, cfg.epochs,
                  " ".join(f"{v:.3f}" for v in dev_list))
 
     for e in encoders:  # back to ordinary gradients (the model may be trained further)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -20,6 +21,12 @@ def parse_hparams(pairs: list[str] | None) -> dict:
         key, value = pair.split("=", 1)
         out[key.strip()] = yaml.safe_load(value)
     return out
+
+
+def show_epochs(train_log: logging.Logger) -> None:
+    """A single run's epoch lines are worth seeing unless the user asked for quiet (`-q`)."""
+    if logging.getLogger().getEffectiveLevel() <= logging.INFO:
+        train_log.setLevel(logging.DEBUG)
 
 
 OVERALL = ("macro_f1", "hamming_acc")
@@ -106,6 +113,7 @@ def train(
                "groups": group_path}
     check_inputs(store, man, split_obj, assignment, manifest_name=man_path, split_name=split,
                  groups_name=group_path)
+    show_epochs(logging.getLogger("emodebias.train"))
     result = train_runs(store, man, split_obj, [RunRequest(method, parse_hparams(hp), seed)],
                         groups=assignment,
                         config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
