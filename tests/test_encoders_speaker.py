@@ -97,3 +97,22 @@ def test_resemblyzer_handles_silence():
     pytest.importorskip("resemblyzer")
     emb = get_encoder("resemblyzer").encode([np.zeros(8000, np.float32)])
     assert emb.shape == (1, 1, 256) and np.isfinite(emb).all()
+
+
+def test_resemblyzer_runs_on_one_thread_wherever_it_is_called(monkeypatch):
+    """Its LSTM sees one short utterance at a time: idle intra-op threads only spin next to the
+    audio readers (extraction was many times slower than with OMP_NUM_THREADS=1)."""
+    pytest.importorskip("resemblyzer")
+    enc = get_encoder("resemblyzer")
+    seen = []
+    real = enc.model.embed_utterance
+    monkeypatch.setattr(enc.model, "embed_utterance",
+                        lambda wav: seen.append(torch.get_num_threads()) or real(wav))
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        enc.encode([np.random.default_rng(0).standard_normal(8000).astype(np.float32)])
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1] and enc.cpu_threads(reader_threads=8) == 1

@@ -27,6 +27,7 @@ from emodebias.encoders.base import (
     check_waves,
     fingerprint_files,
     pad_batch,
+    thread_limits,
     zero_mean_unit_var,
 )
 from emodebias.encoders.hf import (
@@ -101,7 +102,8 @@ class ResemblyzerEncoder(Encoder):
 
     def encode(self, waves: list[np.ndarray]) -> np.ndarray:
         waves = check_waves(waves, min_samples=1)
-        out = np.stack([self.model.embed_utterance(self._prepare(w)) for w in waves])
+        with thread_limits(self.cpu_threads()):  # also for callers other than the FeatureStore
+            out = np.stack([self.model.embed_utterance(self._prepare(w)) for w in waves])
         return out[:, None, :].astype(np.float32)
 
 
