@@ -410,6 +410,16 @@ TUTORIAL_CHECK: dict[str, Callable] = {
 }
 
 
+def test_runner_reads_blocks_as_a_shell_would(monkeypatch) -> None:
+    monkeypatch.setenv("CLIPS", "a.wav b.wav")
+    assert commands("emodebias predict --model 'my runs/x' \\\n    $CLIPS  # comment\n") == [
+        ["emodebias", "predict", "--model", "my runs/x", "a.wav", "b.wav"]]
+    with pytest.raises(AssertionError, match="only emodebias commands"):
+        commands("rm -rf work\n")
+    with pytest.raises(AssertionError, match="unset variable"):
+        commands("emodebias predict $NOT_SET_ANYWHERE\n")
+
+
 def test_every_tutorial_is_checked() -> None:
     assert sorted(TUTORIAL_CHECK) == sorted(p.name for p in TUTORIALS)
     for path in TUTORIALS:
