@@ -45,8 +45,9 @@ def test_demo_writes_records_report_and_headline(demo_out) -> None:
     assert not re.search(r"\w+Warning\b|Traceback|Loading weights", output)  # no library noise
     assert "data:image/png;base64," in html.read_text()
     assert (out / "results.parquet").is_file()
-    for r in recs:  # dev-selected epoch within the 5 epochs, predictions saved for every run
-        assert 0 <= r["best_epoch"] <= 5
+    assert np.mean(erm) > 0.38  # a random predictor scores 0.32 ± 0.03 here: ERM learned
+    for r in recs:  # dev-selected epoch within the 20 epochs, predictions saved for every run
+        assert 0 <= r["best_epoch"] <= 20
         assert (out / "runs" / r["hash"] / r["predictions"]).is_file()
 
 
