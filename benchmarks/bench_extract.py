@@ -9,7 +9,7 @@
 2. Pipeline vs bare forward, for the SSL model: `emodebias.store.extract` from WAV files at
    22.05 kHz (read, resample, batch, pad, forward, pool, float16 write, checkpoints) against a bare
    loop of `model(x, attention_mask, output_hidden_states=True)` over the same batches already
-   padded in memory. Target: pipeline / bare <= 1.5 (issue 4); >= 3000x real time for a
+   padded in memory. Target: pipeline / bare <= 1.5; >= 3000x real time for a
    WavLM-Base-Plus-sized model on one H100 with bf16.
 Random weights: the speed of a WavLM does not depend on its weights.
 """

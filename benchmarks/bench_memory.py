@@ -1,4 +1,4 @@
-"""Memory benchmark (issue 8): train on an MSP-Podcast-sized store with bounded peak RSS.
+"""Memory benchmark: train on an MSP-Podcast-sized store with bounded peak RSS.
 
 Writes a 150,000 × 13 × 768 float16 store (~3 GB) into a temporary directory (deleted at the
 end unless ``--keep``), then trains in a *fresh child process* (so the peak is the trainer's,

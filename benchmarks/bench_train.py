@@ -1,4 +1,4 @@
-"""Training-speed benchmark (issue 8): a plain PyTorch loop vs ``emodebias.train.fit_many``.
+"""Training-speed benchmark: a plain PyTorch loop vs ``emodebias.train.fit_many``.
 
 Everything is printed as ratios against the plain loop measured in the same invocation, because
 absolute times on a shared CPU are noisy. Data: a CREMA-D-sized synthetic feature store

@@ -1,7 +1,7 @@
 """The SER head (EMO-SUPERB / s3prl downstream) with a leading run dimension R.
 
 Every parameter is stacked over R independent runs (layer weights [R, L], W1 [R, D, 256],
-W2 [R, 256, K]) so a grid of heads trains as one batched computation (issue 8); R = 1 is one run.
+W2 [R, 256, K]) so a grid of heads trains as one batched computation; R = 1 is one run.
 Run r is initialised from its own generator only, so a run gives the same numbers alone or
 stacked. Inputs are pooled per-layer features: [R, B, L, D] (per-run batches) or [B, L, D]
 (one batch shared by every run, e.g. the dev set). Pooling commutes with the linear projector,
