@@ -243,11 +243,11 @@ def check_own_corpus(o: Outcome) -> None:
 def check_demo(o: Outcome) -> None:
     from emodebias.bench.grid import load_grid, read_grid
 
-    # the page describes the quick preset: 10 speakers, 2 folds, ERM / RW / GDRO, 5 epochs, 1:5
+    # the page describes the quick preset: 10 speakers, 2 folds, ERM / RW / GDRO, 20 epochs, 1:5
     preset, _ = read_grid("demo-quick")
     specs = load_grid("demo-quick")
     assert (2 * preset["corpus"]["n_speakers_per_gender"], len(preset["folds"]),
-            preset["train"]["epochs"], preset["ratios"]) == (10, 2, 5, ["1:5"]), \
+            preset["train"]["epochs"], preset["ratios"]) == (10, 2, 20, ["1:5"]), \
         "demo-quick changed: update docs/tutorials/demo.md"
     assert {s.method for s in specs} == {"erm", "rw", "gdro"}
     full, _ = read_grid("demo")  # ... and the full one: 32 speakers, 3 folds, 2 seeds, 7 methods
