@@ -117,3 +117,15 @@ def test_two_workers_give_the_same_records(demo_out, tmp_path) -> None:
         assert ra["best_epoch"] == rb["best_epoch"]
         for k, v in ra["metrics"]["summary"].items():
             assert rb["metrics"]["summary"][k] == pytest.approx(v, abs=1e-6, nan_ok=True), k
+
+
+def test_report_plots_the_dro_group_weights(demo_out) -> None:
+    """The q trajectory saved by each GDRO run is drawn: one line per (class, group) cell."""
+    out, _ = demo_out
+    gdro = [r for r in records(out) if r["spec"]["method"] == "gdro"]
+    q = np.asarray(gdro[0]["info"]["q_trajectory"])
+    assert q.shape == (20, len(gdro[0]["info"]["q_groups"]))
+    assert np.allclose(q.sum(axis=1), 1.0, atol=1e-5)  # a distribution over groups each epoch
+    md = (out / "report" / "report.md").read_text()
+    assert "DRO group weights q over epochs" in md
+    assert (out / "report" / "figures" / "q_0.png").stat().st_size > 10_000

@@ -230,6 +230,16 @@ def convergence_note(wide: pd.DataFrame) -> list[Block]:
                   "a larger learning rate.")]
 
 
+def scenario_records(root: Path | None, wide: pd.DataFrame) -> list[dict]:
+    """The run records of one scenario's runs under `root` (none without a runs folder)."""
+    if root is None or "hash" not in wide.columns:
+        return []
+    from emodebias.bench.results import iter_records
+
+    keep = set(wide["hash"].astype(str))
+    return [rec for rec in iter_records(root) if str(rec.get("hash")) in keep]
+
+
 def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
                  runs: Path | None = None) -> tuple[list, str]:
     wide = summary_wide(tidy)
@@ -269,6 +279,9 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
         png = plots.tradeoff_scatter(part, fig_dir / f"tradeoff_{i}.png", title=title)
         if png:
             blocks.append(("img", png, f"Fairness–accuracy trade-off, {title}"))
+        png = plots.q_trajectories(scenario_records(runs, part), fig_dir / f"q_{i}.png")
+        if png:
+            blocks.append(("img", png, f"DRO group weights q over epochs, {title}"))
     if wide["ratio"].nunique() > 1:
         blocks.append(("h", 2, "Imbalance ratios"))
         for (corpus, encoder, direction), part in wide.groupby(["corpus", "encoder", "direction"]):

@@ -4,11 +4,13 @@
   (a row is on the front when no other row has both a lower-or-equal gap and a higher-or-equal
   score, with one strictly better);
 * gap vs imbalance ratio, one line per method row and one panel per direction (EMO-Debias);
-* gap and accuracy vs k for the cluster-group (IDI) methods (IDI Fig. 2/3).
+* gap and accuracy vs k for the cluster-group (IDI) methods (IDI Fig. 2/3);
+* the q trajectory of DRO runs (group weights per epoch).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -103,4 +105,39 @@ def metrics_vs_k(wide: pd.DataFrame, path: Path,
         ax.set_ylabel(metric_label(m))
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
+    return _save(fig, path)
+
+
+MAX_Q_PANELS = 6
+
+
+def q_trajectories(records: list[dict], path: Path) -> Path | None:
+    """The DRO group weights q over epochs, one panel per configuration (its first fold and
+    seed), one line per group: shows which groups the robust loss leaned on, and whether q
+    settled or still oscillated when training stopped."""
+    first: dict[tuple, dict] = {}
+    for rec in sorted(records, key=lambda r: (str(r["spec"]["fold"]), r["spec"]["seed"])):
+        info = rec.get("info") or {}
+        if info.get("q_trajectory"):
+            spec = rec["spec"]
+            key = (spec["method"], spec["groups"], json.dumps(spec["hparams"], sort_keys=True))
+            first.setdefault(key, rec)
+    if not first:
+        return None
+    chosen = list(first.items())[:MAX_Q_PANELS]
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 3.8), squeeze=False)
+    for ax, ((method, groups, hp), rec) in zip(axes[0], chosen, strict=True):
+        q = np.asarray(rec["info"]["q_trajectory"], dtype=float)  # [epochs, groups]
+        names = rec["info"].get("q_groups") or [str(g) for g in range(q.shape[1])]
+        epochs = np.arange(1, len(q) + 1)
+        for g, name in enumerate(names):
+            ax.plot(epochs, q[:, g], lw=1, label=str(name))
+        ax.axhline(1 / q.shape[1], color="black", ls=":", lw=1)
+        ax.set_ylim(0, max(1 / q.shape[1] * 2, float(q.max()) * 1.05))
+        ax.set_title(f"{row_label(method, groups, hp)} · fold {rec['spec']['fold']}", fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if len(names) <= 12:
+            ax.legend(fontsize=6, ncol=2)
+    axes[0][0].set_ylabel("group weight q (dotted: uniform)")
     return _save(fig, path)
