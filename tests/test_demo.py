@@ -36,6 +36,8 @@ def test_demo_writes_records_report_and_headline(demo_out) -> None:
     out, output = demo_out
     recs = records(out)
     assert len(recs) == 10 and all(r["status"] == "ok" for r in recs)
+    grids = {(r["provenance"]["grid"]["source"], r["provenance"]["grid"]["hash"]) for r in recs}
+    assert len(grids) == 1 and "demo-quick" in grids.pop()[0]  # the grid is named
     assert {r["spec"]["groups"] for r in recs} == {"none", "truth:gender", "cluster:acoustic:k=4"}
     erm = [r["metrics"]["summary"]["macro_f1"] for r in recs if r["spec"]["method"] == "erm"]
     assert f"| ERM | – | {np.mean(erm):.3f} ± {np.std(erm, ddof=1):.3f} |" in output

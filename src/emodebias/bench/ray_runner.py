@@ -28,15 +28,16 @@ from emodebias.bench.runner import (
 
 def run_ray(specs: list[RunSpec], out: str | Path, address: str | None = None,
             executor: str = DEFAULT_EXECUTOR, progress: bool = True, max_batch: int = MAX_BATCH,
-            cpus_per_task: float = 1.0) -> GridSummary:
-    """Send every spec not yet done to Ray; connects to `address` unless Ray is already up."""
+            cpus_per_task: float = 1.0, grid: str | Path | None = None) -> GridSummary:
+    """Send every spec not yet done to Ray; connects to `address` unless Ray is already up.
+    `grid` (file or preset name) goes into the records' provenance."""
     try:
         import ray
     except ImportError:
         raise RuntimeError("the Ray backend needs ray: pip install 'emodebias[ray]'") from None
     out = Path(out).resolve()
     with grid_lock(out):  # one grid at a time in a folder, as with the local runner
-        todo = prepare_out(out, specs)
+        todo = prepare_out(out, specs, grid)
         started = False
         if not ray.is_initialized():
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)

@@ -60,10 +60,12 @@ def _run_grid(grid: str, out: Path, variables: dict, workers: int, backend: str,
     if backend == "ray":
         from emodebias.bench.ray_runner import run_ray
 
-        return run_ray(specs, out, address=address, progress=show, max_batch=max_batch)
+        return run_ray(specs, out, address=address, progress=show, max_batch=max_batch,
+                       grid=grid)
     from emodebias.bench.runner import run_local
 
-    return run_local(specs, out, workers=workers, progress=show, max_batch=max_batch)
+    return run_local(specs, out, workers=workers, progress=show, max_batch=max_batch,
+                     grid=grid)
 
 
 def _print_failures(summary) -> None:  # noqa: ANN001 (GridSummary, lazy import)
@@ -201,7 +203,7 @@ def report(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("emodebias-demo"), "--out", "-o", help="output folder"),
-    quick: bool = typer.Option(False, help="smaller grid (CI): 2 folds, fewer methods, 5 epochs"),
+    quick: bool = typer.Option(False, help="smaller grid (CI): 2 folds, fewer methods, 20 epochs"),
     device: str | None = typer.Option(None, "--device", "-d", help=DEVICE_HELP),
     workers: int = typer.Option(2, "--workers", "-w", help="local worker processes (>= 1)"),
 ) -> None:
