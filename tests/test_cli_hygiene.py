@@ -175,3 +175,28 @@ def test_bars_follow_the_switch_and_nest_in_one_display() -> None:
     finally:
         progress.set_enabled(False)
     assert progress._live["progress"] is None
+
+
+SHORT_FLAGS = {"--manifest": "-m", "--out": "-o", "--features": "-f", "--device": "-d",
+               "--source": "-s", "--workers": "-w", "--encoder": "-e", "--predictions": "-p"}
+
+
+def test_short_flags_mean_the_same_everywhere() -> None:
+    """One convention: where a command has one of these options, it has its short flag, and a
+    short flag never names another option (`-o` is also what collect/report write)."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    writes = {"--path", "--report-dir"}  # collect / report: what they write
+    for name, command in group.commands.items():
+        for param in command.params:
+            if param.param_type_name != "option":
+                continue
+            longs = [o for o in param.opts if o.startswith("--")]
+            shorts = [o for o in param.opts if not o.startswith("--")]
+            for long in longs:
+                if long in SHORT_FLAGS:
+                    assert shorts == [SHORT_FLAGS[long]], (name, long, shorts)
+            for short in shorts:
+                meaning = [k for k, v in SHORT_FLAGS.items() if v == short]
+                assert meaning and (set(longs) & {*meaning, *writes}), (name, param.opts)

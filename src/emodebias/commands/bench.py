@@ -130,7 +130,8 @@ def _no_runs(path: Path) -> UserError:
 @app.command()
 def collect(
     out: Path = typer.Argument(..., help=RUNS_HELP),
-    path: Path = typer.Option(None, help="Parquet file to write (default OUT/results.parquet)"),
+    path: Path = typer.Option(None, "--path", "-o",
+                              help="Parquet file to write (default OUT/results.parquet)"),
 ) -> None:
     """Gather every run record under OUT into one tidy Parquet table."""
     from emodebias.bench.results import collect as collect_records
@@ -191,7 +192,8 @@ def _append_provenance(rep, prov: dict) -> None:  # noqa: ANN001 (report.html.Re
 @app.command()
 def report(
     out: Path = typer.Argument(..., help=RUNS_HELP),
-    report_dir: Path = typer.Option(None, help="where to write (default OUT/report)"),
+    report_dir: Path = typer.Option(None, "--report-dir", "-o",
+                                    help="where to write (default OUT/report)"),
     title: str = typer.Option("emodebias report", help="report title"),
 ) -> None:
     """Write report.md and a self-contained report.html (tables, figures, tests vs ERM)."""
@@ -249,7 +251,7 @@ def predict(
     audio: list[Path] = typer.Argument(..., help="audio files"),
     model: Path = typer.Option(..., "--model", help="a run folder with a saved model (`train "
                                "--out`, or a grid's OUT/runs/<hash>), or a folder holding one"),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", "--device", "-d", help="cpu, cuda or cuda:N"),
     as_json: bool = typer.Option(False, "--json", help="print JSON (one object per file)"),
     as_csv: bool = typer.Option(False, "--csv", help="print CSV: path, prob_<class>..., "
                                 "positive, error"),

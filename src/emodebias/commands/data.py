@@ -68,8 +68,8 @@ CORPUS_HELP = f"Corpus adapter: {' | '.join(CORPORA)} (options of each below)."
 def prepare(
     corpus: str = typer.Option(..., help=CORPUS_HELP),
     root: Path = typer.Option(..., help="Corpus root (audio root; for `table`, the table file)."),
-    out: Path = typer.Option(..., help="Output folder (writes manifest.parquet in it) or a "
-                                       ".parquet file name."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (writes manifest.parquet "
+                             "in it) or a .parquet file name."),
     labels_dir: Path | None = typer.Option(None, help="Folder with the label files "
                                                       "(option labels_dir)."),
     demographics: Path | None = typer.Option(None, help="Speaker demographics table "
@@ -155,10 +155,11 @@ def manifest_summary(manifest, fold: str | None = None):  # noqa: ANN001, ANN201
 
 @app.command()
 def split(
-    manifest: Path = typer.Option(..., help="manifest.parquet (or its folder)."),
+    manifest: Path = typer.Option(..., "--manifest", "-m",
+                                  help="manifest.parquet (or its folder)."),
     fold: str = typer.Option(..., help="Fold name, e.g. 1."),
-    out: Path = typer.Option(..., help="Output folder (writes split.json in it) or a .json "
-                                       "file name."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (writes split.json in "
+                             "it) or a .json file name."),
     ratio: str | None = typer.Option(None, help="Gender imbalance 1:r, e.g. 1:20 "
                                                 "(default: full train/dev)."),
     direction: str = typer.Option("natural", help="natural | female-major | male-major"),

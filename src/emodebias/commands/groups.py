@@ -78,7 +78,8 @@ def groups(
     attributes: str = typer.Option("gender,age_group,race", "--attributes"),
     min_size: int = typer.Option(2, "--min-size", help="warn when a group has fewer (train) rows"),
     tsne: bool = typer.Option(False, "--tsne", help="cluster: also save the t-SNE figure (PNG)"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("cpu", "--device", "-d", help="cpu, cuda or cuda:N (pseudo: "
+                               "the gender model)"),
 ) -> None:
     """Make group assignments (truth, pseudo-label, k-means clusters) and diagnose them."""
     import pandas as pd

@@ -88,8 +88,8 @@ def train(
     seed: int = typer.Option(0, help="seed of initialisation, sampling and batch order"),
     n_boot: int = typer.Option(0, min=0, help="speaker-bootstrap resamples for 95% CIs of the "
                                               "test metrics"),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (not part of the run's "
-                                           "identity)"),
+    device: str = typer.Option("cpu", "--device", "-d",
+                               help="cpu, cuda or cuda:N (not part of the run's identity)"),
     out: Path = typer.Option(..., "--out", "-o", help="run folder to write (an earlier run "
                                                       "folder there is replaced)"),
 ) -> None:
