@@ -159,7 +159,7 @@ def train_runs(store: FeatureStore, manifest: Manifest, split: Split, runs: Sequ
     "none", so an ERM run compares with ERM runs of a grid.
     """
     from emodebias.bench.grid import RunSpec
-    from emodebias.bench.pipeline import _result
+    from emodebias.bench.pipeline import score_run
     from emodebias.methods import REGISTRY
     from emodebias.store import check_inputs
     from emodebias.train import RunConfig, TrainConfig, TrainData, fit_stream
@@ -192,7 +192,7 @@ def train_runs(store: FeatureStore, manifest: Manifest, split: Split, runs: Sequ
                        hparams=dict(req.hparams), seed=req.seed, train=train,
                        evaluation=dict(evaluation or {}))
         test_ids = [data.utt_ids[j] for j in data.test_idx]
-        res = _result(spec, manifest, test_ids, np.asarray(fit.test_probs), fit)
+        res = score_run(spec, manifest, test_ids, np.asarray(fit.test_probs), fit)
         info = {**res.info, "history": fit.history, "fit": fit.info,
                 "missing_features": data.info.get("missing_features")}
         results.append(replace(

@@ -182,7 +182,7 @@ def stage_groups(spec: RunSpec, manifest, split, cache: Path):
             assignment = _pseudo(spec, rest, manifest, cache)
         else:
             raise ValueError(f"unknown group source {spec.groups!r}")
-        assignment.save(path)
+        assignment.save(path, manifest=manifest)
         return assignment
 
 
@@ -317,7 +317,7 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
                 yield RunFailure(spec, fit)
                 continue
             try:
-                result = _result(spec, manifest, test_ids, np.asarray(fit.test_probs), fit)
+                result = score_run(spec, manifest, test_ids, np.asarray(fit.test_probs), fit)
                 result.info["warnings"] = warnings
                 result.info["failed_features"] = failed
                 yield result
@@ -338,7 +338,9 @@ def _failed_ids(store, split) -> dict[str, list[str]]:
 RECORD_INFO = ("convergence", "q_trajectory", "q_groups", "prepare")
 
 
-def _result(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray, fit) -> RunResult:
+def score_run(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray, fit) -> RunResult:
+    """A trained run's test predictions scored as every run is (grid or `train`): the summary,
+    the per-group table and what the record keeps of the fit."""
     metrics, targets = _score(spec, manifest, test_ids, probs)
     table = metrics.to_dict()["table"]
     return RunResult(

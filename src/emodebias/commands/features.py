@@ -26,7 +26,7 @@ def extract(
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 (autocast)."),
     workers: int = typer.Option(2, "--workers", "-w", min=1,
                                 help="Threads reading and resampling audio ahead."),
-    overwrite: bool = typer.Option(False, help="Replace a store made with other settings."),
+    overwrite: bool = typer.Option(False, help="Start the store over (its group caches too)."),
     fail_on_bad: bool = typer.Option(False, help="Stop at the first unusable audio file."),
     progress: bool = typer.Option(True, help="Show a progress bar (off with -q)."),
     retry_failed: bool = typer.Option(

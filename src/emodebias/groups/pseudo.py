@@ -74,9 +74,9 @@ def iter_audio(manifest: Manifest, sample_rate: int = 16_000, max_seconds: float
 
     rows = range(len(manifest))
     if progress:
-        from rich.progress import track
+        from emodebias.progress import track
 
-        rows = track(rows, description=description)
+        rows = track(rows, description)
     paths = manifest.df["path"].astype(str).tolist()
     for i in rows:
         try:
