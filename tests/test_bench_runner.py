@@ -37,6 +37,8 @@ def toy_executor(specs, out):
         if s.method in fail:
             yield RunFailure(s, ValueError(f"planned failure of {s.method}"))
             continue
+        if f"{s.method}/{s.fold}/{s.groups}" == os.environ.get("TOY_DIE"):
+            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
         rng = np.random.default_rng(int(s.hash, 16) % 2**32)
         probs = rng.dirichlet(np.ones(3), size=4)
         yield RunResult(spec=s, summary={"macro_f1": float(probs[0, 0]),
@@ -149,3 +151,57 @@ def test_ray_backend_gives_the_local_records(tmp_path) -> None:
         ray.shutdown()
     assert summary.completed == len(small) and summary.ok
     assert stable(tmp_path / "ray") == stable(tmp_path / "local")
+
+
+def test_a_dead_worker_fails_only_its_own_runs(tmp_path, monkeypatch) -> None:
+    """One worker killed mid-grid: its task's runs fail (and are redone next time); every other
+    run of the grid completes."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), *sys.path]))
+    monkeypatch.setenv("TOY_DIE", "gdro/2/truth:gender")
+    monkeypatch.setenv("TOY_SLEEP", "0.05")
+    summary = run_local(specs(), tmp_path, workers=2, executor=EXECUTOR, progress=False,
+                        max_batch=1)
+    assert [f["name"] for f in summary.failed] == [
+        s.name for s in specs() if (s.method, s.fold, s.groups) == ("gdro", "2", "truth:gender")]
+    assert "worker" in summary.failed[0]["error"] and committed(tmp_path) == 14
+    monkeypatch.setenv("TOY_DIE", "")
+    again = run_local(specs(), tmp_path, workers=2, executor=EXECUTOR, progress=False)
+    assert (again.skipped, again.completed, again.failed) == (14, 1, [])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_runner_alone_stops_its_workers(tmp_path, sig) -> None:
+    """The signal goes to the runner's pid only (not its process group): the workers must not
+    go on to finish the grid, and none outlives the runner."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path]),
+           "TOY_SLEEP": "0.4"}
+    out = tmp_path / "g"
+    proc = subprocess.Popen(_grid_script(out, 2), env=env, start_new_session=True,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 40
+    while time.time() < deadline and committed(out) < 2:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert workers, "the runner has worker processes"
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=20)
+    n = committed(out)
+    time.sleep(1.5)  # long enough for a surviving worker to commit more runs
+    assert committed(out) == n < 15
+    assert not [w for w in workers if _alive(w)]
+    again = run_local(specs(), out, executor=EXECUTOR, progress=False)  # resumes what is left
+    assert again.skipped == n and again.ok and committed(out) == 15
+
+
+def _children(pid: int) -> list[int]:
+    kids = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(k) for k in kids.read_text().split()] if kids.is_file() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

@@ -25,9 +25,12 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -48,6 +51,7 @@ from emodebias.workers import init_worker
 
 DEFAULT_EXECUTOR = "emodebias.bench.pipeline:execute"
 MAX_BATCH = 256  # most runs in one task (one fit_many call)
+MAX_POOL_BREAKS = 3  # pools rebuilt after a worker died before every remaining task runs alone
 log = logging.getLogger(__name__)
 
 
@@ -262,7 +266,7 @@ def run_local(specs: list[RunSpec], out: str | Path, workers: int = 1,
     """Run every spec not yet done under `out` on `workers` processes (1 = in this process);
     `grid` (file or preset name) goes into the records' provenance."""
     out = Path(out)
-    with grid_lock(out):
+    with grid_lock(out), interrupt_on_sigterm():
         return _run_local(specs, out, workers, executor, progress, max_batch, threads_per_worker,
                           grid)
 
@@ -277,19 +281,92 @@ def _run_local(specs: list[RunSpec], out: Path, workers: int, executor: str, pro
             for task in tasks:
                 prog.add_outcomes(run_task(executor, [s.to_dict() for s in task], str(out)))
         else:
-            ctx = get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                     initializer=init_worker,
-                                     initargs=(threads_per_worker,)) as pool:
-                futures = {pool.submit(run_task, executor, [s.to_dict() for s in t],
-                                       str(out)): t for t in tasks}
-                pending = set(futures)
-                while pending:
-                    finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        prog.add_outcomes(task_outcomes(f, futures[f], out))
-                    prog.refresh()
+            _run_pool(tasks, executor, out, workers, threads_per_worker, prog)
         return prog.summary()
+
+
+def _run_pool(tasks: list[list[RunSpec]], executor: str, out: Path, workers: int,
+              threads: int, prog: GridProgress) -> None:
+    """Tasks on `workers` spawned processes. A worker that dies (e.g. the OOM killer) breaks
+    the whole process pool, so every task then running ends with `BrokenProcessPool`: those are
+    retried one by one, each alone in a fresh process, so only the task that kills its worker
+    fails (its runs are redone by the next invocation); tasks that had not started go back to
+    a fresh pool."""
+    queue, breaks = tasks, 0
+    while queue:
+        suspects, queue = _pool_round(queue, executor, out, workers, threads, prog)
+        if suspects or queue:
+            breaks += 1
+        if breaks > MAX_POOL_BREAKS:  # whatever kills workers was never seen running: isolate all
+            suspects, queue = suspects + queue, []
+        for task in suspects:
+            left = [s for s in task if not is_done(out, s)]
+            if left:
+                for lost in _pool_round([left], executor, out, 1, threads, prog)[0]:
+                    prog.add_outcomes(task_outcomes(_Died(), lost, out))
+
+
+def _pool_round(tasks: list[list[RunSpec]], executor: str, out: Path, workers: int,
+                threads: int, prog: GridProgress) -> tuple[list, list]:
+    """Run `tasks` on one pool until done or broken: (tasks running when it broke, tasks that
+    had not started). An interrupt (SIGINT, or SIGTERM turned into one) stops the workers at
+    once instead of letting them finish the grid."""
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                               initializer=init_worker, initargs=(threads,))
+    futures = {pool.submit(run_task, executor, [s.to_dict() for s in t], str(out)): t
+               for t in tasks}
+    running: set = set()
+    suspects, waiting = [], []
+    try:
+        pending = set(futures)
+        while pending:
+            running = {f for f in pending if f.running()} or running
+            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for f in finished:
+                if isinstance(f.exception(), BrokenProcessPool):
+                    (suspects if f in running else waiting).append(futures[f])
+                else:
+                    prog.add_outcomes(task_outcomes(f, futures[f], out))
+            prog.refresh()
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
+    return suspects, waiting
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the workers now (they would otherwise finish)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)
+
+
+class _Died:
+    """A future whose worker died: `task_outcomes` records its unfinished runs as failures."""
+
+    def result(self) -> list[dict]:
+        raise BrokenProcessPool("the worker process died (killed, e.g. out of memory)")
+
+
+@contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """SIGTERM to the runner stops the grid as Ctrl-C does (workers ended, lock released)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def task_outcomes(future: object, task: list[RunSpec], out: Path) -> list[dict]:
