@@ -739,3 +739,78 @@ def test_manifest_hash_follows_which_labels_belong_to_which_class() -> None:
     reordered = Manifest(df[["utt_id", "path", "speaker", "soft_y", "soft_x"]], ["x", "y"],
                          corpus="t")
     assert reordered.content_hash() == one.content_hash()  # column order alone is no change
+
+
+CELLS = st.one_of(st.none(), st.text(max_size=6), st.integers(-3, 12),
+                  st.floats(allow_nan=True, allow_infinity=True), st.booleans())
+TABLE_COLUMNS = ["path", "speaker", "emotion", "gender", "utt_id", "soft_a", "soft_b", "split"]
+
+
+def _command_result(res) -> None:
+    """Exit 0, or exit 2 with one `error:` line; never a traceback or another exception."""
+    assert res.exit_code in (0, 2), (res.exit_code, res.output, res.exception)
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    if res.exit_code == 2:
+        errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in res.output, res.output
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.fixed_dictionaries({}, optional={c: CELLS for c in TABLE_COLUMNS}),
+                max_size=6),
+       st.lists(st.sampled_from(["label=emotion", "soft=soft_a,soft_b", "utt_id=path",
+                                 "split=split", "speaker=gender", "label=nope", "bogus=1",
+                                 "require_audio=maybe"]), max_size=3))
+def test_random_tables_through_prepare(tmp_path, rows, opts):
+    """Malformed own-corpus tables: a manifest that validates, or one line and exit 2."""
+    import tempfile
+
+    from emodebias.cli import app
+
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    pd.DataFrame(rows).to_csv(folder / "t.csv", index=False)
+    args = ["prepare", "--corpus", "table", "--root", str(folder / "t.csv"), "--out",
+            str(folder / "o"), "--no-require-audio"]
+    res = CliRunner().invoke(app, [*args, *[a for o in opts for a in ("--opt", o)]])
+    _command_result(res)
+    if res.exit_code == 0:
+        m = Manifest.load(folder / "o")
+        assert len(m) >= 1 and len(set(m.utt_ids)) == len(m)
+        assert np.allclose(m.soft_labels().sum(axis=1), 1.0, atol=1e-3)
+
+
+NUMBERS = st.sampled_from(["0", "-1", "-3", "1e9", "nan", "inf", "", "x", "1.5", "2"])
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from([
+    ("train", ["--epochs", "--batch-size", "--lr", "--n-boot", "--seed"]),
+    ("extract", ["--batch-seconds", "--max-seconds", "--workers", "--checkpoint-seconds"]),
+    ("groups", ["--k", "--min-size", "--seed"]),
+    ("split", ["--ratio", "--seed"]),
+    ("evaluate", ["--n-boot", "--n-perm", "--min-speakers", "--threshold"]),
+    ("bench", ["--workers", "--max-batch"]),
+]), st.data())
+def test_random_option_values_give_a_result_or_one_line(tmp_path, command, data):
+    """Bad numbers for each command's numeric options, on inputs that do not exist: a usage
+    error (exit 2, one line), never a traceback."""
+    from emodebias.cli import app
+
+    name, options = command
+    option = data.draw(st.sampled_from(options))
+    value = data.draw(NUMBERS)
+    base = {"train": ["--features", str(tmp_path / "f"), "--manifest", str(tmp_path / "m"),
+                      "--split", "1", "--out", str(tmp_path / "o")],
+            "extract": ["--manifest", str(tmp_path / "m"), "--encoder", "acoustic",
+                        "--out", str(tmp_path / "o")],
+            "groups": ["--manifest", str(tmp_path / "m"), "--source", "truth",
+                       "--out", str(tmp_path / "o")],
+            "split": ["--manifest", str(tmp_path / "m"), "--fold", "1",
+                      "--out", str(tmp_path / "o")],
+            "evaluate": ["--predictions", str(tmp_path / "p.csv")],
+            "bench": ["demo-quick", "--dry-run", "--out", str(tmp_path / "o")]}[name]
+    res = CliRunner().invoke(app, [name, *base, option, value])
+    _command_result(res)
+    assert res.exit_code == 2 or name == "bench"  # every input here is missing or bad
