@@ -342,7 +342,8 @@ MAX_LENGTH_RATIO = 1.5
 # class attributes that differ between methods yet are per run (defaults, data-level hooks)
 _PER_RUN_ATTRS = frozenset({"name", "family", "supervision", "HPARAMS", "PER_RUN_HPARAMS",
                             "prepare", "prepare_many", "postprocess", "check_data", "resolve",
-                            "untrained_probs", "run_info", "reading_dependent", "_soft"})
+                            "untrained_probs", "run_info", "reading_dependent", "extra",
+                            "_soft"})
 
 
 @functools.cache
