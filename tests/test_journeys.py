@@ -205,11 +205,15 @@ def test_j5_nan_outputs_are_failures_not_argmax(compared, clips, monkeypatch) ->
     assert out[0]["probs"] is None and "non-finite" in out[0]["error"]
 
 
-def test_consumers_take_any_run_folder(compared, bench_run) -> None:
+def test_consumers_take_any_run_folder(compared, bench_run, tmp_path) -> None:
     """collect over a single run folder, a grid folder, and a folder above both."""
+    import shutil
+
     assert cli("collect", str(compared / "runs" / "rw")).stdout.startswith("1 run (1 train)")
     assert cli("collect", str(bench_run)).stdout.startswith("1 run (1 grid)")
-    both = cli("collect", str(compared.parent.parent), "--path",
+    shutil.copytree(compared / "runs", tmp_path / "above" / "train-runs")
+    shutil.copytree(bench_run, tmp_path / "above" / "grid")
+    both = cli("collect", str(tmp_path / "above"), "--path",
                str(compared / "all.parquet")).stdout
     assert re.match(r"\d+ runs \(", both) and "train" in both and "grid" in both
     missing = cli("collect", str(compared / "feats"), code=2)
