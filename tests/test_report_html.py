@@ -105,3 +105,15 @@ def test_report_marks_extras_reading_dependent_methods_and_late_runs(tmp_path) -
     assert "Convergence: 2 of 8 runs selected an epoch in the last 10%" in md
     assert "(GR* 1, RW 1)" in md or "(RW 1, GR* 1)" in md
     assert "* reading-dependent" in md and "⁺ an extra" in md
+
+
+def test_full_and_numeric_ratios_mix_in_numeric_order(tmp_path) -> None:
+    """A grid with the full training set beside 1:r cells reports them all, ratios as numbers
+    (1:5 before 1:20), not as text."""
+    recs = [record(m, g, f, r, macro_f1=.5, hamming_acc=.7, **{"gender.tpr_gap": gap})
+            for f in (1, 2) for r in (20.0, None, 5.0)
+            for m, g, gap in (("erm", "none", .2), ("rw", "truth:gender", .1))]
+    md = write_report(tidy_frame(recs), tmp_path / "r").markdown.read_text()
+    heads = [line for line in md.splitlines() if line.startswith("## c · e")]
+    assert heads == ["## c · e · full · natural", "## c · e · 1:5 · natural",
+                     "## c · e · 1:20 · natural"]

@@ -196,9 +196,17 @@ def _bucket_order(b: str) -> tuple:
 
 
 def scenarios(wide: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
-    """Split runs by (corpus, encoder, ratio, direction): one paper table each."""
-    key = wide[SCENARIO].astype(str).apply(tuple, axis=1)
-    return [(k, wide[key == k]) for k in sorted(key.unique())]
+    """Split runs by (corpus, encoder, ratio, direction): one paper table each, ratios in
+    numeric order (the full, unsubsampled training set first)."""
+    keys = pd.Series([tuple(str(v) for v in row) for row in
+                      wide[SCENARIO].itertuples(index=False, name=None)], index=wide.index)
+
+    def order(k: tuple) -> tuple:
+        corpus, encoder, ratio, direction = k
+        r = float(ratio) if ratio not in ("nan", "None") else 0.0
+        return corpus, encoder, r, direction
+
+    return [(k, wide[keys == k]) for k in sorted(set(keys), key=order)]
 
 
 def scenario_title(key: tuple) -> str:
