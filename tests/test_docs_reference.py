@@ -206,14 +206,7 @@ def test_every_page_is_linked_from_the_index_and_links_resolve() -> None:
             assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
 
 
-# Pages other engineers still have to clean (strict: the marker must go once a page is clean).
-KNOWN_ISSUE_NUMBERS = {"decisions.md": "cites 'issue 8' in two entries"}
-
-
-@pytest.mark.parametrize("page", [
-    pytest.param(p, marks=pytest.mark.xfail(reason=KNOWN_ISSUE_NUMBERS[p.name], strict=True))
-    if p.name in KNOWN_ISSUE_NUMBERS else p for p in PAGES
-], ids=[str(p.relative_to(DOCS)) for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
 def test_no_internal_issue_or_session_numbers(page) -> None:
     text = page.read_text()
     assert not re.search(r"\b(issue|session)s? #?\d", text, re.I), page
