@@ -220,3 +220,17 @@ def test_consumers_take_any_run_folder(compared, bench_run, tmp_path) -> None:
     assert "no run records" in missing.stderr
     many = cli("predict", "--model", str(compared / "runs"), "x.wav", code=2)
     assert "holds 3 runs" in many.stderr
+
+
+def test_evaluate_takes_a_folder_of_runs(compared, tmp_path) -> None:
+    """Each run under the folder is evaluated, with the same numbers as evaluating it alone."""
+    runs = compared / "runs"
+    cli("evaluate", "-p", str(runs), "-m", str(compared / "corpus"), "--n-boot", "50",
+        "--n-perm", "50", "-o", str(tmp_path / "all"))
+    names = sorted(p.name for p in (tmp_path / "all").iterdir())
+    assert names == sorted(p.name for p in runs.iterdir() if (p / "record.json").is_file())
+    for name in names:
+        cli("evaluate", "-p", str(runs / name), "-m", str(compared / "corpus"), "--n-boot", "50",
+            "--n-perm", "50", "-o", str(tmp_path / "one" / name))
+        assert (json.loads((tmp_path / "all" / name / "summary.json").read_text())
+                == json.loads((tmp_path / "one" / name / "summary.json").read_text()))

@@ -27,7 +27,8 @@ def _fmt(x: object, digits: int = 4) -> str:
 def evaluate(
     predictions: Path = typer.Option(..., "--predictions", "-p", help=(
         "predictions: CSV/Parquet table (prob_<class>, label_<class>, speaker and attribute "
-        "columns), .npz (utt_ids, probs[, targets, classes]) or a run folder")),
+        "columns), .npz (utt_ids, probs[, targets, classes]), a run folder, or a folder of "
+        "runs (each evaluated; --out gets one subfolder per run)")),
     manifest: Path = typer.Option(None, "--manifest", "-m", help=(
         "manifest .parquet (or its folder) for targets, speakers and attributes the "
         "predictions lack; matched by utt_id, classes reordered by name")),
@@ -57,21 +58,38 @@ def evaluate(
     if out is not None and out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{out} is an existing file; --out takes a folder",
                                  param_hint="--out")
-    res = evaluate_predictions(
-        predictions, manifest=manifest, attributes=_split(attributes),
-        intersections=[_split(c) for c in intersections or []],
-        bins=parse_bins(bins or []), speaker=speaker or None, utt_id=utt_id,
-        prob_prefix=prob_prefix, label_prefix=label_prefix, threshold=threshold,
-        n_boot=n_boot, n_perm=n_perm, min_speakers=min_speakers, seed=seed)
-    for line in summary_lines(res):
-        typer.echo(line)
-    for s in res.skipped:
-        if s.get("metric") == "*" and "not estimable" not in s["reason"]:
-            typer.echo(f"note: {s['attribute']} {s['group']}: {s['reason']} ({s['count']})",
-                       err=True)
-    if out is not None:
-        for path in write_outputs(res, out):
-            typer.echo(f"wrote {path}")
+    sources = _prediction_sources(predictions)
+    for name, source in sources:
+        res = evaluate_predictions(
+            source, manifest=manifest, attributes=_split(attributes),
+            intersections=[_split(c) for c in intersections or []],
+            bins=parse_bins(bins or []), speaker=speaker or None, utt_id=utt_id,
+            prob_prefix=prob_prefix, label_prefix=label_prefix, threshold=threshold,
+            n_boot=n_boot, n_perm=n_perm, min_speakers=min_speakers, seed=seed)
+        if len(sources) > 1:
+            typer.echo(f"\n== {name}")
+        for line in summary_lines(res):
+            typer.echo(line)
+        for s in res.skipped:
+            if s.get("metric") == "*" and "not estimable" not in s["reason"]:
+                typer.echo(f"note: {s['attribute']} {s['group']}: {s['reason']} ({s['count']})",
+                           err=True)
+        if out is not None:
+            for path in write_outputs(res, out / name if len(sources) > 1 else out):
+                typer.echo(f"wrote {path}")
+
+
+def _prediction_sources(path: Path) -> list[tuple[str, Path]]:
+    """A predictions file or one run folder as it is; a folder of runs (`train` outputs, a
+    grid folder) as each of its runs, named by their path below it."""
+    if not path.is_dir() or (path / "predictions.npz").is_file():
+        return [(path.name, path)]
+    from emodebias.bench.results import find_run_dirs
+
+    runs = [d for d in find_run_dirs(path) if (d / "predictions.npz").is_file()]
+    if not runs:
+        return [(path.name, path)]  # the reader says what the folder lacks
+    return [(d.relative_to(path).as_posix(), d) for d in runs]
 
 
 def summary_lines(res) -> list[str]:  # noqa: ANN001 (MetricsResult, lazy import)
