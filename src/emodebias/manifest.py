@@ -148,6 +148,16 @@ class Manifest:
         h.update(pd.util.hash_pandas_object(self.df[cols], index=False).to_numpy().tobytes())
         return h.hexdigest()[:16]
 
+    def require_made_from(self, recorded: str | None, what: str, remedy: str, *,
+                          name: str | Path | None = None,
+                          error: type[UserError] | None = None) -> None:
+        """Refuse an output made from another manifest: `recorded` is the content hash it
+        saved (None: made before hashes were recorded, not compared)."""
+        if recorded and recorded != self.content_hash():
+            raise (error or ManifestError)(
+                f"{what} made from another manifest (hash {recorded}) than "
+                f"{name or 'the given manifest'} (hash {self.content_hash()}); {remedy}")
+
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -144,10 +144,9 @@ class Split:
         """Refuse a split made from another manifest (recorded hash) or naming unknown ids."""
         where = source or f"split {self.name}"
         name = manifest_name or "the given manifest"
-        if self.manifest_hash is not None and self.manifest_hash != manifest.content_hash():
-            raise SplitError(f"{where} was made from another manifest (hash {self.manifest_hash}) "
-                             f"than {name} (hash {manifest.content_hash()}); make the split "
-                             "again from this manifest")
+        manifest.require_made_from(self.manifest_hash, f"{where} was",
+                                   "make the split again from this manifest",
+                                   name=manifest_name, error=SplitError)
         known = set(manifest.utt_ids)
         for part in PARTS:
             unknown = [u for u in getattr(self, part) if u not in known]

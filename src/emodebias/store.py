@@ -149,12 +149,11 @@ class FeatureStore:
         manifest that happens to share the utterance ids is refused too.
         """
         recorded = self.meta.get("manifest_hash")  # None: a hand-made store, not compared
-        if manifest is not None and recorded and manifest.content_hash() != recorded:
-            name = manifest_name or "the given manifest"
-            raise StoreError(f"features {self.path} were extracted from another manifest (hash "
-                             f"{recorded}) than {name} (hash "
-                             f"{manifest.content_hash()}); extract features for {name} into a "
-                             "new --out")
+        if manifest is not None:
+            manifest.require_made_from(
+                recorded, f"features {self.path} were",
+                f"extract features for {manifest_name or 'this manifest'} into a new --out",
+                name=manifest_name, error=StoreError)
         if encoder is not None:
             ms = self.meta["max_seconds"] if max_seconds is None else max_seconds
             if store_key(self.meta["manifest_hash"], encoder, ms) != self.meta["key"]:

@@ -74,10 +74,9 @@ class GroupAssignment:
         """
         where = source or f"groups {self.source}"
         name = manifest_name or "the given manifest"
-        if self.manifest_hash is not None and self.manifest_hash != manifest.content_hash():
-            raise GroupError(f"{where} were made for another manifest (hash {self.manifest_hash}) "
-                             f"than {name} (hash {manifest.content_hash()}); make the groups "
-                             "again from this manifest")
+        manifest.require_made_from(self.manifest_hash, f"{where} were",
+                                   "make the groups again from this manifest",
+                                   name=manifest_name, error=GroupError)
         want = list(manifest.utt_ids) if needed is None else [str(u) for u in needed]
         have = set(self.utt_ids)
         lacking = [u for u in want if u not in have]
