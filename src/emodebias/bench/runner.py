@@ -217,43 +217,31 @@ class GridProgress:
     for any backend."""
 
     def __init__(self, out: Path, specs: list[RunSpec], todo: list[RunSpec], show: bool = True):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from emodebias.progress import Bar
 
         self.out, self.todo = out, todo
         self.total, self.skipped = len(specs), len(specs) - len(todo)
         self.failed: list[dict] = []
-        self.progress = Progress(
-            TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("failed {task.fields[failed]}"), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), disable=not show, transient=False,
-        )
-        self.task = self.progress.add_task("runs", total=self.total, completed=self.skipped,
-                                           failed=0)
+        self.bar = Bar(self.total, "runs", enabled=show, detail="failed 0")
+        self.bar.advance(self.skipped)
+        self.shown = self.skipped
         self.t0 = time.time()
 
     def __enter__(self) -> GridProgress:
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.refresh()
-        self.progress.__exit__(*exc)
+        self.bar.close()
 
     def add_outcomes(self, outcomes: list[dict]) -> None:
         self.failed += [o for o in outcomes if not o["ok"]]
         self.refresh()
 
     def refresh(self) -> None:
-        done = self.skipped + sum(is_done(self.out, s) for s in self.todo)
-        self.progress.update(self.task, completed=done + len(self.failed),
-                             failed=len(self.failed))
+        done = self.skipped + sum(is_done(self.out, s) for s in self.todo) + len(self.failed)
+        self.bar.advance(done - self.shown, detail=f"failed {len(self.failed)}")
+        self.shown = done
 
     def summary(self) -> GridSummary:
         done = sum(is_done(self.out, s) for s in self.todo)
