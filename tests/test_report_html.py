@@ -64,20 +64,24 @@ def test_report_markdown_and_self_contained_html(tmp_path) -> None:
     # paired test RW vs ERM on F1 over 3 folds: d = (.02, -.01, .03)
     d = np.array([RW_F1[f] - ERM_F1[f] for f in (1, 2, 3)])
     p = stats.ttest_rel(list(RW_F1.values()), list(ERM_F1.values())).pvalue
-    assert f"| RW | ● | F1↑ | 3 | {d.mean():+.3f} |" in md
+    assert f"| RW | ● truth:gender | F1↑ | 3 | {d.mean():+.3f} |" in md
     # exact sign-flip p: 4 of the 8 sign patterns reach |mean| (+++, ---, +-+, -+-)
     assert f"| {p:.3f} | 0.500 |" in md
     # mean over folds with a t interval over the 3 folds (not an average of per-run intervals)
     rw_f1 = np.array(list(RW_F1.values()))
     half = stats.t.ppf(0.975, 2) * rw_f1.std(ddof=1) / np.sqrt(3)
-    assert (f"| RW | ● | 3 | {rw_f1.mean():.3f} [{rw_f1.mean() - half:.3f}, "
+    assert (f"| RW | ● truth:gender | 3 | {rw_f1.mean():.3f} [{rw_f1.mean() - half:.3f}, "
             f"{rw_f1.mean() + half:.3f}] |") in md
     # 3 pairs: the exact sign-flip test cannot go below p = 2/8
     assert "| 0.2500 |" in md and "cannot show a significant difference at α = 0.05" in md
     assert "Race and age gaps" in md
     rw = f"{np.mean(list(RW_F1.values())):.3f} ± {np.std(list(RW_F1.values()), ddof=1):.3f}"
-    assert "Imbalance ratios" in md and f"| RW | ● | truth:gender | {rw} | {rw} |" in md
-    assert "| GDRO-IDI | ○ | cluster:acoustic:k=4 | — | 0.600 ± 0.000 |" in md
+    assert "Imbalance ratios" in md and f"| RW | ● truth:gender | {rw} | {rw} |" in md
+    # the two cluster runs of GDRO are told apart by k everywhere
+    assert "| GDRO-IDI | ○ cluster k=4 (acoustic) | — | 0.600 ± 0.000 |" in md
+    assert "| GDRO-IDI | ○ cluster k=8 (acoustic) | — | 0.600 ± 0.000 |" in md
+    for k in (4, 8):
+        assert f"| GDRO-IDI | ○ cluster k={k} (acoustic) | F1↑ | 3 |" in md  # paired tests
     figs = sorted(p.name for p in (tmp_path / "report" / "figures").glob("*.png"))
     assert figs == ["gap_vs_ratio.png", "metrics_vs_k.png", "tradeoff_0.png", "tradeoff_1.png"]
     for name in figs:
@@ -117,3 +121,104 @@ def test_full_and_numeric_ratios_mix_in_numeric_order(tmp_path) -> None:
     heads = [line for line in md.splitlines() if line.startswith("## c · e")]
     assert heads == ["## c · e · full · natural", "## c · e · 1:5 · natural",
                      "## c · e · 1:20 · natural"]
+
+
+CLASSES = ("ang", "sad")
+
+
+def rich_record(method, groups, fold, seed_val, ratio=5.0, direction="natural"):
+    """A run with per-group × class rates and per-class gaps in its table (values derived
+    from `seed_val` so every run differs)."""
+    rec = record(method, groups, fold, ratio, direction,
+                 macro_f1=.5 + seed_val, hamming_acc=.7,
+                 **{"gender.tpr_gap": .2 + seed_val, "gender.fpr_gap": .1 + seed_val / 2,
+                    "gender.f1_gap": .15 + seed_val, "gender.dp_maxdev_gap": .05 + seed_val,
+                    "gender.worst_group_f1": .4 + seed_val, "gender.min_speakers": 3 + fold})
+    table = []
+    for g, n in (("F", 10 + fold), ("M", 20 + fold)):
+        for c in CLASSES:
+            table += [{"attribute": "gender", "group": g, "cls": c, "metric": "tpr",
+                       "value": .5 + seed_val, "support": n // 2},
+                      {"attribute": "gender", "group": g, "cls": c, "metric": "fpr",
+                       "value": .2 + seed_val, "support": n - n // 2},
+                      {"attribute": "gender", "group": g, "cls": c, "metric": "ppr",
+                       "value": .3, "support": n}]
+    for c in CLASSES:
+        table += [{"attribute": "all", "group": "all", "cls": c, "metric": "ppr", "value": .3,
+                   "support": 30 + 2 * fold}]
+        for m in ("tpr_gap", "fpr_gap"):
+            table.append({"attribute": "gender", "group": "all", "cls": c, "metric": m,
+                          "value": seed_val + (0.1 if c == "ang" else 0.2), "support": 30})
+    rec["metrics"]["table"] = table
+    return rec
+
+
+def rich_records():
+    runs = [("erm", "none", 0.0), ("lff", "none", 0.01), ("rw", "truth:gender", 0.02),
+            ("rw", "pseudo:wavlm-gender", 0.03), ("rw", "cluster:ecapa:k=2", 0.04),
+            ("rw", "cluster:ecapa:k=16", 0.05)]
+    return [rich_record(m, g, f, v + f / 100) for f in (1, 2, 3) for m, g, v in runs]
+
+
+def fold_ci(values):
+    x = np.asarray(values, float)
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return f"{x.mean():.3f} [{x.mean() - half:.3f}, {x.mean() + half:.3f}]"
+
+
+def test_group_sources_marks_toc_and_new_tables(tmp_path) -> None:
+    from PIL import Image
+
+    rep = write_report(tidy_frame(rich_records()), tmp_path / "r", title="T")
+    md, page = rep.markdown.read_text(), rep.html.read_text()
+    # every row names its group source; the three kinds of supervision have distinct marks
+    for cell in ("| ERM | – |", "| LfF | – |", "| RW | ● truth:gender |",
+                 "| RW | ◐ pseudo:wavlm-gender |", "| RW-IDI | ○ cluster k=2 (ecapa) |",
+                 "| RW-IDI | ○ cluster k=16 (ecapa) |"):
+        assert cell in md, cell
+    assert "○ no groups" not in md and "| LfF | ○" not in md
+    # table of contents: every entry links to a heading id, in both renderings
+    toc = re.findall(r"^\s*- \[(.+)\]\(#(s\d+)\)$", md, flags=re.M)
+    assert len(toc) >= 8
+    for text, ident in toc:
+        assert f'<a id="{ident}"></a>\n#' in md and f"# {text}" in md
+        assert re.search(rf"<h[23] id='{ident}'>", page)
+        assert f"<a href='#{ident}'>" in page
+    # gaps and worst-group F1 with 95% t intervals over folds, equal to an independent
+    # computation: RW (truth) has value .02 + f/100 + offset in fold f
+    rw = [0.02 + f / 100 for f in (1, 2, 3)]
+    assert (f"| RW | ● truth:gender | 3 | {fold_ci([.2 + v for v in rw])} | "
+            f"{fold_ci([.1 + v / 2 for v in rw])} | {fold_ci([.15 + v for v in rw])} | "
+            f"{fold_ci([.05 + v for v in rw])} |") in md
+    assert f"| {fold_ci([.4 + v for v in rw])} |" in md  # worst-group F1
+    # the test set: utterances per group per fold, fewest speakers per group
+    assert "| gender | F | 11 | 12 | 13 |" in md and "| gender | M | 21 | 22 | 23 |" in md
+    assert "| all | all | 32 | 34 | 36 |" in md
+    assert "| gender | fewest speakers in a group | 4 | 5 | 6 |" in md
+    # the trade-off key numbers the points, ERM first, with both intervals
+    assert (f"| 1 | ERM | – | {fold_ci([.2 + f / 100 for f in (1, 2, 3)])} | "
+            f"{fold_ci([.5 + f / 100 for f in (1, 2, 3)])} |") in md
+    figs = {p.name for p in (tmp_path / "r" / "figures").glob("*.png")}
+    assert {"tradeoff_0.png", "class_gaps_0.png", "group_rates_0.png"} <= figs
+    for name in figs:  # every figure decodes to a non-trivial image
+        with Image.open(tmp_path / "r" / "figures" / name) as im:
+            im.load()
+            assert im.size[0] > 300 and im.size[1] > 200
+            assert len(np.unique(np.asarray(im.convert("L")))) > 4  # not blank
+    assert page.count("data:image/png;base64,") == len(figs)
+
+
+def test_directions_are_not_pooled_in_ratio_and_k_figures(tmp_path) -> None:
+    recs = [rich_record(m, g, f, v, ratio=r, direction=d)
+            for f in (1, 2) for r in (5.0, 20.0) for d in ("natural", "reversed")
+            for m, g, v in (("erm", "none", 0.0), ("gdro", "cluster:e:k=2", 0.1),
+                            ("gdro", "cluster:e:k=16", 0.2))]
+    md = write_report(tidy_frame(recs), tmp_path / "r").markdown.read_text()
+    assert "one column per imbalance direction (directions are not pooled)" in md
+    assert "one row per imbalance direction (directions are not pooled" in md
+    figs = tmp_path / "r" / "figures"
+    import matplotlib.image as mpimg
+
+    ratio, k = mpimg.imread(figs / "gap_vs_ratio.png"), mpimg.imread(figs / "metrics_vs_k.png")
+    assert ratio.shape[1] > ratio.shape[0]  # two direction columns side by side
+    assert k.shape[0] > 500  # two direction rows

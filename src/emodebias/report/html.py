@@ -1,7 +1,10 @@
 """The benchmark report: Markdown (figures beside it) and one self-contained HTML page.
 
 Both are rendered from the same list of blocks (headings, paragraphs, tables, images), so they
-always say the same thing; the HTML embeds every figure as base64 PNG and needs no other file.
+always say the same thing, and both open with a table of contents whose links point at anchors
+on the headings; the HTML embeds every figure as base64 PNG and needs no other file. Every row
+names its group source (● truth:<attribute>, ◐ pseudo:<model>, ○ cluster k=<k> (<encoder>),
+– no groups), so the cluster runs of one method at different k stay apart.
 Contents, per scenario (corpus · encoder · ratio · direction): the Table-1-style table (gender
 gaps per supervision level, Overall and Gain rows), the Table-2-style table (race and age gaps
 of the cluster-group methods per k) when there are cluster runs with those attributes, paired
@@ -9,9 +12,13 @@ tests of each method against ERM over folds × seeds (`emodebias.metrics.paired_
 smallest p the design allows, Holm-adjusted p-values and a note on whether the design can show
 significance), each row's mean over folds with a 95% t interval over folds, the gender gaps
 against their permutation noise floors with "not estimable" counts, pooled out-of-fold scoring
-when the run folders are at hand, and a fairness–accuracy scatter; across scenarios, per-ratio
-tables and gap-vs-ratio plots
-(EMO-Debias grids), gap/accuracy vs k (IDI k sweeps), and any t-SNE figures found.
+when the run folders are at hand, the test set's utterances per group and fewest speakers per
+group, every gender gap (TPR, FPR, F1, DP) and worst-group F1 with fold t intervals, a numbered
+fairness–accuracy scatter with interval bars and its key table, per-class gap bars and a
+per-group × class TPR/FPR heatmap; across scenarios, per-ratio
+tables and gap/F1-vs-ratio plots
+(EMO-Debias grids), gap/F1/accuracy vs k (IDI k sweeps), each with the imbalance directions in
+separate panels, and any t-SNE figures found.
 """
 
 from __future__ import annotations
@@ -29,17 +36,18 @@ import pandas as pd
 from emodebias.bench.results import summary_wide
 from emodebias.report import plots
 from emodebias.report.tables import (
+    GROUPS_NOTE,
     MARKS_NOTE,
     TABLE1_METRICS,
     fmt_num,
     frame_rows,
+    group_cell,
     markdown_table,
     metric_label,
     ratio_table,
     row_label,
     scenario_title,
     scenarios,
-    supervision,
     table1,
     table2,
 )
@@ -78,7 +86,7 @@ def paired_rows(wide: pd.DataFrame, metrics: tuple[str, ...] = STAT_METRICS
     from emodebias.metrics.stats import holm, min_sign_flip_p, paired_test, pairs_needed
 
     erm = wide[(wide["method"] == "erm") & (wide["groups"] == "none")]
-    head = ["method", "sup", "metric", "n", "Δ vs ERM", "95% CI of Δ", "p (t)", "p (perm.)",
+    head = ["method", "groups", "metric", "n", "Δ vs ERM", "95% CI of Δ", "p (t)", "p (perm.)",
             "min p", "p (perm., Holm)"]
     body, perm, sizes = [], [], []
     if erm.empty:
@@ -95,7 +103,7 @@ def paired_rows(wide: pd.DataFrame, metrics: tuple[str, ...] = STAT_METRICS
             t = paired_test(a, b)
             perm.append(t["p_permutation"])
             sizes.append(t["n"])
-            body.append([row_label(method, groups, hp), supervision(method, groups),
+            body.append([row_label(method, groups, hp), group_cell(groups),
                          metric_label(m), t["n"], f"{t['mean_diff']:+.3f}",
                          f"[{fmt_num(t['ci_low'])}, {fmt_num(t['ci_high'])}]",
                          f"{t['p_ttest']:.3f}", f"{t['p_permutation']:.3f}",
@@ -128,7 +136,7 @@ def fold_rows(wide: pd.DataFrame, metrics: list[str] = TABLE1_METRICS) -> tuple[
     from emodebias.metrics.stats import fold_interval
 
     present = [m for m in metrics if m in wide.columns]
-    head = ["method", "sup", "n folds"] + [f"{metric_label(m)} mean [95% CI]" for m in present]
+    head = ["method", "groups", "n folds"] + [f"{metric_label(m)} mean [95% CI]" for m in present]
     body = []
     for (method, groups, hp), rows in wide.groupby(["method", "groups", "hparams"]):
         cells, n = [], 0
@@ -138,7 +146,7 @@ def fold_rows(wide: pd.DataFrame, metrics: list[str] = TABLE1_METRICS) -> tuple[
             cells.append(f"{fmt_num(f['mean'])} [{fmt_num(f['ci_low'])}, "
                          f"{fmt_num(f['ci_high'])}]" if f["n"] > 1 else
                          f"{fmt_num(f['mean'])} (one fold: no interval)")
-        body.append([row_label(method, groups, hp), supervision(method, groups), n, *cells])
+        body.append([row_label(method, groups, hp), group_cell(groups), n, *cells])
     return head, body
 
 
@@ -149,7 +157,7 @@ def gap_rows(wide: pd.DataFrame, attribute: str = "gender",
     estimable (with the fewest speakers per group seen)."""
     present = [g for g in gaps if f"{attribute}.{g}_p" in wide.columns
                or f"{attribute}.{g}_estimable" in wide.columns]
-    head = ["method", "sup", "gap", "paper (mean)", "bias-corr. (mean)", "noise floor (mean)",
+    head = ["method", "groups", "gap", "paper (mean)", "bias-corr. (mean)", "noise floor (mean)",
             "folds p < 0.05", "intervals not estimable", "min speakers/group"]
     body = []
     for (method, groups, hp), rows in wide.groupby(["method", "groups", "hparams"]):
@@ -161,7 +169,7 @@ def gap_rows(wide: pd.DataFrame, attribute: str = "gender",
             sig = f"{int((p < 0.05).sum())}/{int(p.notna().sum())}" if p is not None else "—"
             bad = f"{int((est == 0).sum())}/{int(est.notna().sum())}" if est is not None else "—"
             spk = col(f"{attribute}.min_speakers")
-            body.append([row_label(method, groups, hp), supervision(method, groups),
+            body.append([row_label(method, groups, hp), group_cell(groups),
                          metric_label(key), fmt_num(rows[key].mean()) if n else "—",
                          fmt_num(col(f"{key}_bc", pd.Series(dtype=float)).mean()),
                          fmt_num(col(f"{key}_floor", pd.Series(dtype=float)).mean()),
@@ -173,7 +181,7 @@ def oof_rows(root: Path | None, wide: pd.DataFrame, attribute: str = "gender",
              gap: str = "tpr_gap") -> tuple[list, list, str]:
     """Pooled out-of-fold scoring per configuration (all folds' test sets as one); the note
     says why it was skipped when the runs cannot be pooled."""
-    head = ["method", "sup", "folds", "speakers/group", "paper", "bias-corr. [95% CI]",
+    head = ["method", "groups", "folds", "speakers/group", "paper", "bias-corr. [95% CI]",
             "p (perm.)", "noise floor"]
     if root is None:
         return head, [], ""
@@ -199,7 +207,7 @@ def oof_rows(root: Path | None, wide: pd.DataFrame, attribute: str = "gender",
               f"{r['reason']})")
         hp = json.dumps(run.config.get("hparams") or {}, sort_keys=True)
         body.append([row_label(run.config["method"], run.config["groups"], hp),
-                     supervision(run.config["method"], run.config["groups"]),
+                     group_cell(run.config["groups"]),
                      len(run.folds), r["speakers"], fmt_num(r["value"]), ci,
                      fmt_num(r["p_perm"]), fmt_num(r["noise_floor"])])
     return head, body, OOF_NOTE
@@ -240,14 +248,66 @@ def scenario_records(root: Path | None, wide: pd.DataFrame) -> list[dict]:
     return [rec for rec in iter_records(root) if str(rec.get("hash")) in keep]
 
 
+ACC_METRICS = ["macro_f1", "hamming_acc", "gender.worst_group_f1"]
+GAP_METRICS = ["gender.tpr_gap", "gender.fpr_gap", "gender.f1_gap", "gender.dp_maxdev_gap"]
+
+
+def test_set_rows(table: pd.DataFrame, wide: pd.DataFrame) -> tuple[list, list]:
+    """Per attribute and group: test utterances per fold (the support of the positive-rate
+    rows, identical for every run of a fold since the test set is never subsampled), and the
+    fewest speakers in any group of that attribute per fold."""
+    t = table[table["metric"] == "ppr"]
+    folds = sorted(t["fold"].astype(str).unique(), key=lambda f: (len(f), f))
+    head = ["attribute", "group"] + [f"test n, fold {f}" for f in folds]
+    body = []
+    if t.empty:
+        return head, body
+    first = t.groupby("fold")["hash"].first()  # one run per fold: its test set is every run's
+    t = t[t["hash"].isin(set(first))]
+    n = t.groupby(["attribute", "group", "fold"])["support"].max()
+    for (attr, group), per_fold in n.groupby(level=[0, 1]):
+        vals = per_fold.droplevel([0, 1])
+        vals.index = vals.index.astype(str)
+        body.append([attr, group] + [fmt_num(vals.get(f, float("nan")), 0) for f in folds])
+    body.sort(key=lambda r: (r[0] != "all", r[0], r[1]))
+    for attr in sorted({r[0] for r in body} - {"all"}):
+        col = f"{attr}.min_speakers"
+        if col in wide.columns:
+            spk = wide.groupby(wide["fold"].astype(str))[col].min()
+            body.append([attr, "fewest speakers in a group"]
+                        + [fmt_num(spk.get(f, float("nan")), 0) for f in folds])
+    return head, body
+
+
+def tradeoff_key(wide: pd.DataFrame) -> tuple[list, list]:
+    """The legend of the numbered trade-off figure, with the plotted values."""
+    pts = plots.tradeoff_points(wide)
+    head = ["no", "method", "groups", "gender TPRgap↓ [95% CI]", "F1↑ [95% CI]", "Pareto"]
+    body = []
+    for _, r in pts.iterrows():
+        body.append([r["no"], row_label(r["method"], r["groups"], r["hparams"]),
+                     group_cell(r["groups"]),
+                     f"{fmt_num(r['gap'])} [{fmt_num(r['gap_lo'])}, {fmt_num(r['gap_hi'])}]",
+                     f"{fmt_num(r['score'])} [{fmt_num(r['score_lo'])}, "
+                     f"{fmt_num(r['score_hi'])}]", "yes" if r["pareto"] else ""])
+    return head, body
+
+
+TRADEOFF_NOTE = ("Numbered points are the rows of the key below (fold means); bars are 95% t "
+                 "intervals over folds on both axes; ERM is the black star with dashed "
+                 "cross-hairs (up and left of it is better on both); both axes start at 0.")
+
+
 def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
                  runs: Path | None = None) -> tuple[list, str]:
     wide = summary_wide(tidy)
     blocks: list[Block] = [("p", f"{len(wide)} runs · generated {time.strftime('%Y-%m-%d %H:%M')}"
                             " · cells are mean ± std over folds; Gain = relative change of the "
                             "level's average vs ERM ((ERM − x)/ERM for gaps, (x − ERM)/ERM for "
-                            "F1/ACC); ● truth, ◐ pseudo-label, ○ clusters / no groups; "
-                            + MARKS_NOTE), *convergence_note(wide)]
+                            "F1/ACC); " + GROUPS_NOTE + " Overall/Gain ○ averages every "
+                            "debiasing method without demographic labels (clusters and no-group "
+                            "methods alike, the IDI protocol). " + MARKS_NOTE),
+                           *convergence_note(wide)]
     headline = ""
     for i, (key, part) in enumerate(scenarios(wide)):
         title = scenario_title(key)
@@ -263,9 +323,19 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
         if body:
             blocks += [("h", 3, "Paired tests vs ERM over folds"), ("table", head, body),
                        ("p", note)]
-        head, body = fold_rows(part)
+        table = tidy[(tidy["part"] == "table") & tidy["hash"].isin(set(part["hash"]))]
+        head, body = test_set_rows(table, part)
         if body:
-            blocks += [("h", 3, "Mean over folds with 95% t intervals"), ("table", head, body)]
+            blocks += [("h", 3, "Test set: utterances and speakers per group"),
+                       ("table", head, body)]
+        head, body = fold_rows(part, ACC_METRICS)
+        if body:
+            blocks += [("h", 3, "Accuracy and worst-group F1: mean over folds, 95% t intervals"),
+                       ("table", head, body)]
+        head, body = fold_rows(part, GAP_METRICS)
+        if body:
+            blocks += [("h", 3, "Gender gaps: mean over folds, 95% t intervals"),
+                       ("table", head, body)]
         head, body = gap_rows(part)
         if body:
             blocks += [("h", 3, "Gender gaps against chance (per fold)"), ("table", head, body),
@@ -278,7 +348,17 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
             blocks.append(("p", note))
         png = plots.tradeoff_scatter(part, fig_dir / f"tradeoff_{i}.png", title=title)
         if png:
-            blocks.append(("img", png, f"Fairness–accuracy trade-off, {title}"))
+            blocks += [("h", 3, "Fairness–accuracy trade-off"),
+                       ("img", png, f"Fairness–accuracy trade-off, {title}. {TRADEOFF_NOTE}"),
+                       ("table", *tradeoff_key(part))]
+        png = plots.class_gap_bars(table, fig_dir / f"class_gaps_{i}.png")
+        if png:
+            blocks.append(("img", png, f"Gender TPR and FPR gap per class and method (mean "
+                                       f"over folds, whiskers: fold min–max), {title}"))
+        png = plots.group_rate_heatmap(table, fig_dir / f"group_rates_{i}.png")
+        if png:
+            blocks.append(("img", png, f"TPR and FPR per gender group × class (mean over "
+                                       f"folds), {title}"))
         png = plots.q_trajectories(scenario_records(runs, part), fig_dir / f"q_{i}.png")
         if png:
             blocks.append(("img", png, f"DRO group weights q over epochs, {title}"))
@@ -291,20 +371,42 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
                                ("table", *frame_rows(ratio_table(part, m)))]
         png = plots.gap_vs_ratio(wide, fig_dir / "gap_vs_ratio.png")
         if png:
-            blocks.append(("img", png, "Gender TPR gap vs imbalance ratio"))
+            blocks.append(("img", png, "Gender TPR gap (top) and macro-F1 (bottom) vs imbalance "
+                                       "ratio, one column per imbalance direction (directions "
+                                       "are not pooled); mean over folds"))
     png = plots.metrics_vs_k(wide, fig_dir / "metrics_vs_k.png")
     if png:
-        blocks += [("h", 2, "Number of clusters"), ("img", png, "Gap and accuracy vs k")]
+        blocks += [("h", 2, "Number of clusters"),
+                   ("img", png, "Gender TPR gap, macro-F1 and accuracy vs k of the cluster-group "
+                                "methods, one row per imbalance direction (directions are not "
+                                "pooled; ratios of a direction are averaged); dashed: ERM of "
+                                "that direction")]
     if images:
         blocks.append(("h", 2, "Group embeddings (t-SNE)"))
         blocks += [("img", Path(p), Path(p).stem) for p in images]
     return blocks, headline
 
 
+def heading_ids(blocks: list[Block]) -> list[tuple[int, str, str]]:
+    """(level, text, anchor id) of every h2/h3 heading in order; ids are unique, since the
+    per-scenario headings repeat, and shared by both renderers so their contents agree."""
+    return [(b[1], b[2], f"s{i}") for i, b in enumerate(blocks) if b[0] == "h" and b[1] <= 3]
+
+
+def _anchor_of(blocks: list[Block]) -> dict[int, str]:
+    return {i: f"s{i}" for i, b in enumerate(blocks) if b[0] == "h" and b[1] <= 3}
+
+
 def render_markdown(title: str, blocks: list[Block], base: Path) -> str:
-    out = [f"# {title}", ""]
-    for b in blocks:
+    anchors = _anchor_of(blocks)
+    out = [f"# {title}", "", "## Contents", ""]
+    for level, text, ident in heading_ids(blocks):
+        out.append("  " * (level - 2) + f"- [{text}](#{ident})")
+    out.append("")
+    for i, b in enumerate(blocks):
         if b[0] == "h":
+            if i in anchors:
+                out.append(f'<a id="{anchors[i]}"></a>')
             out += ["#" * b[1] + " " + b[2], ""]
         elif b[0] == "p":
             out += [b[1], ""]
@@ -320,24 +422,33 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;p
        "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
        "td:first-child,th:first-child{text-align:left}tr:nth-child(even){background:#f6f6f6}"
-       "img{max-width:100%}figcaption{color:#555;font-size:13px}")
+       "img{max-width:100%}figcaption{color:#555;font-size:13px}"
+       "nav ul{list-style:none;padding-left:0}nav li.sub{padding-left:1.5em;font-size:14px}"
+       ".wide{overflow-x:auto;max-width:100%}")
 
 
 def render_html(title: str, blocks: list[Block]) -> str:
     esc = html.escape
     out = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
-           f"<h1>{esc(title)}</h1>"]
-    for b in blocks:
+           f"<h1>{esc(title)}</h1>", "<nav id='contents'><h2>Contents</h2><ul>"]
+    anchors = _anchor_of(blocks)
+    for level, text, ident in heading_ids(blocks):
+        cls = " class='sub'" if level > 2 else ""
+        out.append(f"<li{cls}><a href='#{ident}'>{esc(text)}</a></li>")
+    out.append("</ul></nav>")
+    for i, b in enumerate(blocks):
         if b[0] == "h":
-            out.append(f"<h{b[1]}>{esc(b[2])}</h{b[1]}>")
+            ident = f" id='{anchors[i]}'" if i in anchors else ""
+            out.append(f"<h{b[1]}{ident}>{esc(b[2])}</h{b[1]}>")
         elif b[0] == "p":
             out.append(f"<p>{esc(b[1])}</p>")
         elif b[0] == "table":
             rows = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>"
                            for r in b[2])
             head = "".join(f"<th>{esc(str(c))}</th>" for c in b[1])
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            out.append(f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{rows}"
+                       "</tbody></table></div>")
         elif b[0] == "img":
             data = base64.b64encode(Path(b[1]).read_bytes()).decode()
             out.append(f"<figure><img alt='{esc(b[2])}' src='data:image/png;base64,{data}'>"

@@ -3,8 +3,11 @@
 Aggregation (the IDI protocol):
 * a table row is one (method, group source, hyperparameters); its cell is the mean ± sample std
   (ddof = 1) over folds, seeds being averaged within a fold first;
-* rows carry the [IDI] supervision symbol: ● ground-truth groups, ◐ pseudo-labels, ○ clusters or
-  no groups (LfF, DisEnt, ...), – for ERM and Random;
+* each row names its group source in a `groups` cell with a mark: ● uses true group labels,
+  ◐ uses inferred groups (pseudo-labels of a pretrained model), ○ uses inferred groups (k-means
+  clusters, with k), – uses no groups (ERM, Random, LfF, DisEnt, ...);
+* the Overall/Gain buckets follow the IDI protocol: ● truth, ◐ pseudo-labels, ○ every debiasing
+  method without demographic labels (clusters and no-group methods alike);
 * per supervision level (or per k, Table 2) an *Overall* row averages the row means of the
   debiasing methods (ERM and Random excluded), and the *Gain* row is the relative change of that
   average vs ERM: (ERM − x)/ERM for gaps (lower is better), (x − ERM)/ERM otherwise.
@@ -36,7 +39,8 @@ TABLE1_METRICS = ["macro_f1", "hamming_acc", "gender.tpr_gap", "gender.dp_maxdev
 TABLE2_METRICS = ["macro_f1", "hamming_acc", "race.tpr_gap", "race.dp_maxdev_gap",
                   "age_group.tpr_gap", "age_group.dp_maxdev_gap"]
 # the IDI paper's "DP gap" is the max-deviation form; the FairLib (sum) form is marked Σ
-SHORT = {"dp_maxdev_gap": "DPgap", "dp_sumdev_gap": "DPgap(Σ)"}
+SHORT = {"dp_maxdev_gap": "DPgap", "dp_sumdev_gap": "DPgap(Σ)", "worst_group_f1": "worst-group F1",
+         "worst_group_acc": "worst-group ACC"}
 
 
 def lower_is_better(metric: str) -> bool:
@@ -54,10 +58,38 @@ def metric_label(metric: str) -> str:
 
 
 def supervision(method: str, groups: str) -> str:
+    """The IDI Overall/Gain bucket: no-group debiasing methods share ○ with the clusters."""
     kind = group_kind(groups)
     if kind in LEVELS:
         return LEVELS[kind]
     return "–" if method in BASELINES else "○"
+
+
+NO_GROUPS = "–"
+GROUPS_NOTE = ("groups: ● uses true group labels · ◐ uses inferred groups (pseudo-labels of a "
+               "pretrained model) · ○ uses inferred groups (k-means clusters, k given) · – uses no "
+               "groups.")
+
+
+def group_text(groups: str) -> str:
+    """The group source in words: truth:gender, pseudo:<model>, cluster k=16 (<encoder>)."""
+    kind = group_kind(groups)
+    if kind == "cluster":
+        enc = groups.split(":")[1] if groups.count(":") >= 2 else ""
+        k = cluster_k(groups)
+        return f"cluster k={k}" + (f" ({enc})" if enc else "") if k else groups
+    return "no groups" if kind == "none" else groups
+
+
+def group_cell(groups: str) -> str:
+    """Mark + source, e.g. '● truth:gender', '○ cluster k=16 (ecapa)'; '–' for no groups."""
+    kind = group_kind(groups)
+    return f"{LEVELS[kind]} {group_text(groups)}" if kind in LEVELS else NO_GROUPS
+
+
+def full_label(method: str, groups: str, hparams: str = "{}") -> str:
+    """Row label plus its group source, unique per table row (figures, legends)."""
+    return f"{row_label(method, groups, hparams)} {group_cell(groups)}"
 
 
 # marks after a method's name: its formula is one reading of its source / it is in neither study
@@ -100,11 +132,11 @@ class PaperTable:
 
     def to_rows(self, digits: int = 3) -> tuple[list[str], list[list[str]]]:
         """Header and formatted cells: method rows, then Overall and Gain rows per bucket."""
-        head = ["method", "sup"] + [metric_label(m) for m in self.metrics]
+        head = ["method", "groups"] + [metric_label(m) for m in self.metrics]
         body = []
         for _, r in self.rows.iterrows():
-            body.append([r["label"], r["bucket"]] + [fmt_mean_std(r[m], r[f"{m}_std"], digits)
-                                                     for m in self.metrics])
+            body.append([r["label"], group_cell(r["groups"])]
+                        + [fmt_mean_std(r[m], r[f"{m}_std"], digits) for m in self.metrics])
         for _, r in self.overall.iterrows():
             body.append(["Overall", r["bucket"]] + [fmt_num(r[m], digits) for m in self.metrics])
         for _, r in self.gain.iterrows():
@@ -235,11 +267,10 @@ def ratio_table(wide: pd.DataFrame, metric: str, digits: int = 3) -> pd.DataFram
         stats = fold_stats(part, [metric])
         label = "full" if not np.isfinite(ratio) else f"1:{ratio:g}"
         for _, r in stats.iterrows():
-            key = (row_label(r["method"], r["groups"], r["hparams"]),
-                   supervision(r["method"], r["groups"]), r["groups"])
+            key = (row_label(r["method"], r["groups"], r["hparams"]), group_cell(r["groups"]))
             out.setdefault(key, {})[label] = fmt_mean_std(r[metric], r[f"{metric}_std"], digits)
     df = pd.DataFrame.from_dict(out, orient="index")
-    df.index = pd.MultiIndex.from_tuples(df.index, names=["method", "sup", "groups"])
+    df.index = pd.MultiIndex.from_tuples(df.index, names=["method", "groups"])
     cols = sorted(df.columns, key=lambda c: float("inf") if c == "full" else float(c[2:]))
     return df[cols].fillna("—")
 
