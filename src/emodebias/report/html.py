@@ -421,7 +421,7 @@ def render_markdown(title: str, blocks: list[Block], base: Path) -> str:
 CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
        "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-       "td:first-child,th:first-child{text-align:left}tr:nth-child(even){background:#f6f6f6}"
+       "td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}tr:nth-child(even){background:#f6f6f6}"
        "img{max-width:100%}figcaption{color:#555;font-size:13px}"
        "nav ul{list-style:none;padding-left:0}nav li.sub{padding-left:1.5em;font-size:14px}"
        ".wide{overflow-x:auto;max-width:100%}")
