@@ -75,6 +75,10 @@ def test_report_markdown_and_self_contained_html(tmp_path) -> None:
     # 3 pairs: the exact sign-flip test cannot go below p = 2/8
     assert "| 0.2500 |" in md and "cannot show a significant difference at α = 0.05" in md
     assert "Race and age gaps" in md
+    # every attribute with a gap gets its own fold-interval table (race: .1 in all 3 folds)
+    assert "### Race gaps: mean over folds, 95% t intervals" in md
+    assert "| GDRO-IDI | ○ cluster k=8 (acoustic) | 3 | 0.100 [0.100, 0.100] |" in md
+    assert "| GDRO-IDI | ○ cluster k=4 (acoustic) | 3 | 0.120 [0.120, 0.120] |" in md
     rw = f"{np.mean(list(RW_F1.values())):.3f} ± {np.std(list(RW_F1.values()), ddof=1):.3f}"
     assert "Imbalance ratios" in md and f"| RW | ● truth:gender | {rw} | {rw} |" in md
     # the two cluster runs of GDRO are told apart by k everywhere

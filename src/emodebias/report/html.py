@@ -249,7 +249,15 @@ def scenario_records(root: Path | None, wide: pd.DataFrame) -> list[dict]:
 
 
 ACC_METRICS = ["macro_f1", "hamming_acc", "gender.worst_group_f1"]
-GAP_METRICS = ["gender.tpr_gap", "gender.fpr_gap", "gender.f1_gap", "gender.dp_maxdev_gap"]
+GAPS = ("tpr_gap", "fpr_gap", "f1_gap", "dp_maxdev_gap", "worst_group_f1")
+GAP_METRICS = [f"gender.{g}" for g in GAPS[:4]]
+
+
+def attributes(wide: pd.DataFrame) -> list[str]:
+    """Attributes with any reported gap, gender first (the headline attribute)."""
+    found = {c.split(".")[0] for c in wide.columns
+             if c.endswith(".tpr_gap") and wide[c].notna().any()}
+    return sorted(found, key=lambda a: (a != "gender", a))
 
 
 def test_set_rows(table: pd.DataFrame, wide: pd.DataFrame) -> tuple[list, list]:
@@ -332,10 +340,13 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
         if body:
             blocks += [("h", 3, "Accuracy and worst-group F1: mean over folds, 95% t intervals"),
                        ("table", head, body)]
-        head, body = fold_rows(part, GAP_METRICS)
-        if body:
-            blocks += [("h", 3, "Gender gaps: mean over folds, 95% t intervals"),
-                       ("table", head, body)]
+        for attr in attributes(part):
+            # gender's worst-group F1 sits beside F1 and accuracy above
+            metrics = [f"{attr}.{g}" for g in (GAPS[:4] if attr == "gender" else GAPS)]
+            head, body = fold_rows(part, metrics)
+            if body:
+                blocks += [("h", 3, f"{attr.capitalize()} gaps: mean over folds, 95% t "
+                                    "intervals"), ("table", head, body)]
         head, body = gap_rows(part)
         if body:
             blocks += [("h", 3, "Gender gaps against chance (per fold)"), ("table", head, body),
@@ -358,7 +369,7 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
         png = plots.group_rate_heatmap(table, fig_dir / f"group_rates_{i}.png")
         if png:
             blocks.append(("img", png, f"TPR and FPR per gender group × class (mean over "
-                                       f"folds), {title}"))
+                                       f"folds; ERM and at most 7 other rows), {title}"))
         png = plots.q_trajectories(scenario_records(runs, part), fig_dir / f"q_{i}.png")
         if png:
             blocks.append(("img", png, f"DRO group weights q over epochs, {title}"))

@@ -159,6 +159,9 @@ def gap_vs_ratio(wide: pd.DataFrame, path: Path, gap: str = "gender.tpr_gap",
                 ax.plot(by_r.index, by_r.values, marker="o",
                         label=_line_label(method, groups, hp))
             ax.set_xscale("log")
+            ratios = sorted(part["ratio"].unique())
+            ax.set_xticks(ratios, [f"1:{r:g}" for r in ratios])
+            ax.minorticks_off()
             ax.set_ylim(bottom=0)
             ax.set_title(f"direction: {direction}", fontsize=9)
             ax.set_ylabel(metric_label(m))
@@ -193,6 +196,9 @@ def metrics_vs_k(wide: pd.DataFrame, path: Path,
                 ax.axhline(erm.groupby("fold")[m].mean().mean(), color="black", ls="--", lw=1,
                            label="ERM")
             ax.set_xscale("log", base=2)
+            ks = sorted(part["k"].dropna().unique())
+            ax.set_xticks(ks, [f"{k:g}" for k in ks])
+            ax.minorticks_off()
             ax.set_ylim(bottom=0)
             ax.set_xlabel("k (clusters)")
             ax.set_ylabel(metric_label(m))
