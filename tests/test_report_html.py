@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from emodebias.bench.grid import RunSpec
@@ -226,3 +227,19 @@ def test_directions_are_not_pooled_in_ratio_and_k_figures(tmp_path) -> None:
     ratio, k = mpimg.imread(figs / "gap_vs_ratio.png"), mpimg.imread(figs / "metrics_vs_k.png")
     assert ratio.shape[1] > ratio.shape[0]  # two direction columns side by side
     assert k.shape[0] > 500  # two direction rows
+
+
+def test_tradeoff_points_number_rows_with_fold_intervals_and_front() -> None:
+    from emodebias.bench.results import summary_wide
+    from emodebias.report.plots import tradeoff_points
+
+    pts = tradeoff_points(summary_wide(tidy_frame(rich_records())))
+    assert list(pts["no"]) == list(range(1, 7)) and pts.iloc[0]["label"] == "ERM –"
+    assert len(set(pts["label"])) == 6  # the two cluster runs (k=2, k=16) stay apart
+    assert pareto_front(pts["gap"], pts["score"]).tolist() == pts["pareto"].tolist()
+    rw = pts.set_index("label").loc["RW ● truth:gender"]
+    vals = [.2 + .02 + f / 100 for f in (1, 2, 3)]
+    lo, hi = map(float, fold_ci(vals).split("[")[1].rstrip("]").split(", "))
+    assert rw["gap"] == pytest.approx(np.mean(vals))
+    assert rw["gap_lo"] == pytest.approx(lo, abs=6e-4)
+    assert rw["gap_hi"] == pytest.approx(hi, abs=6e-4)

@@ -106,10 +106,6 @@ def tradeoff_scatter(wide: pd.DataFrame, path: Path, gap: str = "gender.tpr_gap"
                     zorder=4)
         ax.axvline(e["gap"], color="black", ls="--", lw=0.7)
         ax.axhline(e["score"], color="black", ls="--", lw=0.7)
-    for _, r in pts.iterrows():
-        ax.annotate(str(r["no"]), (r["gap"], r["score"]), fontsize=8, xytext=(4, 4),
-                    textcoords="offset points", weight="bold" if r["pareto"] else "normal",
-                    zorder=5)
     front = pts[pts["pareto"]].sort_values("gap")
     ax.step(front["gap"], front["score"], where="post", color="tab:red", lw=1,
             label="Pareto front", zorder=2)
@@ -117,12 +113,27 @@ def tradeoff_scatter(wide: pd.DataFrame, path: Path, gap: str = "gender.tpr_gap"
     hi_y = np.nanmax(np.r_[pts["score_hi"].to_numpy(), pts["score"].to_numpy()])
     ax.set_xlim(0, min(1.0, hi_x * 1.08) if hi_x > 0 else 1.0)
     ax.set_ylim(0, min(1.0, hi_y * 1.05) if hi_y > 0 else 1.0)
+    _number_points(ax, pts)
     ax.set_xlabel(f"{metric_label(gap)} (axis from 0 = no gap)")
     ax.set_ylabel(f"{metric_label(score)} (axis from 0)")
     ax.set_title(title or "fairness–accuracy trade-off", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _number_points(ax: plt.Axes, pts: pd.DataFrame) -> None:
+    """Number each point; a number whose point lies within ~3% of the axes of an earlier one
+    is stacked above the earlier numbers, so coincident points stay readable."""
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    xy = np.c_[(pts["gap"] - x0) / (x1 - x0), (pts["score"] - y0) / (y1 - y0)]
+    for i, (_, r) in enumerate(pts.iterrows()):
+        near = int((np.hypot(*(xy[:i] - xy[i]).T) < 0.03).sum()) if i else 0
+        ax.annotate(str(r["no"]), (r["gap"], r["score"]), fontsize=8,
+                    xytext=(5, 4 + 9 * near), textcoords="offset points",
+                    weight="bold" if r["pareto"] else "normal", zorder=5,
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.4"} if near else None)
 
 
 def _err(sel: pd.DataFrame, key: str) -> np.ndarray | None:
