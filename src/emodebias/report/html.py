@@ -364,6 +364,7 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
                        ("table", *tradeoff_key(part))]
         png = plots.class_gap_bars(table, fig_dir / f"class_gaps_{i}.png")
         if png:
+            blocks += [("h", 3, "Per-class gaps and per-group rates")]
             blocks.append(("img", png, f"Gender TPR and FPR gap per class and method (mean "
                                        f"over folds, whiskers: fold min–max), {title}"))
         png = plots.group_rate_heatmap(table, fig_dir / f"group_rates_{i}.png")
@@ -372,7 +373,8 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
                                        f"folds; ERM and at most 7 other rows), {title}"))
         png = plots.q_trajectories(scenario_records(runs, part), fig_dir / f"q_{i}.png")
         if png:
-            blocks.append(("img", png, f"DRO group weights q over epochs, {title}"))
+            blocks += [("h", 3, "DRO group weights over epochs"),
+                       ("img", png, f"DRO group weights q over epochs, {title}")]
     if wide["ratio"].nunique() > 1:
         blocks.append(("h", 2, "Imbalance ratios"))
         for (corpus, encoder, direction), part in wide.groupby(["corpus", "encoder", "direction"]):

@@ -325,7 +325,7 @@ def q_trajectories(records: list[dict], path: Path) -> Path | None:
             ax.plot(epochs, q[:, g], lw=1, label=str(name))
         ax.axhline(1 / q.shape[1], color="black", ls=":", lw=1)
         ax.set_ylim(0, max(1 / q.shape[1] * 2, float(q.max()) * 1.05))
-        ax.set_title(f"{row_label(method, groups, hp)} · fold {rec['spec']['fold']}", fontsize=8)
+        ax.set_title(f"{full_label(method, groups, hp)} · fold {rec['spec']['fold']}", fontsize=8)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if len(names) <= 12:
