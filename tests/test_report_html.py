@@ -243,3 +243,21 @@ def test_tradeoff_points_number_rows_with_fold_intervals_and_front() -> None:
     assert rw["gap"] == pytest.approx(np.mean(vals))
     assert rw["gap_lo"] == pytest.approx(lo, abs=6e-4)
     assert rw["gap_hi"] == pytest.approx(hi, abs=6e-4)
+
+
+def test_report_json_holds_every_table_under_its_section(tmp_path) -> None:
+    import json
+
+    rep = write_report(tidy_frame(rich_records()), tmp_path / "r", title="T")
+    data = json.loads(rep.tables.read_text())
+    md = rep.markdown.read_text()
+    assert data["title"] == "T"
+    assert len(data["tables"]) == md.count("\n|---|")  # one entry per Markdown table
+    t1 = next(t for t in data["tables"] if t["subsection"] == "Gender gaps (IDI Table 1 layout)")
+    assert t1["section"] == "c · e · 1:5 · natural"
+    assert t1["header"][:3] == ["method", "groups", "F1↑"]
+    erm = next(r for r in t1["rows"] if r[0] == "ERM")
+    f1 = [.5 + f / 100 for f in (1, 2, 3)]
+    assert erm[:3] == ["ERM", "–", f"{np.mean(f1):.3f} ± {np.std(f1, ddof=1):.3f}"]
+    for t in data["tables"]:
+        assert "| " + " | ".join(t["rows"][0]) + " |" in md  # the same cells as the Markdown

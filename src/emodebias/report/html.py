@@ -1,4 +1,5 @@
-"""The benchmark report: Markdown (figures beside it) and one self-contained HTML page.
+"""The benchmark report: Markdown (figures beside it), one self-contained HTML page, and
+report.json with every table's cells under its section titles.
 
 Both are rendered from the same list of blocks (headings, paragraphs, tables, images), so they
 always say the same thing, and both open with a table of contents whose links point at anchors
@@ -60,6 +61,7 @@ class Report:
     markdown: Path
     html: Path
     headline: str  # the first Table-1 table, as Markdown
+    tables: Path | None = None  # report.json: every table as shown, under its section titles
 
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", head, body) | ("img", path, caption)
@@ -496,4 +498,21 @@ def write_report(tidy: pd.DataFrame, out_dir: str | Path, title: str = "emodebia
     md, page = out_dir / "report.md", out_dir / "report.html"
     md.write_text(render_markdown(title, blocks, out_dir))
     page.write_text(render_html(title, blocks))
-    return Report(md, page, headline)
+    tables = out_dir / "report.json"
+    tables.write_text(json.dumps(render_json(title, blocks), indent=1, ensure_ascii=False))
+    return Report(md, page, headline, tables)
+
+
+def render_json(title: str, blocks: list[Block]) -> dict:
+    """Every table of the report with the section (h2) and subsection (h3) it sits under, its
+    header and its cells exactly as shown, so a table can be rebuilt without parsing HTML."""
+    section = subsection = ""
+    out = []
+    for b in blocks:
+        if b[0] == "h":
+            section, subsection = (b[2], "") if b[1] == 2 else (section, b[2])
+        elif b[0] == "table":
+            out.append({"section": section, "subsection": subsection,
+                        "header": [str(c) for c in b[1]],
+                        "rows": [[str(c) for c in r] for r in b[2]]})
+    return {"title": title, "tables": out}
