@@ -61,7 +61,9 @@ def test_readme_pipeline_exactly_as_written(tmp_path, monkeypatch) -> None:
     assert runs.loc["gdro-k4", "groups"] == "cluster:acoustic:k=4"
     report = Path("work/runs/report/report.md").read_text()
     assert "GDRO" in report and "## Provenance" in report and "| torch |" in report
-    assert "<h2>Provenance</h2>" in Path("work/runs/report/report.html").read_text()
+    page = Path("work/runs/report/report.html").read_text()
+    anchor = re.search(r"<h2 id='(\w+)'>Provenance</h2>", page).group(1)
+    assert f"<a href='#{anchor}'>Provenance" in page  # a section of the table of contents
     assert "tpr_gap" in outputs["evaluate"][0]
     assert re.search(r"positive: \S", outputs["predict"][0])
 

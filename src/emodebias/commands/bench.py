@@ -158,35 +158,22 @@ def _report(out: Path, report_dir: Path | None, title: str):
     tidy = collect_records(out)
     if tidy.empty:
         raise _no_runs(out)
-    rep = write_report(tidy, report_dir or out / "report", title, find_tsne(out))
     prov = {"report": provenance.collect(),
             "runs": provenance.summarize(rec.get("provenance") for _, rec in iter_runs(out))}
-    target = rep.html.parent / "provenance.json"
-    target.write_text(json.dumps(prov, indent=1))
-    _append_provenance(rep, prov)
+    rep = write_report(tidy, report_dir or out / "report", title, find_tsne(out),
+                       closing=_provenance_blocks(prov))
+    (rep.html.parent / "provenance.json").write_text(json.dumps(prov, indent=1))
     return rep
 
 
-def _append_provenance(rep, prov: dict) -> None:  # noqa: ANN001 (report.html.Report, lazy)
-    """A closing "Provenance" section in report.md and report.html (text escaped)."""
-    import html
-
+def _provenance_blocks(prov: dict) -> list[tuple]:
+    """The report's closing "Provenance" section: this invocation's and the runs' provenance."""
     from emodebias.provenance import rows
-    from emodebias.report.tables import markdown_table
 
     body = [[k, v] for k, v in rows(prov["report"])]
     for i, group in enumerate(prov["runs"], 1):
         body += [[f"runs ({group['n_runs']}) #{i} {k}", v] for k, v in rows(group)]
-    head = ["field", "value"]
-    with rep.markdown.open("a") as fh:
-        fh.write("\n## Provenance\n\n" + markdown_table(head, body) + "\n")
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
-                    for r in body)
-    section = (f"<h2>Provenance</h2><table><thead><tr><th>{head[0]}</th><th>{head[1]}</th></tr>"
-               f"</thead><tbody>{cells}</tbody></table>")
-    page = rep.html.read_text()
-    end = page.rfind("</body>")
-    rep.html.write_text(page[:end] + section + "\n" + page[end:] if end >= 0 else page + section)
+    return [("h", 2, "Provenance"), ("table", ["field", "value"], body)]
 
 
 @app.command()

@@ -487,14 +487,17 @@ def _runs_root(out_dir: Path, runs: Path | None) -> Path | None:
 
 
 def write_report(tidy: pd.DataFrame, out_dir: str | Path, title: str = "emodebias report",
-                 images: list[Path] = (), runs: Path | None = None) -> Report:
-    """Render `tidy` results (from `bench.results.collect`) to report.md + report.html."""
+                 images: list[Path] = (), runs: Path | None = None,
+                 closing: list[Block] = ()) -> Report:
+    """Render `tidy` results (from `bench.results.collect`) to report.md + report.html;
+    `closing` blocks (e.g. provenance) end the report, in its table of contents too."""
     if tidy.empty:
         raise ValueError("no run records to report on; run `emodebias bench` first")
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     blocks, headline = build_blocks(tidy, fig_dir, list(images), _runs_root(out_dir, runs))
+    blocks += list(closing)
     md, page = out_dir / "report.md", out_dir / "report.html"
     md.write_text(render_markdown(title, blocks, out_dir))
     page.write_text(render_html(title, blocks))
