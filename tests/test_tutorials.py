@@ -273,6 +273,7 @@ def check_demo(o: Outcome) -> None:
     md = Path("work/demo-report/report.md").read_text()
     assert md.startswith("# Synthetic demo") and "## Provenance" in md
     assert "data:image/png;base64," in Path("work/demo-report/report.html").read_text()
+    assert json.loads(Path("work/demo-report/report.json").read_text())
     table = o.scope["table"]
     assert table.loc[("erm", "none"), "macro_f1"] == pytest.approx(np.mean(erm))
     assert set(table.index) == {(s.method, s.groups) for s in specs}
