@@ -160,7 +160,12 @@ def spec_features(spec: RunSpec, manifest, cache: Path, encoder: str | None = No
 
 
 def stage_groups(spec: RunSpec, manifest, split, cache: Path):
-    """Training groups of a spec: None, truth columns, pseudo-labels or k-means clusters."""
+    """Training groups of a spec: None, truth columns, pseudo-labels or k-means clusters.
+
+    Their diagnostics against the known attributes (`emodebias.groups.diagnostics.diagnose`:
+    purity, NMI, ..., group sizes over all utterances) are cached beside them as
+    ``diagnostics.csv`` and attached as ``assignment.info["diagnostics"]`` (a list of rows), so
+    every run that trains on the groups records how good they were."""
     from emodebias.groups import GroupAssignment
 
     kind, _, rest = spec.groups.partition(":")
@@ -171,19 +176,41 @@ def stage_groups(spec: RunSpec, manifest, split, cache: Path):
     path = cache / "groups" / key
     with file_lock(cache, f"groups-{key}"):
         if (path / "groups.json").is_file():
-            return GroupAssignment.load(path)
-        if kind == "truth":
-            from emodebias.groups.truth import truth_groups
-
-            assignment = truth_groups(manifest, rest.split("+"))
-        elif kind == "cluster":
-            assignment = _cluster(spec, manifest, split, cache)
-        elif kind == "pseudo":
-            assignment = _pseudo(spec, rest, manifest, cache)
+            assignment = GroupAssignment.load(path)
         else:
-            raise ValueError(f"unknown group source {spec.groups!r}")
-        assignment.save(path, manifest=manifest)
+            if kind == "truth":
+                from emodebias.groups.truth import truth_groups
+
+                assignment = truth_groups(manifest, rest.split("+"))
+            elif kind == "cluster":
+                assignment = _cluster(spec, manifest, split, cache)
+            elif kind == "pseudo":
+                assignment = _pseudo(spec, rest, manifest, cache)
+            else:
+                raise ValueError(f"unknown group source {spec.groups!r}")
+            assignment.save(path, manifest=manifest)
+        assignment.info["diagnostics"] = _diagnostics(assignment, manifest, path)
         return assignment
+
+
+def _diagnostics(assignment, manifest, path: Path) -> list[dict]:
+    """`diagnose` of the groups at `path` (read from its diagnostics.csv, written on first use;
+    groups cached before diagnostics existed get theirs now), as JSON-ready rows."""
+    import pandas as pd
+
+    from emodebias.groups.diagnostics import diagnose
+
+    csv = path / "diagnostics.csv"
+    if csv.is_file():
+        df = pd.read_csv(csv)
+    else:
+        df = diagnose(assignment, manifest, DEFAULT_ATTRIBUTES)
+        tmp = csv.with_suffix(".tmp")
+        df.to_csv(tmp, index=False)
+        tmp.replace(csv)
+    df = df.astype(object).where(df.notna(), None)
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+            for r in df.to_dict(orient="records")]
 
 
 def _cluster(spec: RunSpec, manifest, split, cache: Path):
@@ -307,12 +334,13 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
         order += cell
         # score the test rows that have features; the failed ones go into the record
         scored = [store.utt_ids[i] for i in data.test_idx]
-        context += [(manifest, scored, warnings, _failed_ids(store, split))] * len(cell)
+        diag = groups.info.get("diagnostics") if groups is not None else None
+        context += [(manifest, scored, warnings, _failed_ids(store, split), diag)] * len(cell)
     done: set[int] = set()
     try:
         for pos, fit in fit_stream(pairs):
             done.add(pos)
-            spec, (manifest, test_ids, warnings, failed) = order[pos], context[pos]
+            spec, (manifest, test_ids, warnings, failed, diag) = order[pos], context[pos]
             if isinstance(fit, BaseException):  # the run could not train or selected nothing
                 yield RunFailure(spec, fit)
                 continue
@@ -320,6 +348,8 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
                 result = score_run(spec, manifest, test_ids, np.asarray(fit.test_probs), fit)
                 result.info["warnings"] = warnings
                 result.info["failed_features"] = failed
+                if diag:  # how good the training groups were (purity, NMI, sizes)
+                    result.info["groups_diagnostics"] = diag
                 yield result
             except Exception as exc:
                 yield RunFailure(spec, exc)
@@ -338,12 +368,48 @@ def _failed_ids(store, split) -> dict[str, list[str]]:
 RECORD_INFO = ("convergence", "q_trajectory", "q_groups", "prepare")
 
 
+def speaker_rows(manifest, test_ids: list[str], attributes: list[str]) -> list[dict]:
+    """Speakers per group of every scored attribute in the test set, as metric-table rows
+    (metric "speakers", value = count). Every group present is counted, also those too small
+    to enter a gap (the gaps' own ``speakers`` column covers the compared groups only); group
+    names are printed as the metrics print them (``str``), so the rows join the rate rows."""
+    if "speaker" not in manifest.df.columns:
+        return []
+    df = manifest.df.iloc[manifest.index_of(test_ids)]
+    rows = [{"metric": "speakers", "attribute": "all", "group": "all", "cls": "all",
+             "value": float(df["speaker"].nunique()), "support": None}]
+    for attr in attributes:
+        known = df[df[attr].notna()]
+        counts = known.groupby(known[attr].map(str))["speaker"].nunique()
+        rows += [{"metric": "speakers", "attribute": attr, "group": str(group), "cls": "all",
+                  "value": float(n), "support": None} for group, n in counts.items()]
+    return rows
+
+
+def layer_weights(state: dict) -> tuple[str, list[float]] | None:
+    """The selected epoch's softmax-normalised layer weights of the head's layer mix (the
+    s3prl featurizer; the emotion head's own, else the first encoder's in name order), with
+    the state key they come from; None for single-layer features or heads without a mix."""
+    import torch
+
+    keys = sorted(k for k in state if k.endswith("mix.weight"))
+    if not keys:
+        return None
+    key = "head.encoder.mix.weight" if "head.encoder.mix.weight" in keys else keys[0]
+    w = torch.as_tensor(state[key]).detach().float().reshape(-1, state[key].shape[-1])[0]
+    if w.numel() < 2:
+        return None
+    return key, [float(v) for v in torch.softmax(w.double(), -1)]
+
+
 def score_run(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray, fit) -> RunResult:
     """A trained run's test predictions scored as every run is (grid or `train`): the summary,
     the per-group table and what the record keeps of the fit."""
     metrics, targets = _score(spec, manifest, test_ids, probs)
     table = metrics.to_dict()["table"]
-    return RunResult(
+    scored = sorted(({r["attribute"] for r in table} - {"all"}) & set(manifest.df.columns))
+    table += speaker_rows(manifest, test_ids, scored)
+    result = RunResult(
         spec=spec, summary=dict(metrics.summary), table=table,
         best_epoch=int(fit.best_epoch), hparams=dict(fit.hparams),
         wall_time=float(fit.wall_time),
@@ -353,3 +419,7 @@ def score_run(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray, f
               **{k: fit.info[k] for k in RECORD_INFO if k in fit.info}},
         save_model=fit.save if fit.state else None,
     )
+    mix = layer_weights(fit.state) if fit.state else None
+    if mix is not None:
+        result.info["layer_weights"], result.info["layer_weights_param"] = mix[1], mix[0]
+    return result

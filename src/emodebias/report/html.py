@@ -13,10 +13,11 @@ tests of each method against ERM over folds × seeds (`emodebias.metrics.paired_
 smallest p the design allows, Holm-adjusted p-values and a note on whether the design can show
 significance), each row's mean over folds with a 95% t interval over folds, the gender gaps
 against their permutation noise floors with "not estimable" counts, pooled out-of-fold scoring
-when the run folders are at hand, the test set's utterances per group and fewest speakers per
-group, every gender gap (TPR, FPR, F1, DP) and worst-group F1 with fold t intervals, a numbered
+when the run folders are at hand, the test set's utterances and speakers per group, every
+gender gap (TPR, FPR, F1, DP) and worst-group F1 with fold t intervals, a numbered
 fairness–accuracy scatter with interval bars and its key table, per-class gap bars and a
-per-group × class TPR/FPR heatmap; across scenarios, per-ratio
+per-group × class TPR/FPR heatmap, the group sources' purity and NMI against each attribute
+and the learned layer weights of the head (multi-layer features); across scenarios, per-ratio
 tables and gap/F1-vs-ratio plots
 (EMO-Debias grids), gap/F1/accuracy vs k (IDI k sweeps), each with the imbalance directions in
 separate panels, and any t-SNE figures found.
@@ -264,11 +265,16 @@ def attributes(wide: pd.DataFrame) -> list[str]:
 
 def test_set_rows(table: pd.DataFrame, wide: pd.DataFrame) -> tuple[list, list]:
     """Per attribute and group: test utterances per fold (the support of the positive-rate
-    rows, identical for every run of a fold since the test set is never subsampled), and the
-    fewest speakers in any group of that attribute per fold."""
+    rows, identical for every run of a fold since the test set is never subsampled) and, where
+    the records carry them ("speakers" rows), the speakers of each group per fold; records
+    without them give the fewest speakers in any group of that attribute per fold instead."""
     t = table[table["metric"] == "ppr"]
     folds = sorted(t["fold"].astype(str).unique(), key=lambda f: (len(f), f))
+    spk = table[table["metric"] == "speakers"]
+    spk_n = spk.groupby(["attribute", "group", spk["fold"].astype(str)])["value"].max()
     head = ["attribute", "group"] + [f"test n, fold {f}" for f in folds]
+    if not spk.empty:
+        head += [f"speakers, fold {f}" for f in folds]
     body = []
     if t.empty:
         return head, body
@@ -278,15 +284,61 @@ def test_set_rows(table: pd.DataFrame, wide: pd.DataFrame) -> tuple[list, list]:
     for (attr, group), per_fold in n.groupby(level=[0, 1]):
         vals = per_fold.droplevel([0, 1])
         vals.index = vals.index.astype(str)
-        body.append([attr, group] + [fmt_num(vals.get(f, float("nan")), 0) for f in folds])
+        row = [attr, group] + [fmt_num(vals.get(f, float("nan")), 0) for f in folds]
+        if not spk.empty:
+            row += [fmt_num(spk_n.get((attr, group, f), float("nan")), 0) for f in folds]
+        body.append(row)
     body.sort(key=lambda r: (r[0] != "all", r[0], r[1]))
-    for attr in sorted({r[0] for r in body} - {"all"}):
+    have = set(spk["attribute"])
+    for attr in sorted({r[0] for r in body} - {"all"} - have):
         col = f"{attr}.min_speakers"
         if col in wide.columns:
-            spk = wide.groupby(wide["fold"].astype(str))[col].min()
+            fewest = wide.groupby(wide["fold"].astype(str))[col].min()
             body.append([attr, "fewest speakers in a group"]
-                        + [fmt_num(spk.get(f, float("nan")), 0) for f in folds])
+                        + [fmt_num(fewest.get(f, float("nan")), 0) for f in folds]
+                        + ["—"] * (len(head) - 2 - len(folds)))
     return head, body
+
+
+DIAG_ATTRIBUTES = ("gender", "age_group", "race")
+
+
+def group_source_rows(records: list[dict]) -> tuple[list, list]:
+    """Per group source the scenario's runs trained on: k (groups found), purity and NMI
+    against each known attribute and the smallest group, as `diagnose` gave them at the grid's
+    group stage (record info ``groups_diagnostics``), averaged over folds (cluster groups are
+    fitted per fold); the smallest group is the minimum over folds. Records without
+    diagnostics (older runs, no groups) are left out."""
+    per: dict[str, dict[str, dict]] = {}  # source -> fold -> diagnostics rows by attribute
+    for rec in records:
+        diag = (rec.get("info") or {}).get("groups_diagnostics")
+        if diag:
+            rows = {r["attribute"]: r for r in diag}
+            per.setdefault(rec["spec"]["groups"], {})[str(rec["spec"]["fold"])] = rows
+    attrs = [a for a in DIAG_ATTRIBUTES
+             if any(a in f for folds in per.values() for f in folds.values())]
+    head = ["groups", "folds", "k"] + [f"{w} vs {a}" for a in attrs for w in ("purity", "NMI")]
+    head.append("smallest group (utt.)")
+    body = []
+    for source in sorted(per, key=lambda g: (group_cell(g), g)):
+        folds = per[source]
+        first = next(iter(next(iter(folds.values())).values()))
+        cells = []
+        for a in attrs:
+            for key in ("purity", "nmi"):
+                vals = [f[a].get(key) for f in folds.values() if a in f]
+                vals = [float(v) for v in vals if v is not None]
+                cells.append(fmt_num(sum(vals) / len(vals)) if vals else "—")
+        smallest = min(int(r["size_min"]) for f in folds.values() for r in f.values())
+        body.append([group_cell(source), len(folds), first["n_groups"], *cells, smallest])
+    return head, body
+
+
+GROUP_SOURCE_NOTE = ("How well each group source recovers the true attributes (purity: share "
+                     "of utterances in their group's majority value; NMI: normalised mutual "
+                     "information, ~0 for random groups), over all utterances of the corpus; "
+                     "mean over folds. Training uses these groups; evaluation always uses the "
+                     "true attributes.")
 
 
 def tradeoff_key(wide: pd.DataFrame) -> tuple[list, list]:
@@ -338,6 +390,11 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
         if body:
             blocks += [("h", 3, "Test set: utterances and speakers per group"),
                        ("table", head, body)]
+        recs = scenario_records(runs, part)
+        head, body = group_source_rows(recs)
+        if body:
+            blocks += [("h", 3, "Group sources"), ("table", head, body),
+                       ("p", GROUP_SOURCE_NOTE)]
         head, body = fold_rows(part, ACC_METRICS)
         if body:
             blocks += [("h", 3, "Accuracy and worst-group F1: mean over folds, 95% t intervals"),
@@ -373,10 +430,16 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
         if png:
             blocks.append(("img", png, f"TPR and FPR per gender group × class (mean over "
                                        f"folds; ERM and at most 7 other rows), {title}"))
-        png = plots.q_trajectories(scenario_records(runs, part), fig_dir / f"q_{i}.png")
+        png = plots.q_trajectories(recs, fig_dir / f"q_{i}.png")
         if png:
             blocks += [("h", 3, "DRO group weights over epochs"),
                        ("img", png, f"DRO group weights q over epochs, {title}")]
+        png = plots.layer_weights(recs, fig_dir / f"layer_weights_{i}.png")
+        if png:
+            blocks += [("h", 3, "Learned layer weights"),
+                       ("img", png, f"Softmax-normalised layer weights of the head's layer mix "
+                                    f"at the selected epoch, mean over runs per method row "
+                                    f"(dotted: uniform, where training starts), {title}")]
     if wide["ratio"].nunique() > 1:
         blocks.append(("h", 2, "Imbalance ratios"))
         for (corpus, encoder, direction), part in wide.groupby(["corpus", "encoder", "direction"]):

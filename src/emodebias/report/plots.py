@@ -332,3 +332,43 @@ def q_trajectories(records: list[dict], path: Path) -> Path | None:
             ax.legend(fontsize=6, ncol=2)
     axes[0][0].set_ylabel("group weight q (dotted: uniform)")
     return _save(fig, path)
+
+
+def layer_weight_means(records: list[dict]) -> dict[str, np.ndarray]:
+    """Per method row (its label), the mean over its runs of the selected epoch's normalised
+    layer weights (records without them, e.g. single-layer features, are left out)."""
+    rows: dict[str, list[np.ndarray]] = {}
+    for rec in records:
+        w = (rec.get("info") or {}).get("layer_weights")
+        if w:
+            spec = rec["spec"]
+            label = full_label(spec["method"], spec["groups"],
+                               json.dumps(spec["hparams"], sort_keys=True))
+            rows.setdefault(label, []).append(np.asarray(w, dtype=float))
+    return {k: np.mean(np.stack(v), 0) for k, v in rows.items()
+            if len({len(x) for x in v}) == 1}
+
+
+def layer_weights(records: list[dict], path: Path) -> Path | None:
+    """Mean learned layer weight per layer of the SSL head's layer mix, one line per method
+    row: which layers each method leaned on (dotted: uniform weights, where training starts)."""
+    means = layer_weight_means(records)
+    if not means:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    n_layers = max(len(v) for v in means.values())
+    for label, w in means.items():
+        ax.plot(np.arange(len(w)), w, marker="o", ms=3, lw=1, label=label)
+    ax.axhline(1 / n_layers, color="black", ls=":", lw=1)
+    ax.set_xlabel("layer (0 = CNN output)")
+    ax.set_ylabel("normalised layer weight")
+    top = max(float(max(w.max() for w in means.values())), 1 / n_layers)
+    ax.set_ylim(0, top * 1.15)  # from 0: small departures from uniform look small
+    ax.set_xticks(np.arange(n_layers))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=1 if len(means) <= 12 else 2, loc="center left",
+              bbox_to_anchor=(1.01, 0.5))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps the legend beside the axes
+    plt.close(fig)
+    return path
