@@ -9,7 +9,7 @@ same stage wait for one builder instead of racing::
     cache/splits/<split key>.json        the Split (fold, ratio, direction, seed)
     cache/features/<manifest>-<enc>/     the FeatureStore (memmap; opened by path, never copied)
     cache/features/<manifest>-<enc>.reuse  or the grid's own store (`features:`), once checked
-    cache/groups/<groups key>/           the GroupAssignment
+    cache/groups/<groups key>/           the GroupAssignment and its diagnostics.csv
     cache/locks/*.lock
 
 Specs that share a batch key (a cell) share all of these; every cell of a task trains in one
