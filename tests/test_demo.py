@@ -131,3 +131,18 @@ def test_report_plots_the_dro_group_weights(demo_out) -> None:
     md = (out / "report" / "report.md").read_text()
     assert "DRO group weights q over epochs" in md
     assert (out / "report" / "figures" / "q_0.png").stat().st_size > 10_000
+
+
+def test_report_states_each_methods_settings_and_selection_rule(demo_out) -> None:
+    out, _ = demo_out
+    recs = records(out)
+    md = (out / "report" / "report.md").read_text()
+    section = md.split("### Training settings and model selection", 1)[1]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in section.splitlines() if line.startswith("| ") and "---" not in line}
+    for method in ("erm", "rw", "gdro"):
+        mine = [r for r in recs if r["spec"]["method"] == method]
+        hp, train, rule, n = rows[method]
+        assert json.loads(hp) == mine[0]["hparams"] and int(n) == len(mine)
+        assert json.loads(train)["epochs"] == 20 and json.loads(train)["lr"] == 0.01
+        assert rule.startswith("the epoch with the lowest dev loss")

@@ -158,22 +158,41 @@ def _report(out: Path, report_dir: Path | None, title: str):
     tidy = collect_records(out)
     if tidy.empty:
         raise _no_runs(out)
+    records = [rec for _, rec in iter_runs(out)]
     prov = {"report": provenance.collect(),
-            "runs": provenance.summarize(rec.get("provenance") for _, rec in iter_runs(out))}
+            "runs": provenance.summarize(rec.get("provenance") for rec in records)}
     rep = write_report(tidy, report_dir or out / "report", title, find_tsne(out),
-                       closing=_provenance_blocks(prov))
+                       closing=_provenance_blocks(prov, records))
     (rep.html.parent / "provenance.json").write_text(json.dumps(prov, indent=1))
     return rep
 
 
-def _provenance_blocks(prov: dict) -> list[tuple]:
-    """The report's closing "Provenance" section: this invocation's and the runs' provenance."""
+SELECTION_RULES = {"dev_loss": "the epoch with the lowest dev loss (the papers' rule)",
+                   "last": "the last epoch"}
+
+
+def _provenance_blocks(prov: dict, records: list[dict]) -> list[tuple]:
+    """The report's closing "Provenance" section: this invocation's and the runs' provenance,
+    then each method's resolved hyperparameters, training settings and selection rule."""
     from emodebias.provenance import rows
 
     body = [[k, v] for k, v in rows(prov["report"])]
     for i, group in enumerate(prov["runs"], 1):
         body += [[f"runs ({group['n_runs']}) #{i} {k}", v] for k, v in rows(group)]
-    return [("h", 2, "Provenance"), ("table", ["field", "value"], body)]
+    settings: dict[tuple, int] = {}
+    for rec in records:
+        cfg = dict(rec.get("train_config") or {})
+        key = (rec["spec"]["method"], json.dumps(rec.get("hparams") or {}, sort_keys=True),
+               json.dumps({k: cfg[k] for k in ("epochs", "batch_size", "lr", "weight_decay")
+                           if k in cfg}), SELECTION_RULES.get(cfg.get("select"),
+                                                             str(cfg.get("select", "-"))))
+        settings[key] = settings.get(key, 0) + 1
+    table = [[method, hp, train, rule, str(n)]
+             for (method, hp, train, rule), n in sorted(settings.items())]
+    return [("h", 2, "Provenance"), ("table", ["field", "value"], body),
+            ("h", 3, "Training settings and model selection"),
+            ("table", ["method", "hyperparameters (resolved)", "training", "selected epoch",
+                       "runs"], table)]
 
 
 @app.command()
