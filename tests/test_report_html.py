@@ -261,3 +261,29 @@ def test_report_json_holds_every_table_under_its_section(tmp_path) -> None:
     assert erm[:3] == ["ERM", "–", f"{np.mean(f1):.3f} ± {np.std(f1, ddof=1):.3f}"]
     for t in data["tables"]:
         assert "| " + " | ".join(t["rows"][0]) + " |" in md  # the same cells as the Markdown
+
+
+def test_a_multi_ratio_two_direction_k_sweep_report_lists_every_section(tmp_path) -> None:
+    """Golden outline: several ratios, both directions and k in {2, 16} give every section, in
+    numeric ratio order, each scenario with its full set of tables and figures."""
+    recs = [rich_record(m, g, f, v, ratio=r, direction=d)
+            for f in (1, 2) for r in (20.0, 5.0) for d in ("natural", "reversed")
+            for m, g, v in (("erm", "none", 0.0), ("gdro", "cluster:e:k=2", 0.1),
+                            ("gdro", "cluster:e:k=16", 0.2))]
+    md = write_report(tidy_frame(recs), tmp_path / "r").markdown.read_text()
+    heads = [line for line in md.splitlines() if line.startswith("#")]
+    per_scenario = ["### Gender gaps (IDI Table 1 layout)", "### Paired tests vs ERM over folds",
+                    "### Test set: utterances and speakers per group",
+                    "### Accuracy and worst-group F1: mean over folds, 95% t intervals",
+                    "### Gender gaps: mean over folds, 95% t intervals",
+                    "### Fairness–accuracy trade-off", "### Per-class gaps and per-group rates"]
+    want = ["# emodebias report", "## Contents"]
+    for r in ("1:5", "1:20"):
+        for d in ("natural", "reversed"):
+            want += [f"## c · e · {r} · {d}", *per_scenario]
+    want += ["## Imbalance ratios"]
+    want += [f"### {m} · c · e · {d}" for d in ("natural", "reversed")
+             for m in ("F1↑", "gender TPRgap↓")]
+    want += ["## Number of clusters"]
+    assert heads == want
+    assert "| GDRO-IDI | ○ cluster k=2 (e) |" in md and "| GDRO-IDI | ○ cluster k=16 (e) |" in md
