@@ -214,13 +214,7 @@ def test_no_internal_issue_or_session_numbers(page) -> None:
 
 
 # Pages whose owners still have to replace references to files outside the package.
-UNSHIPPED_KNOWN = {"decisions.md": "refers to ../shared/spec/PAPERS.md"}
-
-
-@pytest.mark.parametrize("page", [
-    pytest.param(p, marks=pytest.mark.xfail(reason=UNSHIPPED_KNOWN[p.name]))
-    if p.name in UNSHIPPED_KNOWN else p for p in PAGES
-], ids=[str(p.relative_to(DOCS)) for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
 def test_no_files_that_are_not_shipped(page) -> None:
     """Docs are read in a clone or an installed copy: nothing outside the repository."""
     assert "../shared" not in page.read_text() and "spec/" not in page.read_text(), page

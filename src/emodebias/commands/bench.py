@@ -86,7 +86,7 @@ DEVICE_HELP = ("cpu, cuda, cuda:N or mps: where features are extracted and heads
 @app.command()
 def bench(
     grid: str = typer.Argument(..., help="grid YAML file or preset name (idi-table1, "
-                               "idi-table2, idi-k-sweep, emo-debias, demo)"),
+                               "idi-table2, idi-k-sweep, emo-debias, demo, demo-quick)"),
     out: Path = typer.Option(Path("bench-out"), "--out", "-o",
                              help="output folder (records, cache, results)"),
     var: list[str] = typer.Option(None, "--var", help="grid variable NAME=VALUE (repeatable), "
@@ -113,7 +113,8 @@ def bench(
 
     df = collect_records(out)
     _print_failures(summary)
-    typer.echo(f"results: {out / 'results.parquet'} ({df['hash'].nunique()} runs)")
+    n = df["hash"].nunique()
+    typer.echo(f"results: {out / 'results.parquet'} ({n} run{'' if n == 1 else 's'})")
     if not summary.ok:
         raise typer.Exit(1)
 
