@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import WavLMConfig, WavLMForXVector
+from conftest import tiny_wavlm_config
+from transformers import WavLMForXVector
 
 from emodebias.audio import load_audio
 from emodebias.encoders import EncoderError, get_encoder
@@ -18,12 +19,9 @@ from emodebias.encoders.speaker import XVectorEncoder
 @pytest.fixture(scope="module")
 def xvector_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    cfg = WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=48, conv_dim=(32, 32, 32), conv_stride=(5, 4, 2),
-                      conv_kernel=(10, 4, 2), num_conv_pos_embeddings=16,
-                      num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=50,
-                      tdnn_dim=(24, 24, 48), tdnn_kernel=(3, 3, 1), tdnn_dilation=(1, 2, 1),
-                      xvector_output_dim=16, architectures=["WavLMForXVector"])
+    cfg = tiny_wavlm_config(2, tdnn_dim=(24, 24, 48), tdnn_kernel=(3, 3, 1),
+                            tdnn_dilation=(1, 2, 1), xvector_output_dim=16,
+                            architectures=["WavLMForXVector"])
     path = tmp_path_factory.mktemp("xvec") / "tiny-sv"
     WavLMForXVector(cfg).eval().save_pretrained(path)
     return path

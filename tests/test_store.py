@@ -238,13 +238,11 @@ def test_resume_after_kill_9_equals_uninterrupted(manifest, tmp_path):
 
 
 def test_ssl_store_matches_per_utterance_encoding(manifest, tmp_path):
-    from transformers import WavLMConfig, WavLMModel
+    from conftest import tiny_wavlm_config
+    from transformers import WavLMModel
 
     torch.manual_seed(0)
-    cfg = WavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=48, conv_dim=(32, 32, 32), conv_stride=(5, 4, 2),
-                      conv_kernel=(10, 4, 2), num_conv_pos_embeddings=16,
-                      num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=50)
+    cfg = tiny_wavlm_config(2)
     WavLMModel(cfg).save_pretrained(tmp_path / "tiny")
     small = Manifest(manifest.df.iloc[[0, 5, 9, 10, 12, 16]], manifest.classes)
     enc = get_encoder(tmp_path / "tiny", layers="0,2")

@@ -147,13 +147,11 @@ def own_corpus(tmp_path_factory) -> Path:
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny randomly initialised WavLM saved as a HuggingFace checkpoint folder."""
     import torch
-    from transformers import WavLMConfig, WavLMModel
+    from conftest import tiny_wavlm_config
+    from transformers import WavLMModel
 
     torch.manual_seed(0)
-    cfg = WavLMConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                      intermediate_size=48, conv_dim=(32, 32, 32), conv_stride=(5, 4, 2),
-                      conv_kernel=(10, 4, 2), num_conv_pos_embeddings=16,
-                      num_conv_pos_embedding_groups=2, num_buckets=16, max_bucket_distance=50)
+    cfg = tiny_wavlm_config(3)
     path = tmp_path_factory.mktemp("hf") / "my-wavlm"
     WavLMModel(cfg).eval().save_pretrained(path)
     return path
