@@ -814,3 +814,11 @@ def test_random_option_values_give_a_result_or_one_line(tmp_path, command, data)
     res = CliRunner().invoke(app, [name, *base, option, value])
     _command_result(res)
     assert res.exit_code == 2 or name == "bench"  # every input here is missing or bad
+
+
+def test_a_hyperparameter_named_twice_is_refused() -> None:
+    """1 and "1" are one name once read as text: refused, not one of them silently dropped."""
+    grid = {"corpus": "synthetic", "folds": [1], "runs": [
+        {"method": "gdro", "hparams": {1: [0.1], "1": [0.2]}}]}
+    with pytest.raises(GridError, match="repeated name"):
+        expand_grid(grid)

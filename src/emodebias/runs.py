@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from emodebias.bench.results import (
-    PREDICTIONS,
     RunResult,
     commit_run,
     find_run_dirs,
+    iter_runs,
+    load_predictions,
     make_record,
     read_record,
 )
@@ -182,6 +183,7 @@ def train_runs(store: FeatureStore, manifest: Manifest, split: Split, runs: Sequ
         if isinstance(fit, BaseException):
             raise fit
         done[pos] = fit
+    hashes = {u: input_hashes(manifest, store, split, groups if u else None) for u in set(uses)}
     results = []
     for i, (req, use) in enumerate(zip(runs, uses, strict=True)):
         data, fit = pairs[i][0], done[i]
@@ -196,7 +198,7 @@ def train_runs(store: FeatureStore, manifest: Manifest, split: Split, runs: Sequ
         info = {**res.info, "history": fit.history, "fit": fit.info,
                 "missing_features": data.info.get("missing_features")}
         results.append(replace(
-            res, kind="train", inputs=input_hashes(manifest, store, split, groups if use else None),
+            res, kind="train", inputs=hashes[use],
             encoder=enc, train_config=dict(fit.config), info=info,
             sources={k: str(v) for k, v in src.items() if v is not None},
             provenance=provenance))
@@ -354,15 +356,8 @@ class Run:
 
 def load_runs(path: str | Path) -> list[Run]:
     """Every run at or below `path` (a run folder, a folder of them, a grid output folder)."""
-    runs = []
-    for d in find_run_dirs(Path(path)):
-        rec = read_record(d)
-        preds = {}
-        if rec.get("predictions"):
-            with np.load(d / PREDICTIONS) as z:
-                preds = {k: z[k] for k in z.files}
-        runs.append(Run(rec, d, preds))
-    return runs
+    return [Run(rec, d, load_predictions(d) if rec.get("predictions") else {})
+            for d, rec in iter_runs(Path(path))]
 
 
 def load_run(path: str | Path) -> Run:

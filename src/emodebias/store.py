@@ -609,9 +609,7 @@ def _retry_failed(out: Path, meta: dict[str, Any], encoder: Encoder, paths: list
                         lambda b: bar.advance(len(b), sum(durations[i] for i in b) / 3600))
     finally:
         bar.close()
-    for u in failures:
-        mm[row_of[u]] = np.nan
-    mm.flush()
+    mm.flush()  # rows that failed again were NaN-filled where they failed
     healed = [u for u in meta["failures"] if u not in failures]
     log.info("%s: %d of %d failed rows re-extracted", out, len(healed), len(rows))
     meta["failures"] = {u: failures[u] for u in utt_ids if u in failures}

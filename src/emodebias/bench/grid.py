@@ -7,10 +7,10 @@ an entry may override any shared axis. Every combination becomes one `RunSpec` w
 the same spec always maps to the same record, so a grid can be resumed or extended safely.
 
 Run-time settings are not part of that identity: the `device` (a grid started on a GPU may be
-finished on the CPU; it is refused inside encoder or train options, where it would change the
-hash and the feature cache key) and reused feature stores (`features:`; a store is checked
-against the grid's manifest and encoder before use, so it holds exactly the numbers the grid
-would extract).
+finished on the CPU; older grids that set it inside encoder or train options are accepted, the
+value moved out of the hash and the feature cache key) and reused feature stores (`features:`; a
+store is checked against the grid's manifest and encoder before use, so it holds exactly the
+numbers the grid would extract).
 
 Grid file reference (every key optional unless marked)::
 
@@ -420,7 +420,7 @@ def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str
     _check_values(evaluation, EVALUATION_RULES, "evaluation", at, closed=True)
     hp_grid = _mapping(entry.get("hparams"), "hparams", at)
     hp_keys = sorted(map(str, hp_grid))
-    if len(hp_keys) != len(hp_grid):
+    if len(set(hp_keys)) != len(hp_keys):  # e.g. 1 and "1": one name once made text
         raise GridError(f"{at}hparams has a repeated name")
     hp_grid = {str(k): v for k, v in hp_grid.items()}
     hp_sets = [dict(zip(hp_keys, combo, strict=True))
@@ -496,7 +496,7 @@ def _combos(v: Any) -> str | None:
 
 TRAIN_RULES: dict[str, Rule] = {
     "epochs": _number(1, integer=True), "batch_size": _number(1, integer=True),
-    "lr": _number(0, above=True), "weight_decay": _number(0), "device": _text,
+    "lr": _number(0, above=True), "weight_decay": _number(0),
     "select": _choice("dev_loss", "last"), "max_stack": _number(1, integer=True),
     "preload_max_gb": _number(0), "eval_chunk": _number(1, integer=True),
     "kernels": _choice("auto", "torch"),

@@ -59,6 +59,10 @@ def evaluate(
         raise typer.BadParameter(f"{out} is an existing file; --out takes a folder",
                                  param_hint="--out")
     sources = _prediction_sources(predictions)
+    if manifest is not None and len(sources) > 1:  # read once for every run
+        from emodebias.manifest import Manifest
+
+        manifest = Manifest.load(manifest)
     for name, source in sources:
         res = evaluate_predictions(
             source, manifest=manifest, attributes=_split(attributes),

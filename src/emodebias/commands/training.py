@@ -100,7 +100,7 @@ def train(
     from emodebias.groups.assignment import GroupAssignment
     from emodebias.manifest import Manifest
     from emodebias.runs import RunRequest, open_split, train_runs
-    from emodebias.store import FeatureStore, check_inputs
+    from emodebias.store import FeatureStore
     from emodebias.train import TrainConfig
 
     man_path = locate.resolve(manifest, locate.MANIFEST)
@@ -111,8 +111,6 @@ def train(
     assignment = GroupAssignment.load(group_path) if group_path else None
     sources = {"manifest": man_path, "features": store.path, "split": split,
                "groups": group_path}
-    check_inputs(store, man, split_obj, assignment, manifest_name=man_path, split_name=split,
-                 groups_name=group_path)
     show_epochs(logging.getLogger("emodebias.train"))
     result = train_runs(store, man, split_obj, [RunRequest(method, parse_hparams(hp), seed)],
                         groups=assignment,

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from emodebias.bench.results import summary_wide
+from emodebias.bench.results import iter_records, summary_wide
 from emodebias.report import plots
 from emodebias.report.tables import (
     GROUPS_NOTE,
@@ -180,24 +180,33 @@ def gap_rows(wide: pd.DataFrame, attribute: str = "gender",
     return head, body
 
 
-def oof_rows(root: Path | None, wide: pd.DataFrame, attribute: str = "gender",
-             gap: str = "tpr_gap") -> tuple[list, list, str]:
-    """Pooled out-of-fold scoring per configuration (all folds' test sets as one); the note
-    says why it was skipped when the runs cannot be pooled."""
-    head = ["method", "groups", "folds", "speakers/group", "paper", "bias-corr. [95% CI]",
-            "p (perm.)", "noise floor"]
+def pooled_scores(root: Path | None) -> tuple[list, str]:
+    """Every configuration's pooled out-of-fold scores under `root` (scored once per report,
+    then shown scenario by scenario), or a note saying why the runs cannot be pooled."""
     if root is None:
-        return head, [], ""
+        return [], ""
     from emodebias.errors import UserError
     from emodebias.metrics.oof import pooled_oof
 
+    try:
+        return pooled_oof(root, n_boot=1000, n_perm=1000), ""
+    except UserError as exc:
+        return [], f"Pooled out-of-fold scoring skipped: {exc}"
+
+
+def oof_rows(root: Path | None, wide: pd.DataFrame, attribute: str = "gender",
+             gap: str = "tpr_gap", *, pooled: tuple[list, str] | None = None
+             ) -> tuple[list, list, str]:
+    """Pooled out-of-fold scoring per configuration of `wide` (all folds' test sets as one);
+    `pooled` is `pooled_scores(root)` when already computed."""
+    head = ["method", "groups", "folds", "speakers/group", "paper", "bias-corr. [95% CI]",
+            "p (perm.)", "noise floor"]
+    scored, note = pooled_scores(root) if pooled is None else pooled
+    if not scored:
+        return head, [], note
     keep = set(wide["hash"].astype(str)) if "hash" in wide.columns else set()
     body = []
-    try:
-        pooled = pooled_oof(root, n_boot=1000, n_perm=1000)
-    except UserError as exc:
-        return head, [], f"Pooled out-of-fold scoring skipped: {exc}"
-    for run in pooled:
+    for run in scored:
         if not keep & set(run.hashes):  # another scenario's configuration
             continue
         g = run.result.gaps
@@ -241,14 +250,12 @@ def convergence_note(wide: pd.DataFrame) -> list[Block]:
                   "a larger learning rate.")]
 
 
-def scenario_records(root: Path | None, wide: pd.DataFrame) -> list[dict]:
-    """The run records of one scenario's runs under `root` (none without a runs folder)."""
-    if root is None or "hash" not in wide.columns:
+def scenario_records(records: list[dict], wide: pd.DataFrame) -> list[dict]:
+    """The records (read once per report) of one scenario's runs."""
+    if "hash" not in wide.columns:
         return []
-    from emodebias.bench.results import iter_records
-
     keep = set(wide["hash"].astype(str))
-    return [rec for rec in iter_records(root) if str(rec.get("hash")) in keep]
+    return [rec for rec in records if str(rec.get("hash")) in keep]
 
 
 ACC_METRICS = ["macro_f1", "hamming_acc", "gender.worst_group_f1"]
@@ -371,6 +378,8 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
                             "methods alike, the IDI protocol). " + MARKS_NOTE),
                            *convergence_note(wide)]
     headline = ""
+    records = [] if runs is None else list(iter_records(runs))
+    pooled = pooled_scores(runs)
     for i, (key, part) in enumerate(scenarios(wide)):
         title = scenario_title(key)
         blocks.append(("h", 2, title))
@@ -390,7 +399,7 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
         if body:
             blocks += [("h", 3, "Test set: utterances and speakers per group"),
                        ("table", head, body)]
-        recs = scenario_records(runs, part)
+        recs = scenario_records(records, part)
         head, body = group_source_rows(recs)
         if body:
             blocks += [("h", 3, "Group sources"), ("table", head, body),
@@ -410,7 +419,7 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
         if body:
             blocks += [("h", 3, "Gender gaps against chance (per fold)"), ("table", head, body),
                        ("p", GAP_NOTE)]
-        head, body, note = oof_rows(runs, part)
+        head, body, note = oof_rows(runs, part, pooled=pooled)
         if body:
             blocks += [("h", 3, "Pooled out-of-fold scoring (all folds' test sets as one)"),
                        ("table", head, body), ("p", note)]
