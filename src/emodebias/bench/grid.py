@@ -32,6 +32,9 @@ Grid file reference (every key optional unless marked)::
     features: {wavlm-base-plus: ${feats}}  # reuse stores made by `emodebias extract` (or a
                                       # path alone: the store of the grid's one encoder)
     extras: [...]                     # like runs; marked block "extras" in each spec/record
+    test_corpus: [{name: emodb, root: ${data}/emodb, class_map: {angry: anger}}]
+    shared_classes: [anger, sadness]  # cross-corpus evaluation (bench/cross_corpus.py)
+    train_class_map: {angry: anger}   # the training corpus's classes -> shared_classes
     runs:                             # required
       - method: erm
       - {method: [rw, gdro], groups: [truth, pseudo, "cluster:k=16"]}
@@ -66,7 +69,7 @@ GROUP_FREE = {"erm", "random", "lff", "disent", "sih", "jtt"}
 SHARED_KEYS = {
     "name", "description", "variables", "corpus", "encoder", "folds", "ratios", "directions",
     "seeds", "split_seed", "pseudo_model", "cluster_encoder", "train", "evaluation", "runs",
-    "extras", "device", "features",
+    "extras", "device", "features", "test_corpus", "shared_classes", "train_class_map",
 }
 ENTRY_AXES = {"corpus", "encoder", "folds", "ratios", "directions", "seeds", "split_seed", "train",
               "evaluation"}
@@ -104,10 +107,14 @@ class RunSpec:
     # part of the hash; defaults are omitted like `block`'s
     device: str = "cpu"
     features: dict = field(default_factory=dict)  # encoder name -> FeatureStore dir to reuse
+    # cross-corpus evaluation (`bench.cross_corpus.parse_grid`): shared classes, class maps and
+    # test corpora; part of the hash (it adds results), omitted when empty like `block`
+    cross_corpus: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = copy.deepcopy(asdict(self))
-        for key, default in (("block", "main"), ("device", "cpu"), ("features", {})):
+        for key, default in (("block", "main"), ("device", "cpu"), ("features", {}),
+                             ("cross_corpus", {})):
             if d[key] == default:
                 del d[key]
         return d
@@ -343,8 +350,11 @@ def expand_grid(grid: dict, source: str = "<grid>", variables: dict | None = Non
             specs[h] = (spec, at.removeprefix(where).rstrip(": "))
     runs = [s for s, _ in specs.values()]
     stores = _feature_stores(grid.get("features"), runs, where)
-    return [replace(s, features={e: stores[e] for e in s.store_encoders if e in stores})
-            for s in runs]
+    from emodebias.bench.cross_corpus import parse_grid
+
+    cross = parse_grid(grid, {s.corpus for s in runs}, where)
+    return [replace(s, features={e: stores[e] for e in s.store_encoders if e in stores},
+                    cross_corpus=copy.deepcopy(cross)) for s in runs]
 
 
 def _runtime_device(top: Any, encoders: list[tuple[str, dict]], train: dict,

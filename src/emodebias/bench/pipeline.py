@@ -250,11 +250,12 @@ def prepare_stages(specs: list[RunSpec], out: Path, show: bool | None = None) ->
     A user mistake (a missing corpus root, a reused store that does not fit) raises here, before
     any run; any other failure is logged and left to the runs, which record it.
     """
+    from emodebias.bench.cross_corpus import check_stages, test_specs
     from emodebias.errors import UserError
 
     cache = Path(out) / "cache"
     steps: dict[tuple, tuple] = {}
-    for s in specs:
+    for s in [*specs, *test_specs(specs)]:  # the test corpora's manifests and stores too
         steps.setdefault(("manifest", s.corpus_key), ("corpus " + s.corpus, s, None))
         for enc in s.store_encoders:
             opts = s.encoder_opts if enc == s.encoder else {}
@@ -281,6 +282,7 @@ def prepare_stages(specs: list[RunSpec], out: Path, show: bool | None = None) ->
                             type(exc).__name__, exc)
             bar.advance(1)
         bar.advance(0, "")
+    check_stages(specs, cache)  # class maps and the speaker guard, before any run
 
 
 # ----------------------------------------------------------------------------- training
@@ -350,6 +352,10 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
                 result.info["failed_features"] = failed
                 if diag:  # how good the training groups were (purity, NMI, sizes)
                     result.info["groups_diagnostics"] = diag
+                if spec.cross_corpus:  # in- and cross-corpus scores on the shared classes
+                    from emodebias.bench.cross_corpus import evaluate_run
+
+                    result.evaluations = evaluate_run(spec, fit, manifest, test_ids, cache)
                 yield result
             except Exception as exc:
                 yield RunFailure(spec, exc)
@@ -402,13 +408,19 @@ def layer_weights(state: dict) -> tuple[str, list[float]] | None:
     return key, [float(v) for v in torch.softmax(w.double(), -1)]
 
 
-def score_run(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray, fit) -> RunResult:
-    """A trained run's test predictions scored as every run is (grid or `train`): the summary,
-    the per-group table and what the record keeps of the fit."""
+def score_table(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray):
+    """(metrics, targets, per-group table with speaker counts) of predictions on `manifest`'s
+    utterances `test_ids`, with the spec's evaluation settings."""
     metrics, targets = _score(spec, manifest, test_ids, probs)
     table = metrics.to_dict()["table"]
     scored = sorted(({r["attribute"] for r in table} - {"all"}) & set(manifest.df.columns))
-    table += speaker_rows(manifest, test_ids, scored)
+    return metrics, targets, table + speaker_rows(manifest, test_ids, scored)
+
+
+def score_run(spec: RunSpec, manifest, test_ids: list[str], probs: np.ndarray, fit) -> RunResult:
+    """A trained run's test predictions scored as every run is (grid or `train`): the summary,
+    the per-group table and what the record keeps of the fit."""
+    metrics, targets, table = score_table(spec, manifest, test_ids, probs)
     result = RunResult(
         spec=spec, summary=dict(metrics.summary), table=table,
         best_epoch=int(fit.best_epoch), hparams=dict(fit.hparams),

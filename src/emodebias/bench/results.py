@@ -86,6 +86,8 @@ class RunResult:
     train_config: dict = field(default_factory=dict)  # the resolved TrainConfig
     sources: dict = field(default_factory=dict)  # where the inputs were read (paths)
     provenance: dict | None = None  # versions, commit, command line (see emodebias.provenance)
+    # scores on shared classes (`bench.cross_corpus.Evaluation`: .file, .record(), .arrays())
+    evaluations: list = field(default_factory=list)
 
     @property
     def hash(self) -> str:
@@ -211,6 +213,8 @@ def make_record(result: RunResult) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        **({"evaluations": [e.record() for e in result.evaluations]}
+           if result.evaluations else {}),
     })
 
 
@@ -232,6 +236,8 @@ def _write_contents(folder: Path, result: RunResult) -> None:
         if result.test_targets is not None:
             arrays["targets"] = np.asarray(result.test_targets, dtype=np.float32)
         np.savez(folder / PREDICTIONS, **arrays)
+    for ev in result.evaluations:
+        np.savez(folder / ev.file, **ev.arrays())
     if result.save_model is not None:
         result.save_model(folder / MODEL)
     with open(folder / RECORD, "w") as fh:
@@ -346,7 +352,11 @@ def load_predictions(run: Path) -> dict[str, np.ndarray]:
 SPEC_COLUMNS = ["hash", "name", "corpus", "encoder", "fold", "ratio", "direction", "split_seed",
                 "groups", "group_kind", "k", "method", "hparams", "seed", "best_epoch",
                 "wall_time", "kind", "run", "block", "late_epoch"]
-TIDY_COLUMNS = SPEC_COLUMNS + ["part", "metric", "attribute", "group", "cls", "value", "support"]
+# eval_corpus: the corpus scored (the training corpus, or a test corpus: cross-corpus rows);
+# eval_classes: "all" (the training corpus's classes) or "shared" (a cross-corpus grid's
+# shared classes, parts "shared_summary" / "shared_table")
+TIDY_COLUMNS = SPEC_COLUMNS + ["eval_corpus", "eval_classes", "part", "metric", "attribute",
+                               "group", "cls", "value", "support"]
 
 
 def record_rows(rec: dict, run: str | None = None) -> list[dict]:
@@ -364,13 +374,23 @@ def record_rows(rec: dict, run: str | None = None) -> list[dict]:
         "kind": rec.get("kind", "grid"), "run": run, "block": spec.get("block") or "main",
         "late_epoch": bool(rec.get("info", {}).get("convergence", {}).get("late", False)),
     }
+    rows = _metric_rows({**base, "eval_corpus": spec["corpus"], "eval_classes": "all"},
+                        rec["metrics"], "")
+    for ev in rec.get("evaluations", []):  # cross-corpus grids: scores on the shared classes
+        rows += _metric_rows({**base, "eval_corpus": ev["corpus"], "eval_classes": "shared"},
+                             ev, "shared_")
+    return rows
+
+
+def _metric_rows(base: dict, metrics: dict, prefix: str) -> list[dict]:
+    """Tidy rows of one scoring (`summary` dict and per-group `table` list)."""
     rows = []
-    for key, value in rec["metrics"]["summary"].items():
+    for key, value in metrics["summary"].items():
         attr, metric = split_summary_key(key)
-        rows.append({**base, "part": "summary", "metric": metric, "attribute": attr,
+        rows.append({**base, "part": prefix + "summary", "metric": metric, "attribute": attr,
                      "group": None, "cls": None, "value": value, "support": None})
-    for r in rec["metrics"].get("table", []):
-        rows.append({**base, "part": "table", "metric": r.get("metric"),
+    for r in metrics.get("table", []):
+        rows.append({**base, "part": prefix + "table", "metric": r.get("metric"),
                      "attribute": r.get("attribute"), "group": r.get("group"),
                      "cls": r.get("cls"), "value": r.get("value"), "support": r.get("support")})
     return rows
