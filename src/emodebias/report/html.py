@@ -37,6 +37,7 @@ import pandas as pd
 
 from emodebias.bench.results import iter_records, summary_wide
 from emodebias.report import plots
+from emodebias.report.cross import cross_corpus_blocks
 from emodebias.report.tables import (
     GROUPS_NOTE,
     MARKS_NOTE,
@@ -449,6 +450,7 @@ def build_blocks(tidy: pd.DataFrame, fig_dir: Path, images: list[Path] = (),
                        ("img", png, f"Softmax-normalised layer weights of the head's layer mix "
                                     f"at the selected epoch, mean over runs per method row "
                                     f"(dotted: uniform, where training starts), {title}")]
+    blocks += cross_corpus_blocks(tidy)  # grids with test_corpus: (none otherwise)
     if wide["ratio"].nunique() > 1:
         blocks.append(("h", 2, "Imbalance ratios"))
         for (corpus, encoder, direction), part in wide.groupby(["corpus", "encoder", "direction"]):
