@@ -68,8 +68,8 @@ def _change(inn: pd.DataFrame, cross: pd.DataFrame, key: str) -> str:
 
     if key not in inn or key not in cross:
         return "—"
-    pair = inn.set_index("hash")[[key, "fold"]].join(cross.set_index("hash")[[key]],
-                                                     rsuffix="_x", how="inner")
+    pair = inn[["hash", "fold", key]].merge(cross[["hash", key]], on="hash",
+                                            suffixes=("", "_x"))
     pair["d"] = pair[f"{key}_x"] - pair[key]
     f = fold_interval(pair.groupby("fold")["d"].mean().to_numpy())
     if f["n"] == 0:
