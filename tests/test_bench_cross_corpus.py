@@ -5,6 +5,7 @@ refusals (shared speakers, bad class maps) as one-line errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -75,6 +76,8 @@ def test_grid_reports_in_and_cross_corpus_rows(ran) -> None:
                       "in-corpus (synthetic, shared classes)",
                       "cross-corpus (emodb, shared classes)"}
     assert len(rows) == 6 and len(change) == 2  # ERM and RW
+    assert all(r[4] != "—" and r[5] != "—" for r in rows)  # utterances, speakers
+    assert {r[5] for r in rows if r[2].startswith("cross")} == {"10"}  # EmoDB's speakers
     assert {r[2] for r in change} == {"emodb"}
     assert "Δ F1↑" in cc[1]["header"] and all(r[5].startswith(("+", "-")) for r in change)
     md = (out / "report" / "report.md").read_text()
@@ -205,3 +208,18 @@ def test_bad_class_maps_are_one_line_errors(ran, tmp_path) -> None:
         res = bench({**GRID, **change}, tmp_path / "g.yaml", fresh, emodb)
         assert re.search(message, error_line(res)), res.stderr
         assert not list(fresh.glob("runs/*"))
+
+
+def test_a_fold_scores_its_test_part_and_untrained_methods_are_not_scored(ran) -> None:
+    _, out, emodb = ran
+    base = {k: v for k, v in GRID.items() if k != "variables"}
+    spec = expand_grid({**base, "test_corpus": [{**GRID["test_corpus"][0], "fold": 2}]},
+                       "g.yaml", {"emodb": str(emodb)})[0]
+    (test,) = spec.cross_corpus["tests"]
+    assert test["fold"] == "2" and "fold" not in test["opts"]
+    manifest, store, ids = cross_corpus._test_stages(spec, test, out / "cache")  # cached stages
+    assert ids == manifest.split_ids("2", "test") and 0 < len(ids) < len(manifest)
+    info: dict = {}
+    assert cross_corpus.evaluate_run(dataclasses.replace(spec, method="random"), None, None, [],
+                                     out / "cache", info) == []
+    assert "trains no model" in info["cross_corpus"]

@@ -273,8 +273,17 @@ def predict(fit, features, rows: np.ndarray, device: str) -> np.ndarray:
     return predict_probs(fit, features, rows, device=device)
 
 
-def evaluate_run(spec: RunSpec, fit, manifest, test_ids: list[str], cache) -> list[Evaluation]:
-    """A trained run scored on the shared classes: its own test part, then each test corpus."""
+def evaluate_run(spec: RunSpec, fit, manifest, test_ids: list[str], cache,
+                 info: dict | None = None) -> list[Evaluation]:
+    """A trained run scored on the shared classes: its own test part, then each test corpus.
+    A method that trains no model (the Random baseline: its scores are draws, not
+    probabilities to project) is not scored; `info` (the run's) says so."""
+    from emodebias.methods import get_method
+
+    if not getattr(get_method(spec.method), "trains", True):
+        if info is not None:
+            info["cross_corpus"] = f"not scored: method {spec.method!r} trains no model"
+        return []
     to_shared = model_map(spec, manifest)
     out = [score_shared(spec, IN, spec.corpus, manifest, test_ids, np.asarray(fit.test_probs),
                         manifest.classes, to_shared, to_shared)]

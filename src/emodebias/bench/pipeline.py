@@ -355,7 +355,8 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
                 if spec.cross_corpus:  # in- and cross-corpus scores on the shared classes
                     from emodebias.bench.cross_corpus import evaluate_run
 
-                    result.evaluations = evaluate_run(spec, fit, manifest, test_ids, cache)
+                    result.evaluations = evaluate_run(spec, fit, manifest, test_ids, cache,
+                                                      result.info)
                 yield result
             except Exception as exc:
                 yield RunFailure(spec, exc)

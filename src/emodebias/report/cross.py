@@ -37,7 +37,15 @@ def eval_wide(tidy: pd.DataFrame) -> pd.DataFrame:
     wide = s.pivot_table(index=idx, columns="key", values="value", aggfunc="first")
     meta = s.drop_duplicates(idx).set_index(idx)[[*SCENARIO, "method", "groups", "hparams",
                                                   "fold", "seed"]]
-    return meta.join(wide).reset_index()
+    out = meta.join(wide)
+    # the all-class scoring's counts, from its per-group table (utterances: macro-F1's support)
+    t = tidy[(tidy["part"] == "table") & (tidy["attribute"] == "all") & (tidy["group"] == "all")]
+    counts = {"n_utterances": t[t["metric"] == "macro_f1"].set_index(idx)["support"],
+              "n_speakers": t[t["metric"] == "speakers"].set_index(idx)["value"]}
+    for col, values in counts.items():
+        values = values[~values.index.duplicated()]
+        out[col] = out[col].fillna(values) if col in out else values
+    return out.reset_index()
 
 
 def _interval(rows: pd.DataFrame, key: str) -> str:
