@@ -20,7 +20,8 @@ per-group × class TPR/FPR heatmap, the group sources' purity and NMI against ea
 and the learned layer weights of the head (multi-layer features); across scenarios, per-ratio
 tables and gap/F1-vs-ratio plots
 (EMO-Debias grids), gap/F1/accuracy vs k (IDI k sweeps), each with the imbalance directions in
-separate panels, and any t-SNE figures found.
+separate panels, in- vs cross-corpus scores (grids with `test_corpus:`, `report.cross`), and any
+t-SNE figures found.
 """
 
 from __future__ import annotations
