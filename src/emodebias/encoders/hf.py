@@ -78,7 +78,7 @@ REMOTE_CODE_FILES = ("config.json", "preprocessor_config.json")
 def refuse_remote_code(path: str | Path) -> None:
     """A local checkpoint folder that would need code shipped with the model is refused.
 
-    transformers runs such code only with `trust_remote_code=True` (or after a prompt when it is
+    transformers runs such code only when remote code is trusted (or after a prompt when that is
     unset); this package never enables it, so say so in one line before transformers asks.
     """
     from transformers import CONFIG_MAPPING
