@@ -325,3 +325,38 @@ def test_audit_of_a_run_folder_reproduces_its_test_predictions(tmp_path) -> None
     np.testing.assert_allclose(mine["probs"], theirs["probs"][rows], atol=1e-5)
     a = res.record["info"]["audit"]
     assert a["kind"] == "run" and a["method"] == "erm" and a["part"] == "test"
+
+
+# ----------------------------------------------------------------------------- docs/audit.md
+def test_audit_page_runs_as_written(shared_data, tmp_path, monkeypatch) -> None:
+    """Every command and snippet of docs/audit.md, run by the tutorials' runner, on EmoDB
+    (8 files per speaker) with two tiny checkpoints; outputs checked against the files."""
+    from test_tutorials import run_tutorial
+
+    emodb = tmp_path / "emodb" / "wav"
+    emodb.mkdir(parents=True)
+    for spk in ("03", "08", "09", "10", "11", "12", "13", "14", "15", "16"):
+        for f in sorted((shared_data / "emodb" / "wav").glob(f"{spk}*.wav"))[:8]:
+            (emodb / f.name).symlink_to(f)
+    monkeypatch.setenv("EMODB", str(emodb.parent))
+    monkeypatch.setenv("MODEL", str(_save_tiny(tmp_path / "models" / "model-a", seed=1)))
+    monkeypatch.setenv("OTHER", str(_save_tiny(tmp_path / "models" / "model-b", seed=2)))
+    monkeypatch.chdir(tmp_path)
+    page = Path(__file__).resolve().parents[1] / "docs" / "audit.md"
+    outcome = run_tutorial(page)
+    first = outcome.out("audit", 0)
+    assert "corpus classes the model lacks (probability 0): disgust, fear, boredom" in first
+    assert "80 of 80 utterances scored" in first
+    rec = read_record(Path("work/audits/model-a"))
+    f1 = rec["metrics"]["summary"]["macro_f1"]
+    assert f"macro_f1     {f1:.4f}" in first and f"macro_f1     {f1:.4f}" in outcome.out(
+        "evaluate")
+    cmp = outcome.out("audit", 2)
+    assert "baseline model-a" in cmp and Path("work/compare/comparison.csv").is_file()
+    tidy = pd.read_parquet("work/audits/results.parquet")
+    assert set(tidy["method"]) == {"audit"} and tidy["hash"].nunique() == 2  # a, b
+    assert "audit: model-b" in Path("work/audits/report/report.md").read_text()
+    gap = float(outcome.printed[0].split("gender FPR gap ")[1].split()[0])
+    assert gap == pytest.approx(read_record(Path("work/audits/pitch"))["metrics"]["summary"][
+        "gender.fpr_gap"], abs=1e-3) and gap > 0.1
+    assert outcome.printed[0].splitlines()[1].startswith("80 utterances, 10 speakers")
