@@ -355,7 +355,9 @@ def test_audit_page_runs_as_written(shared_data, tmp_path, monkeypatch) -> None:
     assert "baseline model-a" in cmp and Path("work/compare/comparison.csv").is_file()
     tidy = pd.read_parquet("work/audits/results.parquet")
     assert set(tidy["method"]) == {"audit"} and tidy["hash"].nunique() == 2  # a, b
-    assert "audit: model-b" in Path("work/audits/report/report.md").read_text()
+    report = Path("work/audits/report/report.md").read_text()
+    assert "audit: model-b" in report and "### Audited models" in report
+    assert "Training settings" not in report  # audits trained nothing
     gap = float(outcome.printed[0].split("gender FPR gap ")[1].split()[0])
     assert gap == pytest.approx(read_record(Path("work/audits/pitch"))["metrics"]["summary"][
         "gender.fpr_gap"], abs=1e-3) and gap > 0.1

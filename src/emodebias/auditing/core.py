@@ -178,7 +178,8 @@ def audit(model: str | Path | Callable | AuditModel, manifest: Manifest | str | 
     table = metrics.to_dict()["table"]
     scored = sorted(({r["attribute"] for r in table} - {"all"}) & set(man.df.columns))
     table += speaker_rows(man, test_ids, scored)
-    spec = RunSpec(corpus=man.corpus, encoder=label, fold=str(sp.fold) if sp else "all",
+    # every audit of a corpus is one report scenario (encoder "audit"), its rows the models
+    spec = RunSpec(corpus=man.corpus, encoder="audit", fold=str(sp.fold) if sp else "all",
                    ratio=sp.ratio if sp else None, direction=sp.direction if sp else "natural",
                    split_seed=sp.seed if sp else 0, groups="none", method="audit",
                    hparams={"model": label}, evaluation=ev, device=device)
@@ -258,6 +259,23 @@ def describe(record: dict) -> list[str]:
     return lines
 
 
-__all__ = ["PROJECTION_RULE", "AuditResult", "audit", "audit_plots", "describe",
+def audited_models(records: Iterable[dict]) -> tuple[list[str], list[list[str]]]:
+    """The report's table of audited models (what each is, how its classes were mapped)."""
+    head = ["model", "kind", "content hash", "class map", "dropped", "missing (p = 0)",
+            "scored / utterances"]
+    body = []
+    for rec in records:
+        a = rec.get("info", {}).get("audit")
+        if rec.get("kind") != "audit" or not a:
+            continue
+        body.append([str(a.get("name")), str(a.get("kind")), str(a.get("hash")),
+                     ", ".join(f"{k}->{v}" for k, v in a.get("class_map", {}).items()),
+                     ", ".join(a.get("dropped", [])) or "-",
+                     ", ".join(a.get("missing_classes", [])) or "-",
+                     f"{a.get('n_scored')} / {a.get('n_utterances')}"])
+    return head, body
+
+
+__all__ = ["PROJECTION_RULE", "AuditResult", "audit", "audit_plots", "audited_models", "describe",
            "resolve_class_map", "select_utterances", "work_dir"]
 
