@@ -362,3 +362,57 @@ def test_audit_page_runs_as_written(shared_data, tmp_path, monkeypatch) -> None:
     assert gap == pytest.approx(read_record(Path("work/audits/pitch"))["metrics"]["summary"][
         "gender.fpr_gap"], abs=1e-3) and gap > 0.1
     assert outcome.printed[0].splitlines()[1].startswith("80 utterances, 10 speakers")
+
+
+def test_padded_batches_equal_single_files(tmp_path) -> None:
+    """Files of different lengths share a batch (zero padding, group-norm front end) and still
+    give each file's own forward pass."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(7):
+        t = np.arange(int((0.5 + 0.23 * i) * SR)) / SR
+        wav = 0.3 * np.sin(2 * np.pi * (110 + 25 * i) * t) + 0.01 * rng.normal(size=t.size)
+        sf.write(tmp_path / f"u{i}.wav", wav.astype(np.float32), SR)
+        rows.append({"utt_id": f"u{i}", "path": str(tmp_path / f"u{i}.wav"),
+                     "speaker": f"s{i}", "soft_sad": 0.5, "soft_angry": 0.5})
+    man = Manifest(pd.DataFrame(rows), ["sad", "angry"], "tones")
+    ckpt = _save_tiny(tmp_path / "m", labels=["angry", "sad"])
+    res = audit(ckpt, man, out=tmp_path / "a", batch_size=4, n_boot=0, n_perm=0,
+                show_progress=False, plots=False)
+    pred = load_predictions(res.path)
+    direct = _direct(ckpt, list(man.df["path"]))[:, ::-1]  # model order angry, sad
+    np.testing.assert_allclose(pred["probs"], direct, atol=1e-5)
+
+
+def test_class_map_from_a_file_pairs_and_drops(tmp_path) -> None:
+    from emodebias.auditing import resolve_class_map
+    from emodebias.classmap import ClassMapError
+    from emodebias.commands.audit import class_map_spec
+
+    corpus = ["angry", "sad", "happy"]
+    (tmp_path / "map.yaml").write_text("ang: angry\njoy: happy\n")
+    spec = class_map_spec([str(tmp_path / "map.yaml")])
+    cmap = resolve_class_map(["ang", "SAD", "joy"], corpus, spec)
+    assert dict(cmap.mapping) == {"ang": "angry", "joy": "happy", "SAD": "sad"}
+    assert class_map_spec(["ang=angry,joy=happy", "x=sad"]) == ["ang=angry", "joy=happy",
+                                                                 "x=sad"]
+    probs, ok = cmap.project_probs(np.array([[0.2, 0.3, 0.5]]), ["ang", "SAD", "joy"])
+    np.testing.assert_allclose(probs, [[0.2, 0.3, 0.5]])
+    dropped = resolve_class_map(["ang", "calm"], corpus, ["ang=angry"], drop=["calm"])
+    assert dropped.missing_targets(["ang", "calm"]) == ["sad", "happy"]
+    with pytest.raises(ClassMapError, match=r"--drop names \['nope'\]"):
+        resolve_class_map(["ang"], corpus, ["ang=angry"], drop=["nope"])
+    with pytest.raises(ClassMapError, match="not among"):
+        resolve_class_map(["ang"], corpus, ["ang=furious"])
+
+
+def test_part_needs_a_split_and_bad_batch_size_are_one_line(tiny, emodb_sub, tmp_path) -> None:
+    _, man_path = emodb_sub
+    assert "--part dev needs --split" in one_error_line(
+        _audit_cli(tiny, man_path, tmp_path / "o", "--part", "dev"))
+    assert "--batch-size must be at least 1" in one_error_line(
+        _audit_cli(tiny, man_path, tmp_path / "o", "--batch-size", "0"))
+    assert "needs --model, --manifest and --out" in one_error_line(
+        CliRunner().invoke(app, ["audit", "-m", str(man_path)]))
