@@ -414,5 +414,10 @@ def test_part_needs_a_split_and_bad_batch_size_are_one_line(tiny, emodb_sub, tmp
         _audit_cli(tiny, man_path, tmp_path / "o", "--part", "dev"))
     assert "--batch-size must be at least 1" in one_error_line(
         _audit_cli(tiny, man_path, tmp_path / "o", "--batch-size", "0"))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert "exists and is not an audit or run folder" in one_error_line(
+        _audit_cli(tiny, man_path, tmp_path / "busy", "--map", "ang=angry", "--drop",
+                   "surprise"))
     assert "needs --model, --manifest and --out" in one_error_line(
         CliRunner().invoke(app, ["audit", "-m", str(man_path)]))

@@ -136,7 +136,7 @@ def audit(model: str | Path | Callable | AuditModel, manifest: Manifest | str | 
     from emodebias import api
     from emodebias.bench.grid import RunSpec
     from emodebias.bench.pipeline import DEFAULT_ATTRIBUTES, speaker_rows
-    from emodebias.bench.results import RunResult, commit_run
+    from emodebias.bench.results import RECORD, RunResult, commit_run
     from emodebias.metrics import evaluate_predictions
 
     if batch_size < 1:
@@ -144,6 +144,10 @@ def audit(model: str | Path | Callable | AuditModel, manifest: Manifest | str | 
     if max_seconds is not None and max_seconds < 0:
         raise UserError(f"--max-seconds must be >= 0 (0 = whole file), got {max_seconds}")
     out = Path(out)
+    if out.exists() and not (out / RECORD).is_file() and (not out.is_dir()
+                                                           or any(out.iterdir())):
+        raise UserError(f"--out {out} exists and is not an audit or run folder; pass an empty "
+                        "or new folder (an earlier audit folder there is replaced)")
     man = api.open_manifest(manifest)
     ids, sp = select_utterances(man, split, part)
     m = open_model(model, classes=classes, sample_rate=sample_rate, device=device,
