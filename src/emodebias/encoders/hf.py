@@ -157,7 +157,8 @@ def feature_extractor_normalizes(source: str | Path) -> tuple[bool, str]:
     from transformers import AutoFeatureExtractor
 
     try:
-        fe = AutoFeatureExtractor.from_pretrained(str(source), local_files_only=True)
+        fe = AutoFeatureExtractor.from_pretrained(str(source), local_files_only=True,
+                                                  trust_remote_code=False)
     except OSError:
         return True, "default"
     return bool(getattr(fe, "do_normalize", True)), "preprocessor"
