@@ -134,6 +134,8 @@ def load_pretrained(source: str | Path, model_cls: Any, speech_family: bool = Tr
             if not hub_reachable():
                 raise EncoderError(_offline_message(str(source), exc)) from exc
             model = model_cls.from_pretrained(str(source), **kwargs)
+        except ValueError as exc:  # e.g. a cached checkpoint that needs its own code
+            raise EncoderError(f"cannot load {source!r}: {exc}") from exc
         revision = "hub:" + str(getattr(model.config, "_commit_hash", None) or "unknown")
     if speech_family and not hasattr(model, "_get_feat_extract_output_lengths"):
         raise EncoderError(
@@ -159,8 +161,8 @@ def feature_extractor_normalizes(source: str | Path) -> tuple[bool, str]:
     try:
         fe = AutoFeatureExtractor.from_pretrained(str(source), local_files_only=True,
                                                   trust_remote_code=False)
-    except OSError:
-        return True, "default"
+    except (OSError, ValueError):  # no extractor, or one that needs its own code: the
+        return True, "default"  # model load that follows says which
     return bool(getattr(fe, "do_normalize", True)), "preprocessor"
 
 
