@@ -421,3 +421,16 @@ def test_part_needs_a_split_and_bad_batch_size_are_one_line(tiny, emodb_sub, tmp
                    "surprise"))
     assert "needs --model, --manifest and --out" in one_error_line(
         CliRunner().invoke(app, ["audit", "-m", str(man_path)]))
+
+
+def test_encoder_folders_asking_for_remote_code_are_refused(tmp_path) -> None:
+    """`extract --encoder DIR` loads through the same guard as audit and pseudo groups."""
+    from emodebias.encoders import get_encoder
+    from emodebias.encoders.base import EncoderError
+
+    enc = _save_tiny(tmp_path / "enc", cls="Wav2Vec2Model")
+    assert get_encoder(enc).n_layers >= 1  # the plain folder loads
+    cfg = json.loads((enc / "config.json").read_text())
+    (enc / "config.json").write_text(json.dumps({**cfg, "auto_map": {"AutoModel": "x.Y"}}))
+    with pytest.raises(EncoderError, match="never runs code shipped with a model"):
+        get_encoder(enc)
