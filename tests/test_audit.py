@@ -434,3 +434,41 @@ def test_encoder_folders_asking_for_remote_code_are_refused(tmp_path) -> None:
     (enc / "config.json").write_text(json.dumps({**cfg, "auto_map": {"AutoModel": "x.Y"}}))
     with pytest.raises(EncoderError, match="never runs code shipped with a model"):
         get_encoder(enc)
+
+
+def _tiny_ast(path: Path) -> None:
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+
+    ASTForAudioClassification(ASTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_length=128, num_mel_bins=32, id2label={0: "angry", 1: "sad"},
+        label2id={"angry": 0, "sad": 1})).save_pretrained(path)
+    ASTFeatureExtractor(num_mel_bins=32, max_length=128).save_pretrained(path)
+
+
+def _tiny_whisper(path: Path) -> None:
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForAudioClassification,
+    )
+
+    WhisperForAudioClassification(WhisperConfig(
+        d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=80,
+        classifier_proj_size=8, id2label={0: "angry", 1: "sad"},
+        label2id={"angry": 0, "sad": 1})).save_pretrained(path)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(path)
+
+
+@pytest.mark.parametrize("make", [_tiny_ast, _tiny_whisper], ids=["ast", "whisper"])
+def test_spectrogram_classifiers_equal_a_direct_forward_pass(make, emodb_sub, tmp_path) -> None:
+    """Any AutoModelForAudioClassification: spectrogram models pad as their extractor does."""
+    man, _ = emodb_sub
+    sub = Manifest(man.df.iloc[:5].reset_index(drop=True), man.classes, man.corpus)
+    torch.manual_seed(0)
+    make(tmp_path / "m")
+    res = audit(tmp_path / "m", sub, out=tmp_path / "a", batch_size=3, n_boot=0, n_perm=0,
+                show_progress=False, plots=False)
+    got = load_predictions(res.path)["probs"][:, [0, 1]]  # angry, sad; the rest are 0
+    np.testing.assert_allclose(got, _direct(tmp_path / "m", list(sub.df["path"])), atol=1e-5)

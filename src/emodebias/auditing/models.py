@@ -134,8 +134,13 @@ class HFClassifier:
         import torch
 
         check_rate(self, sr)
+        # waveform models pad to the longest item with a mask; spectrogram extractors (Whisper,
+        # AST) pad or crop to the fixed length their model needs, as they do by default
+        raw = self.extractor.model_input_names[0] == "input_values" and hasattr(
+            self.extractor, "padding_side")
+        extra = {"padding": True, "return_attention_mask": True} if raw else {}
         inputs = self.extractor([np.asarray(w, np.float32) for w in waveforms], sampling_rate=sr,
-                                padding=True, return_tensors="pt", return_attention_mask=True)
+                                return_tensors="pt", **extra)
         mask = inputs.get("attention_mask")
         if not self.accepts_mask:
             inputs.pop("attention_mask", None)
