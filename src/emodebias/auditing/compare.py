@@ -87,11 +87,12 @@ def _load(path: Path) -> tuple[str, dict, dict]:
 
 def compare_runs(paths: Sequence[str | Path], *, manifest: Manifest | str | Path | None = None,
                  attributes: Iterable[str] | None = None, n_perm: int = 1000,
-                 seed: int = 0) -> Comparison:
+                 seed: int = 0, show_progress: bool = True) -> Comparison:
     """Compare the runs in `paths` (first = baseline) on their common test utterances."""
     from emodebias import api
     from emodebias.metrics import evaluate, holm
     from emodebias.metrics.predictions import DEFAULT_ATTRIBUTES, align_classes
+    from emodebias.progress import Bar
 
     if len(paths) < 2:
         raise CompareError("--compare needs at least two audit or run folders")
@@ -144,22 +145,24 @@ def compare_runs(paths: Sequence[str | Path], *, manifest: Manifest | str | Path
     records = [{"metric": k, "model": names[0], "value": v, "diff": np.nan, "p": np.nan,
                 "p_holm": np.nan} for k, v in zip(keys, values[0], strict=True)]
     n_spk = int(spk_codes.max()) + 1
-    for j in range(1, len(probs)):
-        a, b = probs[j], probs[0]
-        diff = values[j] - values[0]
-        hits = np.zeros(len(keys))
-        for _ in range(n_perm):
-            swap = (rng.random(n_spk) < 0.5)[spk_codes][:, None]
-            d = scores(np.where(swap, b, a)) - scores(np.where(swap, a, b))
-            hits += np.abs(d) >= np.abs(diff) - 1e-12
-        p = (1 + hits) / (1 + n_perm)
-        p = np.where(np.isfinite(diff), p, np.nan)
-        finite = np.isfinite(p)
-        adjusted = np.full(len(keys), np.nan)
-        if finite.any():
-            adjusted[finite] = holm(p[finite])
-        records += [{"metric": k, "model": names[j], "value": values[j][i], "diff": diff[i],
-                     "p": p[i], "p_holm": adjusted[i]} for i, k in enumerate(keys)]
+    with Bar(n_perm * (len(probs) - 1), "paired tests", enabled=show_progress) as bar:
+        for j in range(1, len(probs)):
+            a, b = probs[j], probs[0]
+            diff = values[j] - values[0]
+            hits = np.zeros(len(keys))
+            for _ in range(n_perm):
+                swap = (rng.random(n_spk) < 0.5)[spk_codes][:, None]
+                d = scores(np.where(swap, b, a)) - scores(np.where(swap, a, b))
+                hits += np.abs(d) >= np.abs(diff) - 1e-12
+                bar.advance()
+            p = (1 + hits) / (1 + n_perm)
+            p = np.where(np.isfinite(diff), p, np.nan)
+            finite = np.isfinite(p)
+            adjusted = np.full(len(keys), np.nan)
+            if finite.any():
+                adjusted[finite] = holm(p[finite])
+            records += [{"metric": k, "model": names[j], "value": values[j][i], "diff": diff[i],
+                         "p": p[i], "p_holm": adjusted[i]} for i, k in enumerate(keys)]
     table = pd.DataFrame(records)
     table = table[table.groupby("metric")["value"].transform(lambda v: v.notna().any())]
     return Comparison(table.reset_index(drop=True), names, len(base_ids), n_spk, n_perm)
