@@ -145,7 +145,8 @@ def compare_runs(paths: Sequence[str | Path], *, manifest: Manifest | str | Path
     records = [{"metric": k, "model": names[0], "value": v, "diff": np.nan, "p": np.nan,
                 "p_holm": np.nan} for k, v in zip(keys, values[0], strict=True)]
     n_spk = int(spk_codes.max()) + 1
-    with Bar(n_perm * (len(probs) - 1), "paired tests", enabled=show_progress) as bar:
+    shown = None if show_progress else False  # None: the CLI's -q decides
+    with Bar(n_perm * (len(probs) - 1), "paired tests", enabled=shown) as bar:
         for j in range(1, len(probs)):
             a, b = probs[j], probs[0]
             diff = values[j] - values[0]

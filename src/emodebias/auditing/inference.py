@@ -87,7 +87,8 @@ def run_inference(model: object, utt_ids: Sequence[str], paths: Sequence[str], w
     crop = model.max_seconds or None
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     out = Inference(probs, failures)
-    with Bar(len(order), f"audit {model.identity.get('name')}", enabled=show_progress) as bar:
+    shown = None if show_progress else False  # None: the CLI's -q decides
+    with Bar(len(order), f"audit {model.identity.get('name')}", enabled=shown) as bar:
         for b, rows in enumerate(batches):
             chunk = work / f"chunk-{b:05d}.npz"
             if chunk.is_file():
