@@ -291,6 +291,11 @@ def test_not_a_classifier_rate_mismatch_and_remote_code_are_one_line(tiny, emodb
     (unknown / "config.json").write_text(json.dumps(cfg))
     assert "unknown to this transformers" in one_error_line(
         _audit_cli(unknown, man_path, tmp_path / "o"))
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny, bare)
+    (bare / "preprocessor_config.json").unlink()
+    assert "no usable feature extractor" in one_error_line(
+        _audit_cli(bare, man_path, tmp_path / "o"))
     assert not (tmp_path / "o").exists()
     line = one_error_line(CliRunner().invoke(app, ["groups", "-m", str(man_path), "-s",
                                                    "pseudo", "--model", str(remote), "-o",
