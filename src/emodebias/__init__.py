@@ -28,6 +28,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "fit": ("emodebias.api", "fit"),
     "fit_many": ("emodebias.api", "fit_many"),
     "evaluate": ("emodebias.api", "evaluate"),
+    "audit": ("emodebias.api", "audit"),
+    "compare": ("emodebias.api", "compare"),
     "open_manifest": ("emodebias.api", "open_manifest"),
     "open_store": ("emodebias.api", "open_store"),
     "open_split": ("emodebias.api", "open_split"),

@@ -10,7 +10,7 @@ folder, and `load_run(folder)` reads any run folder back, including a benchmark 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from emodebias.splits import Split
     from emodebias.store import FeatureStore
 
-__all__ = ["cluster_groups", "evaluate", "extract", "fit", "fit_many", "load_corpus", "load_run",
-           "load_runs", "make_folds", "make_split", "open_groups", "open_manifest", "open_split",
-           "open_store", "pseudo_groups", "truth_groups"]
+__all__ = ["audit", "cluster_groups", "compare", "evaluate", "extract", "fit", "fit_many",
+           "load_corpus", "load_run", "load_runs", "make_folds", "make_split", "open_groups",
+           "open_manifest", "open_split", "open_store", "pseudo_groups", "truth_groups"]
 
 
 # ----------------------------------------------------------------------------- stage inputs
@@ -252,3 +252,30 @@ def evaluate(predictions: Run | str | Path | Mapping, *,
         predictions = predictions.predictions
     return evaluate_predictions(predictions, manifest=manifest, attributes=attributes,
                                 **options)
+
+
+def audit(model: str | Path | Callable[[list], Any], manifest: Manifest | str | Path, *,
+          out: str | Path, classes: Sequence[str] | None = None, sample_rate: int | None = None,
+          **options: Any) -> Run:
+    """Audit an existing emotion model on a corpus (`emodebias audit`): a transformers
+    audio-classification checkpoint folder, a run folder, or a callable ``f(waveforms) ->
+    probabilities`` over `classes` at `sample_rate` (default 16 kHz). The audit folder `out` is
+    a run folder; its scores are ``run.summary`` / ``ed.evaluate(run)``. Options: see
+    `emodebias.auditing.audit` (split, part, class_map, drop, device, batch_size, n_boot, ...)."""
+    from emodebias.auditing import audit as run_audit
+
+    res = run_audit(model, manifest, out=out, classes=classes, sample_rate=sample_rate,
+                    **options)
+    return load_run(res.path)
+
+
+def compare(*runs: Run | str | Path, manifest: Manifest | str | Path | None = None,
+            **options: Any) -> Any:
+    """Audited (or trained) runs side by side on the same utterances with paired speaker-swap
+    tests (`emodebias audit --compare`); returns a `Comparison` (``.table``, ``.lines()``)."""
+    from emodebias.auditing.compare import compare_runs
+
+    paths = [r.path if isinstance(r, Run) else r for r in runs]
+    if any(p is None for p in paths):
+        raise UserError("compare needs saved runs (Run.save(folder) first)")
+    return compare_runs(paths, manifest=manifest, **options)

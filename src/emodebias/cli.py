@@ -110,7 +110,7 @@ def _main(
 
 
 # Modules that register their commands on `app` when imported; heavy imports stay inside commands.
-COMMAND_MODULES = ("data", "features", "groups", "training", "bench", "evaluate")
+COMMAND_MODULES = ("data", "features", "groups", "training", "bench", "evaluate", "audit")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"emodebias.commands.{_name}")

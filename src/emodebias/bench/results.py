@@ -80,7 +80,9 @@ class RunResult:
     classes: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     save_model: Callable[[Path], object] | None = None
-    kind: str = "grid"  # "grid" (bench) or "train" (one run on given files)
+    kind: str = "grid"  # "grid" (bench), "train" (one run on given files) or "audit" (a model
+    # run over a corpus: no training, `encoder` names the model, `train_config` stays empty)
+    name: str | None = None  # the record's display name (default: the spec's name)
     inputs: dict = field(default_factory=dict)  # content hashes of the input files (train)
     encoder: dict = field(default_factory=dict)  # name, options, id, config, max_seconds
     train_config: dict = field(default_factory=dict)  # the resolved TrainConfig
@@ -194,13 +196,14 @@ def make_record(result: RunResult) -> dict:
         "schema_version": SCHEMA_VERSION,
         "kind": result.kind,
         "hash": result.hash,
-        "name": spec.name,
+        "name": result.name or spec.name,
         "spec": spec.to_dict(),
         "inputs": result.inputs,
         "status": "ok",
         "best_epoch": result.best_epoch,
         "hparams": result.hparams,
-        "train_config": result.train_config or _resolved_train(spec),
+        "train_config": (result.train_config or None if result.kind == "audit"
+                         else result.train_config or _resolved_train(spec)),
         "encoder": result.encoder or {"name": spec.encoder, "options": spec.encoder_opts},
         "classes": list(result.classes),
         "metrics": {"summary": result.summary, "table": result.table},

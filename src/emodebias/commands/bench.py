@@ -181,7 +181,7 @@ def _provenance_blocks(prov: dict, records: list[dict]) -> list[tuple]:
     for i, group in enumerate(prov["runs"], 1):
         body += [[f"runs ({group['n_runs']}) #{i} {k}", v] for k, v in rows(group)]
     settings: dict[tuple, int] = {}
-    for rec in records:
+    for rec in (r for r in records if r.get("kind") != "audit"):  # audits trained nothing
         cfg = dict(rec.get("train_config") or {})
         key = (rec["spec"]["method"], json.dumps(rec.get("hparams") or {}, sort_keys=True),
                json.dumps({k: cfg[k] for k in ("epochs", "batch_size", "lr", "weight_decay")
@@ -190,10 +190,15 @@ def _provenance_blocks(prov: dict, records: list[dict]) -> list[tuple]:
         settings[key] = settings.get(key, 0) + 1
     table = [[method, hp, train, rule, str(n)]
              for (method, hp, train, rule), n in sorted(settings.items())]
-    return [("h", 2, "Provenance"), ("table", ["field", "value"], body),
-            ("h", 3, "Training settings and model selection"),
-            ("table", ["method", "hyperparameters (resolved)", "training", "selected epoch",
-                       "runs"], table)]
+    blocks = [("h", 2, "Provenance"), ("table", ["field", "value"], body)]
+    if table:
+        blocks += [("h", 3, "Training settings and model selection"),
+                   ("table", ["method", "hyperparameters (resolved)", "training",
+                              "selected epoch", "runs"], table)]
+    from emodebias.auditing.core import audited_models
+
+    head, audited = audited_models(records)
+    return blocks + ([("h", 3, "Audited models"), ("table", head, audited)] if audited else [])
 
 
 @app.command()

@@ -5,7 +5,10 @@ Shared by the SSL encoders (ssl.py) and the x-vector speaker encoder (speaker.py
 *Loading.* A local checkpoint directory loads with `local_files_only=True`; a hub id is tried in
 the local cache first; when it is not cached and the hub is unreachable (or `HF_HUB_OFFLINE=1`)
 it fails at once with a message saying how to point at a local copy, instead of the minute of
-retries transformers would spend. `trust_remote_code` is never enabled.
+retries transformers would spend. `trust_remote_code` is never enabled: a local folder whose
+config asks for custom code (`auto_map`) or names a model type this transformers does not know is
+refused up front with one line (`refuse_remote_code`), and hub loads pass
+`trust_remote_code=False`, so transformers refuses instead of prompting.
 
 *Padding exactness.* wav2vec2-base, HuBERT-base and WavLM-base(+) normalise the first CNN layer
 with a GroupNorm over *time*, so zero padding changes every frame of a padded utterance.
@@ -69,13 +72,50 @@ def _no_loading_bar() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_pretrained(source: str | Path, model_cls: Any) -> tuple[nn.Module, str]:
-    """Load `model_cls.from_pretrained(source)` in eval mode -> (model, revision fingerprint)."""
+REMOTE_CODE_FILES = ("config.json", "preprocessor_config.json")
+
+
+def refuse_remote_code(path: str | Path) -> None:
+    """A local checkpoint folder that would need code shipped with the model is refused.
+
+    transformers runs such code only when remote code is trusted (or after a prompt when that is
+    unset); this package never enables it, so say so in one line before transformers asks.
+    """
+    from transformers import CONFIG_MAPPING
+
+    path = Path(path).expanduser()
+    for name in REMOTE_CODE_FILES:
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            cfg = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise EncoderError(f"{file}: unreadable JSON ({exc})") from None
+        if not isinstance(cfg, dict):
+            raise EncoderError(f"{file}: not a JSON object")
+        if "auto_map" in cfg:
+            raise EncoderError(f"{file} asks for custom model code (auto_map); emodebias never "
+                               "runs code shipped with a model (trust_remote_code stays off)")
+        kind = cfg.get("model_type")
+        if name == "config.json" and kind is not None and kind not in CONFIG_MAPPING:
+            raise EncoderError(f"{file}: model type {kind!r} is unknown to this transformers "
+                               "and would need the model's own code, which emodebias never runs")
+
+
+def load_pretrained(source: str | Path, model_cls: Any, speech_family: bool = True
+                    ) -> tuple[nn.Module, str]:
+    """Load `model_cls.from_pretrained(source)` in eval mode -> (model, revision fingerprint).
+
+    `speech_family` requires a wav2vec2-family model (the SSL and x-vector encoders rely on its
+    CNN front end); audited classifiers may be any audio model transformers knows.
+    """
     path = Path(source).expanduser()
     kwargs = {"trust_remote_code": False} if model_cls.__name__.startswith("Auto") else {}
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise EncoderError(f"{path} has no config.json: not a transformers checkpoint")
+        refuse_remote_code(path)
         try:
             with _no_loading_bar():
                 model = model_cls.from_pretrained(str(path), local_files_only=True, **kwargs)
@@ -94,8 +134,10 @@ def load_pretrained(source: str | Path, model_cls: Any) -> tuple[nn.Module, str]
             if not hub_reachable():
                 raise EncoderError(_offline_message(str(source), exc)) from exc
             model = model_cls.from_pretrained(str(source), **kwargs)
+        except ValueError as exc:  # e.g. a cached checkpoint that needs its own code
+            raise EncoderError(f"cannot load {source!r}: {exc}") from exc
         revision = "hub:" + str(getattr(model.config, "_commit_hash", None) or "unknown")
-    if not hasattr(model, "_get_feat_extract_output_lengths"):
+    if speech_family and not hasattr(model, "_get_feat_extract_output_lengths"):
         raise EncoderError(
             f"{source}: {type(model).__name__} is not a wav2vec2-family speech model "
             "(WavLM, wav2vec2/XLS-R, HuBERT, data2vec-audio)"
@@ -117,9 +159,10 @@ def feature_extractor_normalizes(source: str | Path) -> tuple[bool, str]:
     from transformers import AutoFeatureExtractor
 
     try:
-        fe = AutoFeatureExtractor.from_pretrained(str(source), local_files_only=True)
-    except OSError:
-        return True, "default"
+        fe = AutoFeatureExtractor.from_pretrained(str(source), local_files_only=True,
+                                                  trust_remote_code=False)
+    except (OSError, ValueError):  # no extractor, or one that needs its own code: the
+        return True, "default"  # model load that follows says which
     return bool(getattr(fe, "do_normalize", True)), "preprocessor"
 
 

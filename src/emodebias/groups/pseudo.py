@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from emodebias.encoders.hf import hub_reachable
+from emodebias.encoders.hf import hub_reachable, refuse_remote_code
 from emodebias.errors import UserError
 from emodebias.groups.assignment import GroupAssignment
 
@@ -116,7 +116,9 @@ def map_labels(id2label: dict, label_map: dict[str, str] | None = None) -> dict[
 def load_audio_classifier(model: str | Path):
     """(feature extractor, model) from a local dir, the HF cache, or the hub when reachable.
 
-    An unreachable hub fails at once (no minute of retries) with what to do instead.
+    An unreachable hub fails at once (no minute of retries) with what to do instead. A folder
+    asking for the model's own code is refused (`refuse_remote_code`); transformers is always
+    told `trust_remote_code=False`, so it refuses too instead of prompting.
     """
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
@@ -127,7 +129,13 @@ def load_audio_classifier(model: str | Path):
             raise PseudoLabelError(f"{path}: not a model directory (expected a transformers "
                                    "audio-classification checkpoint with config.json)")
         text = str(path)
+        try:
+            refuse_remote_code(path)
+        except UserError as exc:
+            raise PseudoLabelError(str(exc)) from None
+
     def load(**kw):
+        kw["trust_remote_code"] = False
         return (AutoFeatureExtractor.from_pretrained(text, **kw),
                 AutoModelForAudioClassification.from_pretrained(text, **kw))
     try:

@@ -110,6 +110,8 @@ def method_marks(method: str) -> str:
 
 
 def row_label(method: str, groups: str, hparams: str = "{}") -> str:
+    if method == "audit":  # an audited model: its name is the row (it has no settings)
+        return "audit: " + str((json.loads(hparams) if hparams else {}).get("model", "?"))
     name = DISPLAY.get(method, method.upper()) + method_marks(method)
     if group_kind(groups) == "cluster":
         name += "-IDI"
