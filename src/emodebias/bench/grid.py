@@ -54,6 +54,8 @@ from typing import Any
 import yaml
 
 from emodebias.errors import UserError
+from emodebias.search import check_search
+from emodebias.selection import check_selection
 
 DIRECTIONS = ("natural", "female-major", "male-major")
 # Methods of DESIGN.md; used to validate names when the method registry is not importable.
@@ -66,11 +68,11 @@ GROUP_FREE = {"erm", "random", "lff", "disent", "sih", "jtt"}
 SHARED_KEYS = {
     "name", "description", "variables", "corpus", "encoder", "folds", "ratios", "directions",
     "seeds", "split_seed", "pseudo_model", "cluster_encoder", "train", "evaluation", "runs",
-    "extras", "device", "features",
+    "extras", "device", "features", "selection",
 }
 ENTRY_AXES = {"corpus", "encoder", "folds", "ratios", "directions", "seeds", "split_seed", "train",
               "evaluation"}
-ENTRY_KEYS = {"method", "groups", "hparams"} | ENTRY_AXES
+ENTRY_KEYS = {"method", "groups", "hparams", "search"} | ENTRY_AXES
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 RUNTIME_FIELDS = ("device", "features")
 
@@ -104,10 +106,15 @@ class RunSpec:
     # part of the hash; defaults are omitted like `block`'s
     device: str = "cpu"
     features: dict = field(default_factory=dict)  # encoder name -> FeatureStore dir to reuse
+    # a hyperparameter search's trial: {trials, seed, trial, space (the searched names)}, plus
+    # best: true for a rerun of the chosen trial (`bench --best`); omitted when empty like
+    # `block`, so runs outside searches keep their hashes
+    search: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = copy.deepcopy(asdict(self))
-        for key, default in (("block", "main"), ("device", "cpu"), ("features", {})):
+        for key, default in (("block", "main"), ("device", "cpu"), ("features", {}),
+                             ("search", {})):
             if d[key] == default:
                 del d[key]
         return d
@@ -133,10 +140,13 @@ class RunSpec:
     @property
     def name(self) -> str:
         """Readable identity, e.g. ``synthetic.acoustic.f1.1-20.natural.truth-gender.rw.s0``."""
-        hp = ",".join(f"{k}={v}" for k, v in sorted(self.hparams.items()))
+        space = set(self.search.get("space", []))
+        hp = ",".join(f"{k}={v}" for k, v in sorted(self.hparams.items()) if k not in space)
+        trial = (f".t{self.search['trial']}{'best' if self.search.get('best') else ''}"
+                 if self.search else "")
         parts = [self.corpus, self.encoder, f"f{self.fold}", self.ratio_label.replace(":", "-"),
                  self.direction, self.groups.replace(":", "-"),
-                 self.method + (f"[{hp}]" if hp else ""), f"s{self.seed}"]
+                 self.method + (f"[{hp}]" if hp else "") + trial, f"s{self.seed}"]
         return ".".join(parts)
 
     # Keys of the stages a grid shares: runs with equal keys reuse the same cached object.
@@ -154,14 +164,23 @@ class RunSpec:
         """Runs with equal train keys read one feature store with one training config: their
         cells (folds, ratios, group sources) can train as one `fit_many` call."""
         return content_hash({"c": self.corpus_key, "enc": self.encoder, "eo": self.encoder_opts,
-                             "t": self.train, "e": self.evaluation, "d": self.device})
+                             "t": self.shared_train, "e": self.evaluation, "d": self.device})
 
     @property
     def batch_key(self) -> str:
         """Runs with equal batch keys share features, split and groups: trainable together."""
         return content_hash({"s": self.split_key, "enc": self.encoder, "eo": self.encoder_opts,
-                             "g": self.groups, "t": self.train, "e": self.evaluation,
+                             "g": self.groups, "t": self.shared_train, "e": self.evaluation,
                              "d": self.device})
+
+    @property
+    def shared_train(self) -> dict:
+        """The training settings a cell shares: all but those a search varies per run (lr,
+        weight decay, epochs), so the trials of a search share a cell and a task and can train
+        in one stack (each run still trains with its own values)."""
+        from emodebias.search import SEARCHED_TRAIN
+
+        return {k: v for k, v in self.train.items() if k not in SEARCHED_TRAIN}
 
     @property
     def store_encoders(self) -> list[str]:
@@ -315,6 +334,7 @@ def expand_grid(grid: dict, source: str = "<grid>", variables: dict | None = Non
             raise GridError(f"{where}{key!r} must be text, got {grid[key]!r}")
     varmap = {**_mapping(grid.get("variables"), "variables", where), **(variables or {})}
     grid = _substitute({k: v for k, v in grid.items() if k != "variables"}, varmap, where)
+    check_selection(grid.get("selection"), where)
     runs = grid.get("runs")
     if not isinstance(runs, list) or not runs:
         raise GridError(f"{where}'runs' must be a non-empty list of entries like {{method: erm}}")
@@ -345,6 +365,30 @@ def expand_grid(grid: dict, source: str = "<grid>", variables: dict | None = Non
     stores = _feature_stores(grid.get("features"), runs, where)
     return [replace(s, features={e: stores[e] for e in s.store_encoders if e in stores})
             for s in runs]
+
+
+def search_trials(spec: RunSpec, search: dict) -> list[RunSpec]:
+    """One spec per trial of a `search: {trials, seed}`: the trial's drawn values go into its
+    hparams and train settings (the entry's own hparams stay fixed), and its search block names
+    them (trial 0 is the defaults)."""
+    from emodebias.search import draw
+
+    out = []
+    for t in range(search["trials"]):
+        hp, tr = draw(spec.method, search["seed"], t, spec.train, fixed=spec.hparams)
+        out.append(replace(spec, hparams={**spec.hparams, **hp}, train={**spec.train, **tr},
+                           search={**search, "trial": t, "space": sorted({*hp, *tr})}))
+    return out
+
+
+def load_selection(name_or_path: str | Path, variables: dict | None = None):
+    """The grid's `selection:` as a `SelectionConfig` (the default rule when absent)."""
+    grid, source = read_grid(name_or_path)
+    if not isinstance(grid, dict):
+        return check_selection(None)
+    grid = _substitute(grid, {**(grid.get("variables") or {}), **(variables or {})},
+                       f"{source}: ")
+    return check_selection(grid.get("selection"), f"{source}: ")
 
 
 def _runtime_device(top: Any, encoders: list[tuple[str, dict]], train: dict,
@@ -425,6 +469,7 @@ def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str
     hp_grid = {str(k): v for k, v in hp_grid.items()}
     hp_sets = [dict(zip(hp_keys, combo, strict=True))
                for combo in itertools.product(*(_as_list(hp_grid[k]) for k in hp_keys))]
+    search = None if entry.get("search") is None else check_search(entry["search"], at)
     out = []
     for method in _as_list(entry["method"]):
         method = str(method).lower()
@@ -443,12 +488,13 @@ def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str
         for (enc, enc_opts), fold, ratio, direction, g, hp, seed in itertools.product(
             encoders, folds, ratios, directions, group_list, hp_sets, seeds
         ):
-            out.append(RunSpec(
+            spec = RunSpec(
                 corpus=corpus, corpus_opts=corpus_opts, encoder=enc, encoder_opts=enc_opts,
                 fold=fold, ratio=ratio, direction=direction, split_seed=split_seed, groups=g,
                 method=method, hparams=hp, seed=seed, train=train, evaluation=evaluation,
                 device=device,
-            ))
+            )
+            out += [spec] if search is None else search_trials(spec, search)
     return out
 
 

@@ -310,7 +310,7 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
     cells: dict[str, list[RunSpec]] = {}
     for s in specs:
         cells.setdefault(s.batch_key, []).append(s)
-    pairs, order, context = [], [], []
+    pairs, order, context, datas = [], [], [], []
     for cell in cells.values():
         try:
             first = cell[0]
@@ -336,6 +336,7 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
         scored = [store.utt_ids[i] for i in data.test_idx]
         diag = groups.info.get("diagnostics") if groups is not None else None
         context += [(manifest, scored, warnings, _failed_ids(store, split), diag)] * len(cell)
+        datas += [data] * len(cell)
     done: set[int] = set()
     try:
         for pos, fit in fit_stream(pairs):
@@ -350,6 +351,10 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
                 result.info["failed_features"] = failed
                 if diag:  # how good the training groups were (purity, NMI, sizes)
                     result.info["groups_diagnostics"] = diag
+                if spec.search:  # a search trial: its dev scores, for trial selection
+                    from emodebias.selection import trial_block
+
+                    result.selection = trial_block(spec, fit, datas[pos], manifest)
                 yield result
             except Exception as exc:
                 yield RunFailure(spec, exc)

@@ -86,6 +86,7 @@ class RunResult:
     train_config: dict = field(default_factory=dict)  # the resolved TrainConfig
     sources: dict = field(default_factory=dict)  # where the inputs were read (paths)
     provenance: dict | None = None  # versions, commit, command line (see emodebias.provenance)
+    selection: dict | None = None  # a search trial's dev scores and selection (emodebias.selection)
 
     @property
     def hash(self) -> str:
@@ -188,7 +189,9 @@ def commit_run(final: Path, result: RunResult, replace: bool = False) -> Path:
 def make_record(result: RunResult) -> dict:
     """The record.json content of a run (files named relative to its folder)."""
     spec = result.spec
+    extra = {} if result.selection is None else {"selection": result.selection}
     return _jsonable({
+        **extra,
         "schema_version": SCHEMA_VERSION,
         "kind": result.kind,
         "hash": result.hash,

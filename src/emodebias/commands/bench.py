@@ -37,11 +37,11 @@ def _load_specs(grid: str, variables: dict, device: str | None = None) -> list:
 
 
 def _run_grid(grid: str, out: Path, variables: dict, workers: int, backend: str,
-              address: str | None, max_batch: int, device: str | None = None):
-    """Check the options, build the shared stages here (progress bars), then run the grid."""
-    from emodebias import progress
-    from emodebias.bench.pipeline import prepare_stages
-    from emodebias.bench.results import is_done
+              address: str | None, max_batch: int, device: str | None = None,
+              best_seeds: int | None = None):
+    """Check the options, build the shared stages here (progress bars), then run the grid;
+    with searches, mark each search's chosen trial, and with `best_seeds` rerun it with that
+    many seeds."""
     from emodebias.cli import writable_dir
     from emodebias.encoders.base import check_device
 
@@ -50,11 +50,52 @@ def _run_grid(grid: str, out: Path, variables: dict, workers: int, backend: str,
     for option, value in (("--workers", workers), ("--max-batch", max_batch)):
         if value < 1:
             raise UserError(f"{option} must be >= 1, got {value}")
+    if best_seeds is not None and best_seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {best_seeds}")
     writable_dir(out)
     specs = _load_specs(grid, variables, device)
+    searched = any(s.search for s in specs)
+    if best_seeds is not None and not searched:
+        raise UserError(f"{grid}: --best reruns the trials that searches chose, and no entry "
+                        "has a search: add search: {trials: 20, seed: 0} to an entry")
+    if searched:
+        from emodebias.selection import rerun_specs_present
+
+        specs += rerun_specs_present(out, specs)
     for d in sorted({s.device for s in specs}):
         check_device(d, "--device" if device else "the grid's device")
     log.info("%s: %d runs -> %s", grid, len(specs), out)
+    summary = _execute(specs, grid, out, workers, backend, address, max_batch)
+    if not searched:
+        return summary
+    from emodebias.bench.grid import load_selection
+    from emodebias.selection import apply, best_specs
+
+    config = load_selection(grid, variables)
+    apply(out, config)
+    if best_seeds is None:
+        return summary
+    known = {s.hash for s in specs}
+    reruns = [s for s in best_specs(out, specs, best_seeds) if s.hash not in known]
+    if reruns:
+        log.info("rerunning %d chosen configuration(s) with %d seed(s)",
+                 len({s.name.rsplit('.', 1)[0] for s in reruns}), best_seeds)
+        again = _execute(specs + reruns, grid, out, workers, backend, address, max_batch)
+        apply(out, config)
+        summary.completed += again.completed
+        summary.failed += again.failed
+        summary.total = again.total
+        summary.wall_time += again.wall_time
+    return summary
+
+
+def _execute(specs: list, grid: str, out: Path, workers: int, backend: str,
+             address: str | None, max_batch: int):
+    """Build the shared stages of the runs not done, then run every spec not done."""
+    from emodebias import progress
+    from emodebias.bench.pipeline import prepare_stages
+    from emodebias.bench.results import is_done
+
     prepare_stages([s for s in specs if not is_done(out, s)], out)
     show = progress.is_enabled()
     if backend == "ray":
@@ -97,6 +138,10 @@ def bench(
     address: str = typer.Option(None, help="Ray cluster address (backend ray)"),
     max_batch: int = typer.Option(MAX_BATCH, help="most runs in one task (one fit_many call)"),
     dry_run: bool = typer.Option(False, help="only list the runs the grid expands to"),
+    best: bool = typer.Option(False, "--best", help="after the searches (entries with "
+                              "`search:`), rerun each search's chosen configuration with "
+                              "--seeds seeds; the report then shows those reruns"),
+    seeds: int = typer.Option(5, "--seeds", help="seeds of the --best reruns (0..N-1)"),
 ) -> None:
     """Run a benchmark grid (resumable: rerun the same command to finish what is missing).
 
@@ -108,7 +153,8 @@ def bench(
         for s in _load_specs(grid, _vars(var), device):
             typer.echo(f"{s.hash}  {'done' if is_done(out, s) else 'todo'}  {s.name}")
         return
-    summary = _run_grid(grid, out, _vars(var), workers, backend, address, max_batch, device)
+    summary = _run_grid(grid, out, _vars(var), workers, backend, address, max_batch, device,
+                        seeds if best else None)
     from emodebias.bench.results import collect as collect_records
 
     df = collect_records(out)
