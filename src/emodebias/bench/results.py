@@ -348,7 +348,8 @@ def load_predictions(run: Path) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- tidy table
 SPEC_COLUMNS = ["hash", "name", "corpus", "encoder", "fold", "ratio", "direction", "split_seed",
                 "groups", "group_kind", "k", "method", "hparams", "seed", "best_epoch",
-                "wall_time", "kind", "run", "block", "late_epoch"]
+                "wall_time", "kind", "run", "block", "late_epoch", "trial", "selected",
+                "best_rerun", "selection_rule", "search_hparams"]
 TIDY_COLUMNS = SPEC_COLUMNS + ["part", "metric", "attribute", "group", "cls", "value", "support"]
 
 
@@ -362,10 +363,11 @@ def record_rows(rec: dict, run: str | None = None) -> list[dict]:
         "direction": spec["direction"], "split_seed": spec["split_seed"],
         "groups": spec["groups"], "group_kind": group_kind(spec["groups"]),
         "k": cluster_k(spec["groups"]), "method": spec["method"],
-        "hparams": json.dumps(spec["hparams"], sort_keys=True), "seed": spec["seed"],
+        "hparams": json.dumps(_fixed_hparams(spec), sort_keys=True), "seed": spec["seed"],
         "best_epoch": rec.get("best_epoch"), "wall_time": rec.get("wall_time"),
         "kind": rec.get("kind", "grid"), "run": run, "block": spec.get("block") or "main",
         "late_epoch": bool(rec.get("info", {}).get("convergence", {}).get("late", False)),
+        **selection_columns(rec),
     }
     rows = []
     for key, value in rec["metrics"]["summary"].items():
@@ -377,6 +379,38 @@ def record_rows(rec: dict, run: str | None = None) -> list[dict]:
                      "attribute": r.get("attribute"), "group": r.get("group"),
                      "cls": r.get("cls"), "value": r.get("value"), "support": r.get("support")})
     return rows
+
+
+def _fixed_hparams(spec: dict) -> dict:
+    """The hyperparameters that name a method's row: a search's drawn values are left out (they
+    are in `search_hparams`), so the chosen trials of every fold form one row."""
+    space = set((spec.get("search") or {}).get("space", []))
+    return {k: v for k, v in spec["hparams"].items() if k not in space}
+
+
+def selection_columns(rec: dict) -> dict:
+    """A run's search columns: its trial, whether it is the one its search kept (runs outside
+    searches always are), whether it reruns the chosen trial (`--best`), the rule and the
+    trial's searched values (JSON)."""
+    sel = rec.get("selection") or {}
+    return {"trial": sel.get("trial"), "selected": bool(sel.get("chosen", True)),
+            "best_rerun": bool(sel.get("best_rerun", False)),
+            "selection_rule": sel.get("rule"),
+            "search_hparams": json.dumps(sel["hparams"], sort_keys=True) if sel else None}
+
+
+def final_runs(tidy: pd.DataFrame) -> pd.DataFrame:
+    """The rows a results table reports: runs outside searches, and of each search its chosen
+    trial, or its reruns (`bench --best`) where the folder has them."""
+    if tidy.empty or "selected" not in tidy.columns or tidy["trial"].isna().all():
+        return tidy
+    searched = tidy["trial"].notna()
+    keep = ~searched | tidy["selected"].astype(bool)
+    rerun = tidy["best_rerun"].astype(bool)
+    if rerun.any():  # searches that were rerun report their reruns only
+        methods = set(tidy.loc[rerun, "method"])
+        keep &= ~(searched & ~rerun & tidy["method"].isin(methods))
+    return tidy[keep]
 
 
 def split_summary_key(key: str) -> tuple[str | None, str]:
@@ -397,7 +431,7 @@ def tidy_frame(records: Iterable[dict | tuple[str | None, dict]]) -> pd.DataFram
     for col in ("attribute", "group", "cls", "metric"):
         df[col] = df[col].map(lambda v: None if v is None or (isinstance(v, float) and
                                                               np.isnan(v)) else str(v))
-    for col in ("value", "support", "ratio", "wall_time", "best_epoch", "k"):
+    for col in ("value", "support", "ratio", "wall_time", "best_epoch", "k", "trial"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     return df
 

@@ -199,7 +199,7 @@ def _report(out: Path, report_dir: Path | None, title: str):
     its provenance (this invocation's and the runs') as provenance.json and a closing section."""
     from emodebias import provenance
     from emodebias.bench.results import collect as collect_records
-    from emodebias.bench.results import iter_runs
+    from emodebias.bench.results import final_runs, iter_runs
     from emodebias.report.html import find_tsne, write_report
 
     tidy = collect_records(out)
@@ -208,10 +208,59 @@ def _report(out: Path, report_dir: Path | None, title: str):
     records = [rec for _, rec in iter_runs(out)]
     prov = {"report": provenance.collect(),
             "runs": provenance.summarize(rec.get("provenance") for rec in records)}
-    rep = write_report(tidy, report_dir or out / "report", title, find_tsne(out),
-                       closing=_provenance_blocks(prov, records))
+    kept = set(final_runs(tidy)["hash"])  # of each search, its chosen trial or reruns
+    rep = write_report(tidy[tidy["hash"].isin(kept)], report_dir or out / "report", title,
+                       find_tsne(out), closing=_search_blocks(records, kept)
+                       + _provenance_blocks(prov, [r for r in records if r["hash"] in kept]))
     (rep.html.parent / "provenance.json").write_text(json.dumps(prov, indent=1))
     return rep
+
+
+def _search_blocks(records: list[dict], kept: set[str]) -> list[tuple]:
+    """The report's "Hyperparameter search" section: each search's chosen trial (rule, values,
+    selected epoch, dev score), then per method the reported runs' mean and 95% t interval over
+    seeds and folds."""
+    from emodebias.metrics import fold_interval
+
+    searches = sorted((r for r in records if (r.get("selection") or {}).get("chosen")
+                       and not r["selection"].get("best_rerun")),
+                      key=lambda r: (r["spec"]["method"], r["spec"]["groups"],
+                                     str(r["spec"]["fold"]), r["spec"]["seed"]))
+    if not searches:
+        return []
+    rows = []
+    for r in searches:
+        sel, spec = r["selection"], r["spec"]
+        hp = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in sorted(sel["hparams"].items()))
+        note = f" ({sel['fallback']})" if sel.get("fallback") else ""
+        rows.append([spec["method"], spec["groups"], str(spec["fold"]), str(spec["seed"]),
+                     sel.get("rule", "-") + note, f"{sel['trial']} of {sel['trials']}", hp,
+                     str(sel["epoch"]), "-" if sel.get("score") is None
+                     else f"{sel['score']:.4f}"])
+    blocks: list[tuple] = [
+        ("h", 2, "Hyperparameter search"),
+        ("table", ["method", "groups", "fold", "seed", "trial rule", "chosen trial",
+                   "hyperparameters", "selected epoch", "dev score"], rows)]
+    stats: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        if r["hash"] in kept and r["spec"].get("search"):
+            s = r["metrics"]["summary"]
+            for m in ("macro_f1", "gender.tpr_gap"):
+                stats.setdefault(r["spec"]["method"], {}).setdefault(m, []).append(
+                    s.get(m, float("nan")))
+    body = []
+    for method, values in sorted(stats.items()):
+        cells = []
+        for m in ("macro_f1", "gender.tpr_gap"):
+            iv = fold_interval(values.get(m, []))
+            cells.append("-" if not iv["n"] else f"{iv['mean']:.4f} [{iv['ci_low']:.4f}, "
+                         f"{iv['ci_high']:.4f}]")
+        body.append([method, str(len(values["macro_f1"])), *cells])
+    blocks += [("h", 3, "Selected configurations over seeds and folds"),
+               ("table", ["method", "runs (seeds x folds)", "macro-F1 mean [95% CI]",
+                          "gender TPR gap mean [95% CI]"], body)]
+    return blocks
 
 
 SELECTION_RULES = {"dev_loss": "the epoch with the lowest dev loss (the papers' rule)",
