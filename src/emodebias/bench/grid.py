@@ -161,8 +161,9 @@ class RunSpec:
 
     @property
     def train_key(self) -> str:
-        """Runs with equal train keys read one feature store with one training config: their
-        cells (folds, ratios, group sources) can train as one `fit_many` call."""
+        """Runs with equal train keys read one feature store with one training config (but for
+        the settings a search varies per run, `shared_train`): their cells (folds, ratios, group
+        sources) can train as one `fit_many` call."""
         return content_hash({"c": self.corpus_key, "enc": self.encoder, "eo": self.encoder_opts,
                              "t": self.shared_train, "e": self.evaluation, "d": self.device})
 
