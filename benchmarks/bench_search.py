@@ -70,11 +70,12 @@ def section_cost(method: str, trials: int, epochs: int) -> dict[str, float]:
     return out
 
 
-def shortcut_grid(trials: int, seeds: int, folds: list[int], epochs: int) -> dict:
+def shortcut_grid(trials: int, seeds: int, folds: list[int], epochs: int, speakers: int = 8,
+                  utterances: int = 6) -> dict:
     return {
         "name": "search-shortcut",
-        "corpus": {"name": "synthetic", "folds": 5, "n_speakers_per_gender": 8,
-                   "utterances_per_emotion": 6, "seconds": [0.6, 1.0]},
+        "corpus": {"name": "synthetic", "folds": 5, "n_speakers_per_gender": speakers,
+                   "utterances_per_emotion": utterances, "seconds": [0.6, 1.0]},
         "encoder": "acoustic", "folds": folds, "ratios": ["1:5"], "seeds": list(range(seeds)),
         "train": {"epochs": epochs, "lr": 1.0e-2, "weight_decay": 0.1},
         "runs": [{"method": "erm", "search": {"trials": trials, "seed": 0}},
@@ -89,14 +90,16 @@ def _interval(values: list[float]) -> str:
 
 
 def section_shortcut(trials: int, seeds: int, folds: list[int], epochs: int,
-                     out: Path) -> dict:
+                     out: Path, speakers: int = 8, utterances: int = 6) -> dict:
     """Default vs tuned, dev-loss vs worst-group selection, per seed on the planted shortcut."""
     from emodebias.bench.grid import expand_grid
     from emodebias.bench.pipeline import prepare_stages
     from emodebias.bench.runner import run_local
 
-    specs = expand_grid(shortcut_grid(trials, seeds, folds, epochs), "bench_search")
-    print(f"\n[2] planted shortcut: synthetic 1:5, folds {folds}, {seeds} seeds, {trials} "
+    specs = expand_grid(shortcut_grid(trials, seeds, folds, epochs, speakers, utterances),
+                        "bench_search")
+    print(f"\n[2] planted shortcut: synthetic ({speakers} speakers per gender, {utterances} "
+          f"utterances per emotion) at 1:5, folds {folds}, {seeds} seeds, {trials} "
           f"trials per method ({len(specs)} runs) -> {out}")
     t0 = time.perf_counter()
     prepare_stages(specs, out, show=False)
@@ -163,6 +166,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--shortcut-epochs", type=int, default=30)
+    ap.add_argument("--speakers", type=int, default=8, help="synthetic speakers per gender")
+    ap.add_argument("--utterances", type=int, default=6, help="utterances per emotion")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="grid folder of the shortcut part "
                     "(default: a temporary one; an existing folder resumes)")
@@ -174,7 +179,7 @@ def main() -> None:
     if "shortcut" not in args.skip:
         with tempfile.TemporaryDirectory() as tmp:
             section_shortcut(args.shortcut_trials, args.seeds, args.folds, args.shortcut_epochs,
-                             args.out or Path(tmp) / "grid")
+                             args.out or Path(tmp) / "grid", args.speakers, args.utterances)
 
 
 if __name__ == "__main__":
