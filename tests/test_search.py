@@ -249,3 +249,10 @@ def test_selection_never_reads_test_data(tmp_path: Path) -> None:
     tests = [json.loads(p.read_text())["metrics"]["summary"]["gender.tpr_gap"]
              for out in (a, b) for p in sorted(out.glob("runs/*/record.json"))]
     assert tests[: len(sa)] != tests[len(sa):]  # the test data did change
+
+
+def test_seeds_without_best_is_refused(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["bench", str(tiny(tmp_path)), "-o", str(tmp_path / "o"),
+                                   "--seeds", "3"])
+    assert res.exit_code == 2 and "add --best" in res.stderr
+    assert not (tmp_path / "o" / "runs").exists()

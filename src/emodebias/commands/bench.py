@@ -141,7 +141,8 @@ def bench(
     best: bool = typer.Option(False, "--best", help="after the searches (entries with "
                               "`search:`), rerun each search's chosen configuration with "
                               "--seeds seeds; the report then shows those reruns"),
-    seeds: int = typer.Option(5, "--seeds", help="seeds of the --best reruns (0..N-1)"),
+    seeds: int | None = typer.Option(None, "--seeds", help="seeds of the --best reruns "
+                                     "(0..N-1; default 5)"),
 ) -> None:
     """Run a benchmark grid (resumable: rerun the same command to finish what is missing).
 
@@ -153,8 +154,10 @@ def bench(
         for s in _load_specs(grid, _vars(var), device):
             typer.echo(f"{s.hash}  {'done' if is_done(out, s) else 'todo'}  {s.name}")
         return
+    if seeds is not None and not best:
+        raise UserError("--seeds sets the seeds of the --best reruns; add --best")
     summary = _run_grid(grid, out, _vars(var), workers, backend, address, max_batch, device,
-                        seeds if best else None)
+                        (5 if seeds is None else seeds) if best else None)
     from emodebias.bench.results import collect as collect_records
 
     df = collect_records(out)
