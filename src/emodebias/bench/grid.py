@@ -32,10 +32,12 @@ Grid file reference (every key optional unless marked)::
     features: {wavlm-base-plus: ${feats}}  # reuse stores made by `emodebias extract` (or a
                                       # path alone: the store of the grid's one encoder)
     extras: [...]                     # like runs; marked block "extras" in each spec/record
+    selection: {rule: dev_worst_group_f1, groups: truth}  # how searches keep a trial
     runs:                             # required
       - method: erm
       - {method: [rw, gdro], groups: [truth, pseudo, "cluster:k=16"]}
       - {method: adv, groups: truth, hparams: {lambda_adv: [0.1, 1.0]}}   # lists = sweep
+      - {method: gdro, groups: truth, search: {trials: 20, seed: 0}}      # a random search
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ import yaml
 
 from emodebias.errors import UserError
 from emodebias.search import check_search
-from emodebias.selection import check_selection
+from emodebias.selection import SelectionConfig, check_selection
 
 DIRECTIONS = ("natural", "female-major", "male-major")
 # Methods of DESIGN.md; used to validate names when the method registry is not importable.
@@ -382,7 +384,8 @@ def search_trials(spec: RunSpec, search: dict) -> list[RunSpec]:
     return out
 
 
-def load_selection(name_or_path: str | Path, variables: dict | None = None):
+def load_selection(name_or_path: str | Path, variables: dict | None = None
+                   ) -> SelectionConfig:
     """The grid's `selection:` as a `SelectionConfig` (the default rule when absent)."""
     grid, source = read_grid(name_or_path)
     if not isinstance(grid, dict):
