@@ -133,6 +133,13 @@ def run_dev_groups(data: Any, manifest: Any, spec_groups: str) -> dict[str, np.n
     return out
 
 
+def run_block(spec: Any, fit: Any) -> dict:
+    """The ``selection`` block of a run outside searches: no trial to choose, only its epoch
+    (kept by the trainer's `select` rule)."""
+    return {"trial": None, "epoch": int(fit.best_epoch),
+            "epoch_rule": spec.train.get("select", "dev_loss"), "chosen": True}
+
+
 def trial_block(spec: Any, fit: Any, data: Any, manifest: Any) -> dict:
     """The ``selection`` block a search run's record starts with (chosen: unknown until every
     trial has run; `apply` fills it in)."""
@@ -149,7 +156,8 @@ def trial_block(spec: Any, fit: Any, data: Any, manifest: Any) -> dict:
                 if k in search.get("space", [])}
     return {"trial": search["trial"], "trials": search["trials"], "search_seed": search["seed"],
             "best_rerun": bool(search.get("best")), "hparams": searched,
-            "epoch": int(fit.best_epoch), "dev": scores, "chosen": None}
+            "epoch": int(fit.best_epoch), "epoch_rule": spec.train.get("select", "dev_loss"),
+            "dev": scores, "chosen": None}
 
 
 # ----------------------------------------------------------------------------- selection
@@ -224,6 +232,8 @@ def choose(trials: dict[int, dict], rule: str, epsilon: float = DEFAULT_EPSILON,
         if finite:
             eligible = [t for t in eligible if math.isfinite(gaps[t])
                         and gaps[t] <= min(finite) + epsilon]
+        else:
+            note = f"no trial's dev TPR gap on {source} is estimable: best dev macro-F1"
     scores = {t: _score(rule, trials[t], source) for t in trials}
     ok = [t for t in eligible if math.isfinite(scores[t])]
     if not ok:
@@ -296,7 +306,7 @@ def best_specs(out: Path, specs: list, seeds: int) -> list:
             continue
         rec = read_record(d)
         sel = rec.get("selection") or {}
-        if sel.get("chosen") and not sel.get("best_rerun"):
+        if rec["spec"].get("search") and sel.get("chosen") and not sel.get("best_rerun"):
             chosen[group_key(rec["spec"])] = sel["trial"]
     out_specs, seen = [], set()
     for s in specs:

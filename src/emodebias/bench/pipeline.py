@@ -351,10 +351,11 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
                 result.info["failed_features"] = failed
                 if diag:  # how good the training groups were (purity, NMI, sizes)
                     result.info["groups_diagnostics"] = diag
-                if spec.search:  # a search trial: its dev scores, for trial selection
-                    from emodebias.selection import trial_block
+                from emodebias.selection import run_block, trial_block
 
-                    result.selection = trial_block(spec, fit, datas[pos], manifest)
+                # a search trial keeps its dev scores for trial selection; every run its epoch
+                result.selection = (trial_block(spec, fit, datas[pos], manifest) if spec.search
+                                    else run_block(spec, fit))
                 yield result
             except Exception as exc:
                 yield RunFailure(spec, exc)

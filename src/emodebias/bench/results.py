@@ -189,9 +189,8 @@ def commit_run(final: Path, result: RunResult, replace: bool = False) -> Path:
 def make_record(result: RunResult) -> dict:
     """The record.json content of a run (files named relative to its folder)."""
     spec = result.spec
-    extra = {} if result.selection is None else {"selection": result.selection}
     return _jsonable({
-        **extra,
+        "selection": result.selection,
         "schema_version": SCHEMA_VERSION,
         "kind": result.kind,
         "hash": result.hash,
@@ -396,7 +395,8 @@ def selection_columns(rec: dict) -> dict:
     return {"trial": sel.get("trial"), "selected": bool(sel.get("chosen", True)),
             "best_rerun": bool(sel.get("best_rerun", False)),
             "selection_rule": sel.get("rule"),
-            "search_hparams": json.dumps(sel["hparams"], sort_keys=True) if sel else None}
+            "search_hparams": None if sel.get("hparams") is None
+            else json.dumps(sel["hparams"], sort_keys=True)}
 
 
 def final_runs(tidy: pd.DataFrame) -> pd.DataFrame:

@@ -225,8 +225,8 @@ def _search_blocks(records: list[dict], kept: set[str]) -> list[tuple]:
     seeds and folds."""
     from emodebias.metrics import fold_interval
 
-    searches = sorted((r for r in records if (r.get("selection") or {}).get("chosen")
-                       and not r["selection"].get("best_rerun")),
+    searches = sorted((r for r in records if r["spec"].get("search")
+                       and r["selection"].get("chosen") and not r["selection"]["best_rerun"]),
                       key=lambda r: (r["spec"]["method"], r["spec"]["groups"],
                                      str(r["spec"]["fold"]), r["spec"]["seed"]))
     if not searches:
