@@ -256,3 +256,21 @@ def test_seeds_without_best_is_refused(tmp_path: Path) -> None:
                                    "--seeds", "3"])
     assert res.exit_code == 2 and "add --best" in res.stderr
     assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_reselecting_needs_no_training_and_a_group_free_method_says_it_fell_back(
+        tmp_path: Path) -> None:
+    from emodebias.selection import apply
+
+    out = tmp_path / "o"
+    res = CliRunner().invoke(app, ["bench", str(tiny(tmp_path)), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    summaries = {s["method"]: s for s in apply(out, SelectionConfig("dev_worst_group_f1"))}
+    assert "needs dev groups" in summaries["erm"]["fallback"]
+    assert summaries["gdro"]["fallback"] is None and summaries["gdro"]["dev_groups"] == \
+        "truth:gender"
+    sel = selections(out)
+    erm = {s["trial"]: s for n, s in sel.items() if ".erm." in n}
+    best = min(erm.values(), key=lambda s: (s["dev"]["loss"], s["trial"]))
+    assert [t for t, s in erm.items() if s["chosen"]] == [best["trial"]]
+    assert all(s["rule"] == "dev_worst_group_f1" for s in sel.values())
