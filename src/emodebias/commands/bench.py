@@ -69,10 +69,12 @@ def _run_grid(grid: str, out: Path, variables: dict, workers: int, backend: str,
     if not searched:
         return summary
     from emodebias.bench.grid import load_selection
+    from emodebias.bench.runner import grid_lock
     from emodebias.selection import apply, best_specs
 
     config = load_selection(grid, variables)
-    apply(out, config)
+    with grid_lock(out):  # records are rewritten: no other `bench` may write meanwhile
+        apply(out, config)
     if best_seeds is None:
         return summary
     known = {s.hash for s in specs}
@@ -81,7 +83,8 @@ def _run_grid(grid: str, out: Path, variables: dict, workers: int, backend: str,
         log.info("rerunning %d chosen configuration(s) with %d seed(s)",
                  len({s.name.rsplit('.', 1)[0] for s in reruns}), best_seeds)
         again = _execute(specs + reruns, grid, out, workers, backend, address, max_batch)
-        apply(out, config)
+        with grid_lock(out):
+            apply(out, config)
         summary.completed += again.completed
         summary.failed += again.failed
         summary.total = again.total
