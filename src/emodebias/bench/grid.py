@@ -35,10 +35,12 @@ Grid file reference (every key optional unless marked)::
     test_corpus: [{name: emodb, root: ${data}/emodb, class_map: {angry: anger}}]
     shared_classes: [anger, sadness]  # cross-corpus evaluation (bench/cross_corpus.py)
     train_class_map: {angry: anger}   # the training corpus's classes -> shared_classes
+    selection: {rule: dev_worst_group_f1, groups: truth}  # how searches keep a trial
     runs:                             # required
       - method: erm
       - {method: [rw, gdro], groups: [truth, pseudo, "cluster:k=16"]}
       - {method: adv, groups: truth, hparams: {lambda_adv: [0.1, 1.0]}}   # lists = sweep
+      - {method: gdro, groups: truth, search: {trials: 20, seed: 0}}      # a random search
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ from typing import Any
 import yaml
 
 from emodebias.errors import UserError
+from emodebias.search import check_search
+from emodebias.selection import SelectionConfig, check_selection
 
 DIRECTIONS = ("natural", "female-major", "male-major")
 # Methods of DESIGN.md; used to validate names when the method registry is not importable.
@@ -70,10 +74,11 @@ SHARED_KEYS = {
     "name", "description", "variables", "corpus", "encoder", "folds", "ratios", "directions",
     "seeds", "split_seed", "pseudo_model", "cluster_encoder", "train", "evaluation", "runs",
     "extras", "device", "features", "test_corpus", "shared_classes", "train_class_map",
+    "selection",
 }
 ENTRY_AXES = {"corpus", "encoder", "folds", "ratios", "directions", "seeds", "split_seed", "train",
               "evaluation"}
-ENTRY_KEYS = {"method", "groups", "hparams"} | ENTRY_AXES
+ENTRY_KEYS = {"method", "groups", "hparams", "search"} | ENTRY_AXES
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 RUNTIME_FIELDS = ("device", "features")
 
@@ -110,11 +115,15 @@ class RunSpec:
     # cross-corpus evaluation (`bench.cross_corpus.parse_grid`): shared classes, class maps and
     # test corpora; part of the hash (it adds results), omitted when empty like `block`
     cross_corpus: dict = field(default_factory=dict)
+    # a hyperparameter search's trial: {trials, seed, trial, space (the searched names)}, plus
+    # best: true for a rerun of the chosen trial (`bench --best`); omitted when empty like
+    # `block`, so runs outside searches keep their hashes
+    search: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = copy.deepcopy(asdict(self))
         for key, default in (("block", "main"), ("device", "cpu"), ("features", {}),
-                             ("cross_corpus", {})):
+                             ("cross_corpus", {}), ("search", {})):
             if d[key] == default:
                 del d[key]
         return d
@@ -140,10 +149,13 @@ class RunSpec:
     @property
     def name(self) -> str:
         """Readable identity, e.g. ``synthetic.acoustic.f1.1-20.natural.truth-gender.rw.s0``."""
-        hp = ",".join(f"{k}={v}" for k, v in sorted(self.hparams.items()))
+        space = set(self.search.get("space", []))
+        hp = ",".join(f"{k}={v}" for k, v in sorted(self.hparams.items()) if k not in space)
+        trial = (f".t{self.search['trial']}{'best' if self.search.get('best') else ''}"
+                 if self.search else "")
         parts = [self.corpus, self.encoder, f"f{self.fold}", self.ratio_label.replace(":", "-"),
                  self.direction, self.groups.replace(":", "-"),
-                 self.method + (f"[{hp}]" if hp else ""), f"s{self.seed}"]
+                 self.method + (f"[{hp}]" if hp else "") + trial, f"s{self.seed}"]
         return ".".join(parts)
 
     # Keys of the stages a grid shares: runs with equal keys reuse the same cached object.
@@ -158,17 +170,27 @@ class RunSpec:
 
     @property
     def train_key(self) -> str:
-        """Runs with equal train keys read one feature store with one training config: their
-        cells (folds, ratios, group sources) can train as one `fit_many` call."""
+        """Runs with equal train keys read one feature store with one training config (but for
+        the settings a search varies per run, `shared_train`): their cells (folds, ratios, group
+        sources) can train as one `fit_many` call."""
         return content_hash({"c": self.corpus_key, "enc": self.encoder, "eo": self.encoder_opts,
-                             "t": self.train, "e": self.evaluation, "d": self.device})
+                             "t": self.shared_train, "e": self.evaluation, "d": self.device})
 
     @property
     def batch_key(self) -> str:
         """Runs with equal batch keys share features, split and groups: trainable together."""
         return content_hash({"s": self.split_key, "enc": self.encoder, "eo": self.encoder_opts,
-                             "g": self.groups, "t": self.train, "e": self.evaluation,
+                             "g": self.groups, "t": self.shared_train, "e": self.evaluation,
                              "d": self.device})
+
+    @property
+    def shared_train(self) -> dict:
+        """The training settings a cell shares: all but those a search varies per run (lr,
+        weight decay, epochs), so the trials of a search share a cell and a task and can train
+        in one stack (each run still trains with its own values)."""
+        from emodebias.search import SEARCHED_TRAIN
+
+        return {k: v for k, v in self.train.items() if k not in SEARCHED_TRAIN}
 
     @property
     def store_encoders(self) -> list[str]:
@@ -322,6 +344,7 @@ def expand_grid(grid: dict, source: str = "<grid>", variables: dict | None = Non
             raise GridError(f"{where}{key!r} must be text, got {grid[key]!r}")
     varmap = {**_mapping(grid.get("variables"), "variables", where), **(variables or {})}
     grid = _substitute({k: v for k, v in grid.items() if k != "variables"}, varmap, where)
+    check_selection(grid.get("selection"), where)
     runs = grid.get("runs")
     if not isinstance(runs, list) or not runs:
         raise GridError(f"{where}'runs' must be a non-empty list of entries like {{method: erm}}")
@@ -355,6 +378,31 @@ def expand_grid(grid: dict, source: str = "<grid>", variables: dict | None = Non
     cross = parse_grid(grid, {s.corpus for s in runs}, where)
     return [replace(s, features={e: stores[e] for e in s.store_encoders if e in stores},
                     cross_corpus=copy.deepcopy(cross)) for s in runs]
+
+
+def search_trials(spec: RunSpec, search: dict) -> list[RunSpec]:
+    """One spec per trial of a `search: {trials, seed}`: the trial's drawn values go into its
+    hparams and train settings (the entry's own hparams stay fixed), and its search block names
+    them (trial 0 is the defaults)."""
+    from emodebias.search import draw
+
+    out = []
+    for t in range(search["trials"]):
+        hp, tr = draw(spec.method, search["seed"], t, spec.train, fixed=spec.hparams)
+        out.append(replace(spec, hparams={**spec.hparams, **hp}, train={**spec.train, **tr},
+                           search={**search, "trial": t, "space": sorted({*hp, *tr})}))
+    return out
+
+
+def load_selection(name_or_path: str | Path, variables: dict | None = None
+                   ) -> SelectionConfig:
+    """The grid's `selection:` as a `SelectionConfig` (the default rule when absent)."""
+    grid, source = read_grid(name_or_path)
+    if not isinstance(grid, dict):
+        return check_selection(None)
+    grid = _substitute(grid, {**(grid.get("variables") or {}), **(variables or {})},
+                       f"{source}: ")
+    return check_selection(grid.get("selection"), f"{source}: ")
 
 
 def _runtime_device(top: Any, encoders: list[tuple[str, dict]], train: dict,
@@ -435,6 +483,7 @@ def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str
     hp_grid = {str(k): v for k, v in hp_grid.items()}
     hp_sets = [dict(zip(hp_keys, combo, strict=True))
                for combo in itertools.product(*(_as_list(hp_grid[k]) for k in hp_keys))]
+    search = None if entry.get("search") is None else check_search(entry["search"], at)
     out = []
     for method in _as_list(entry["method"]):
         method = str(method).lower()
@@ -453,12 +502,13 @@ def _expand_entry(entry: dict, axes: dict, grid: dict, at: str, methods: set[str
         for (enc, enc_opts), fold, ratio, direction, g, hp, seed in itertools.product(
             encoders, folds, ratios, directions, group_list, hp_sets, seeds
         ):
-            out.append(RunSpec(
+            spec = RunSpec(
                 corpus=corpus, corpus_opts=corpus_opts, encoder=enc, encoder_opts=enc_opts,
                 fold=fold, ratio=ratio, direction=direction, split_seed=split_seed, groups=g,
                 method=method, hparams=hp, seed=seed, train=train, evaluation=evaluation,
                 device=device,
-            ))
+            )
+            out += [spec] if search is None else search_trials(spec, search)
     return out
 
 

@@ -312,7 +312,7 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
     cells: dict[str, list[RunSpec]] = {}
     for s in specs:
         cells.setdefault(s.batch_key, []).append(s)
-    pairs, order, context = [], [], []
+    pairs, order, context, datas = [], [], [], []
     for cell in cells.values():
         try:
             first = cell[0]
@@ -338,6 +338,7 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
         scored = [store.utt_ids[i] for i in data.test_idx]
         diag = groups.info.get("diagnostics") if groups is not None else None
         context += [(manifest, scored, warnings, _failed_ids(store, split), diag)] * len(cell)
+        datas += [data] * len(cell)
     done: set[int] = set()
     try:
         for pos, fit in fit_stream(pairs):
@@ -357,6 +358,11 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
 
                     result.evaluations = evaluate_run(spec, fit, manifest, test_ids, cache,
                                                       result.info)
+                from emodebias.selection import run_block, trial_block
+
+                # a search trial keeps its dev scores for trial selection; every run its epoch
+                result.selection = (trial_block(spec, fit, datas[pos], manifest) if spec.search
+                                    else run_block(spec, fit))
                 yield result
             except Exception as exc:
                 yield RunFailure(spec, exc)

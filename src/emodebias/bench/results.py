@@ -90,6 +90,7 @@ class RunResult:
     provenance: dict | None = None  # versions, commit, command line (see emodebias.provenance)
     # scores on shared classes (`bench.cross_corpus.Evaluation`: .file, .record(), .arrays())
     evaluations: list = field(default_factory=list)
+    selection: dict | None = None  # a search trial's dev scores and selection (emodebias.selection)
 
     @property
     def hash(self) -> str:
@@ -193,6 +194,7 @@ def make_record(result: RunResult) -> dict:
     """The record.json content of a run (files named relative to its folder)."""
     spec = result.spec
     return _jsonable({
+        "selection": result.selection,
         "schema_version": SCHEMA_VERSION,
         "kind": result.kind,
         "hash": result.hash,
@@ -353,7 +355,8 @@ def load_predictions(run: Path) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- tidy table
 SPEC_COLUMNS = ["hash", "name", "corpus", "encoder", "fold", "ratio", "direction", "split_seed",
                 "groups", "group_kind", "k", "method", "hparams", "seed", "best_epoch",
-                "wall_time", "kind", "run", "block", "late_epoch"]
+                "wall_time", "kind", "run", "block", "late_epoch", "trial", "selected",
+                "best_rerun", "selection_rule", "search_hparams"]
 # eval_corpus: the corpus scored (the training corpus, or a test corpus: cross-corpus rows);
 # eval_classes: "all" (the training corpus's classes) or "shared" (a cross-corpus grid's
 # shared classes, parts "shared_summary" / "shared_table")
@@ -371,10 +374,11 @@ def record_rows(rec: dict, run: str | None = None) -> list[dict]:
         "direction": spec["direction"], "split_seed": spec["split_seed"],
         "groups": spec["groups"], "group_kind": group_kind(spec["groups"]),
         "k": cluster_k(spec["groups"]), "method": spec["method"],
-        "hparams": json.dumps(spec["hparams"], sort_keys=True), "seed": spec["seed"],
+        "hparams": json.dumps(_fixed_hparams(spec), sort_keys=True), "seed": spec["seed"],
         "best_epoch": rec.get("best_epoch"), "wall_time": rec.get("wall_time"),
         "kind": rec.get("kind", "grid"), "run": run, "block": spec.get("block") or "main",
         "late_epoch": bool(rec.get("info", {}).get("convergence", {}).get("late", False)),
+        **selection_columns(rec),
     }
     rows = _metric_rows({**base, "eval_corpus": spec["corpus"], "eval_classes": "all"},
                         rec["metrics"], "")
@@ -398,6 +402,39 @@ def _metric_rows(base: dict, metrics: dict, prefix: str) -> list[dict]:
     return rows
 
 
+def _fixed_hparams(spec: dict) -> dict:
+    """The hyperparameters that name a method's row: a search's drawn values are left out (they
+    are in `search_hparams`), so the chosen trials of every fold form one row."""
+    space = set((spec.get("search") or {}).get("space", []))
+    return {k: v for k, v in spec["hparams"].items() if k not in space}
+
+
+def selection_columns(rec: dict) -> dict:
+    """A run's search columns: its trial, whether it is the one its search kept (runs outside
+    searches always are), whether it reruns the chosen trial (`--best`), the rule and the
+    trial's searched values (JSON)."""
+    sel = rec.get("selection") or {}
+    return {"trial": sel.get("trial"), "selected": bool(sel.get("chosen", True)),
+            "best_rerun": bool(sel.get("best_rerun", False)),
+            "selection_rule": sel.get("rule"),
+            "search_hparams": None if sel.get("hparams") is None
+            else json.dumps(sel["hparams"], sort_keys=True)}
+
+
+def final_runs(tidy: pd.DataFrame) -> pd.DataFrame:
+    """The rows a results table reports: runs outside searches, and of each search its chosen
+    trial, or its reruns (`bench --best`) where the folder has them."""
+    if tidy.empty or "selected" not in tidy.columns or tidy["trial"].isna().all():
+        return tidy
+    searched = tidy["trial"].notna()
+    keep = ~searched | tidy["selected"].astype(bool)
+    rerun = tidy["best_rerun"].astype(bool)
+    if rerun.any():  # searches that were rerun report their reruns only
+        methods = set(tidy.loc[rerun, "method"])
+        keep &= ~(searched & ~rerun & tidy["method"].isin(methods))
+    return tidy[keep]
+
+
 def split_summary_key(key: str) -> tuple[str | None, str]:
     """'gender.tpr_gap' -> ('gender', 'tpr_gap'); 'macro_f1.ci_low' -> (None, 'macro_f1_ci_low')."""
     suffix = ""
@@ -416,7 +453,7 @@ def tidy_frame(records: Iterable[dict | tuple[str | None, dict]]) -> pd.DataFram
     for col in ("attribute", "group", "cls", "metric"):
         df[col] = df[col].map(lambda v: None if v is None or (isinstance(v, float) and
                                                               np.isnan(v)) else str(v))
-    for col in ("value", "support", "ratio", "wall_time", "best_epoch", "k"):
+    for col in ("value", "support", "ratio", "wall_time", "best_epoch", "k", "trial"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     return df
 

@@ -37,11 +37,11 @@ def _load_specs(grid: str, variables: dict, device: str | None = None) -> list:
 
 
 def _run_grid(grid: str, out: Path, variables: dict, workers: int, backend: str,
-              address: str | None, max_batch: int, device: str | None = None):
-    """Check the options, build the shared stages here (progress bars), then run the grid."""
-    from emodebias import progress
-    from emodebias.bench.pipeline import prepare_stages
-    from emodebias.bench.results import is_done
+              address: str | None, max_batch: int, device: str | None = None,
+              best_seeds: int | None = None):
+    """Check the options, build the shared stages here (progress bars), then run the grid;
+    with searches, mark each search's chosen trial, and with `best_seeds` rerun it with that
+    many seeds."""
     from emodebias.cli import writable_dir
     from emodebias.encoders.base import check_device
 
@@ -50,11 +50,55 @@ def _run_grid(grid: str, out: Path, variables: dict, workers: int, backend: str,
     for option, value in (("--workers", workers), ("--max-batch", max_batch)):
         if value < 1:
             raise UserError(f"{option} must be >= 1, got {value}")
+    if best_seeds is not None and best_seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {best_seeds}")
     writable_dir(out)
     specs = _load_specs(grid, variables, device)
+    searched = any(s.search for s in specs)
+    if best_seeds is not None and not searched:
+        raise UserError(f"{grid}: --best reruns the trials that searches chose, and no entry "
+                        "has a search: add search: {trials: 20, seed: 0} to an entry")
+    if searched:
+        from emodebias.selection import rerun_specs_present
+
+        specs += rerun_specs_present(out, specs)
     for d in sorted({s.device for s in specs}):
         check_device(d, "--device" if device else "the grid's device")
     log.info("%s: %d runs -> %s", grid, len(specs), out)
+    summary = _execute(specs, grid, out, workers, backend, address, max_batch)
+    if not searched:
+        return summary
+    from emodebias.bench.grid import load_selection
+    from emodebias.bench.runner import grid_lock
+    from emodebias.selection import apply, best_specs
+
+    config = load_selection(grid, variables)
+    with grid_lock(out):  # records are rewritten: no other `bench` may write meanwhile
+        apply(out, config)
+    if best_seeds is None:
+        return summary
+    known = {s.hash for s in specs}
+    reruns = [s for s in best_specs(out, specs, best_seeds) if s.hash not in known]
+    if reruns:
+        log.info("rerunning %d chosen configuration(s) with %d seed(s)",
+                 len({s.name.rsplit('.', 1)[0] for s in reruns}), best_seeds)
+        again = _execute(specs + reruns, grid, out, workers, backend, address, max_batch)
+        with grid_lock(out):
+            apply(out, config)
+        summary.completed += again.completed
+        summary.failed += again.failed
+        summary.total = again.total
+        summary.wall_time += again.wall_time
+    return summary
+
+
+def _execute(specs: list, grid: str, out: Path, workers: int, backend: str,
+             address: str | None, max_batch: int):
+    """Build the shared stages of the runs not done, then run every spec not done."""
+    from emodebias import progress
+    from emodebias.bench.pipeline import prepare_stages
+    from emodebias.bench.results import is_done
+
     prepare_stages([s for s in specs if not is_done(out, s)], out)
     show = progress.is_enabled()
     if backend == "ray":
@@ -97,6 +141,11 @@ def bench(
     address: str = typer.Option(None, help="Ray cluster address (backend ray)"),
     max_batch: int = typer.Option(MAX_BATCH, help="most runs in one task (one fit_many call)"),
     dry_run: bool = typer.Option(False, help="only list the runs the grid expands to"),
+    best: bool = typer.Option(False, "--best", help="after the searches (entries with "
+                              "`search:`), rerun each search's chosen configuration with "
+                              "--seeds seeds; the report then shows those reruns"),
+    seeds: int | None = typer.Option(None, "--seeds", help="seeds of the --best reruns "
+                                     "(0..N-1; default 5)"),
 ) -> None:
     """Run a benchmark grid (resumable: rerun the same command to finish what is missing).
 
@@ -108,7 +157,10 @@ def bench(
         for s in _load_specs(grid, _vars(var), device):
             typer.echo(f"{s.hash}  {'done' if is_done(out, s) else 'todo'}  {s.name}")
         return
-    summary = _run_grid(grid, out, _vars(var), workers, backend, address, max_batch, device)
+    if seeds is not None and not best:
+        raise UserError("--seeds sets the seeds of the --best reruns; add --best")
+    summary = _run_grid(grid, out, _vars(var), workers, backend, address, max_batch, device,
+                        (5 if seeds is None else seeds) if best else None)
     from emodebias.bench.results import collect as collect_records
 
     df = collect_records(out)
@@ -153,7 +205,7 @@ def _report(out: Path, report_dir: Path | None, title: str):
     its provenance (this invocation's and the runs') as provenance.json and a closing section."""
     from emodebias import provenance
     from emodebias.bench.results import collect as collect_records
-    from emodebias.bench.results import iter_runs
+    from emodebias.bench.results import final_runs, iter_runs
     from emodebias.report.html import find_tsne, write_report
 
     tidy = collect_records(out)
@@ -162,10 +214,59 @@ def _report(out: Path, report_dir: Path | None, title: str):
     records = [rec for _, rec in iter_runs(out)]
     prov = {"report": provenance.collect(),
             "runs": provenance.summarize(rec.get("provenance") for rec in records)}
-    rep = write_report(tidy, report_dir or out / "report", title, find_tsne(out),
-                       closing=_provenance_blocks(prov, records))
+    kept = set(final_runs(tidy)["hash"])  # of each search, its chosen trial or reruns
+    rep = write_report(tidy[tidy["hash"].isin(kept)], report_dir or out / "report", title,
+                       find_tsne(out), closing=_search_blocks(records, kept)
+                       + _provenance_blocks(prov, [r for r in records if r["hash"] in kept]))
     (rep.html.parent / "provenance.json").write_text(json.dumps(prov, indent=1))
     return rep
+
+
+def _search_blocks(records: list[dict], kept: set[str]) -> list[tuple]:
+    """The report's "Hyperparameter search" section: each search's chosen trial (rule, values,
+    selected epoch, dev score), then per method the reported runs' mean and 95% t interval over
+    seeds and folds."""
+    from emodebias.metrics import fold_interval
+
+    searches = sorted((r for r in records if r["spec"].get("search")
+                       and r["selection"].get("chosen") and not r["selection"]["best_rerun"]),
+                      key=lambda r: (r["spec"]["method"], r["spec"]["groups"],
+                                     str(r["spec"]["fold"]), r["spec"]["seed"]))
+    if not searches:
+        return []
+    rows = []
+    for r in searches:
+        sel, spec = r["selection"], r["spec"]
+        hp = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in sorted(sel["hparams"].items()))
+        note = f" ({sel['fallback']})" if sel.get("fallback") else ""
+        rows.append([spec["method"], spec["groups"], str(spec["fold"]), str(spec["seed"]),
+                     sel.get("rule", "-") + note, f"{sel['trial']} of {sel['trials']}", hp,
+                     str(sel["epoch"]), "-" if sel.get("score") is None
+                     else f"{sel['score']:.4f}"])
+    blocks: list[tuple] = [
+        ("h", 2, "Hyperparameter search"),
+        ("table", ["method", "groups", "fold", "seed", "trial rule", "chosen trial",
+                   "hyperparameters", "selected epoch", "dev score"], rows)]
+    stats: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        if r["hash"] in kept and r["spec"].get("search"):
+            s = r["metrics"]["summary"]
+            for m in ("macro_f1", "gender.tpr_gap"):
+                stats.setdefault(r["spec"]["method"], {}).setdefault(m, []).append(
+                    s.get(m, float("nan")))
+    body = []
+    for method, values in sorted(stats.items()):
+        cells = []
+        for m in ("macro_f1", "gender.tpr_gap"):
+            iv = fold_interval(values.get(m, []))
+            cells.append("-" if not iv["n"] else f"{iv['mean']:.4f} [{iv['ci_low']:.4f}, "
+                         f"{iv['ci_high']:.4f}]")
+        body.append([method, str(len(values["macro_f1"])), *cells])
+    blocks += [("h", 3, "Selected configurations over seeds and folds"),
+               ("table", ["method", "runs (seeds x folds)", "macro-F1 mean [95% CI]",
+                          "gender TPR gap mean [95% CI]"], body)]
+    return blocks
 
 
 SELECTION_RULES = {"dev_loss": "the epoch with the lowest dev loss (the papers' rule)",

@@ -136,20 +136,26 @@ FAMILY_ORDER = ("baseline", "pre-processing", "dro", "adversarial", "biased-lear
 
 @app.command()
 def methods() -> None:
-    """List every registered debiasing method: family, group supervision, hyperparameters."""
+    """List every registered debiasing method: family, group supervision, hyperparameters and
+    their search space."""
     from rich.console import Console
     from rich.table import Table
 
     from emodebias.methods import REGISTRY
+    from emodebias.search import SHARED, method_space
 
     table = Table(title="emodebias methods")
-    for col in ("name", "family", "supervision", "hyperparameters (defaults)"):
+    for col in ("name", "family", "supervision", "hyperparameters (defaults)", "searched"):
         table.add_column(col)
     for name, cls in sorted(REGISTRY.items(), key=lambda kv: FAMILY_ORDER.index(kv[1].family)):
         hps = ", ".join(f"{k}={v}" for k, v in cls.HPARAMS.items()) or "-"
         mark = " *" if cls.reading_dependent else ""
-        table.add_row(name + mark, cls.family, cls.supervision, hps)
+        searched = ", ".join(f"{k} {v}" for k, v in method_space(cls).describe().items())
+        table.add_row(name + mark, cls.family, cls.supervision, hps, searched or "-")
     console = Console(width=140)
     console.print(table)
+    console.print("every method also searches " + ", ".join(
+        f"{k} {v}" for k, v in SHARED.describe().items()) + " (grid entries with search:)",
+                  markup=False)
     console.print("* reading-dependent: the paper's formula admits more than one reading; "
                   "docs/decisions.md says which one this is.", markup=False)

@@ -20,6 +20,7 @@ from torch import nn
 from emodebias.losses import masked_mean
 from emodebias.methods.base import Batch, Method, register
 from emodebias.model import HIDDEN, StackedMLP
+from emodebias.search import LogUniform, SearchSpace
 
 
 class _GradReverse(torch.autograd.Function):
@@ -56,6 +57,7 @@ class ADV(Method):
     supervision = "hard"
     HPARAMS = {"lambda_adv": 1.0, "n_adv": 1, "adv_hidden": 300, "adv_layers": 2,
                "lambda_div": 0.0, "adv_lr": 1e-3}
+    SEARCH = SearchSpace({"lambda_adv": LogUniform(0.01, 10.0)})  # adv_lr is structural
     STRUCTURAL = frozenset({"adv_lr"})
 
     def build(self) -> None:
@@ -105,3 +107,5 @@ class MADV(ADV):
     """N = 3 diverse adversaries with the orthogonality term (λ_div = 1; [ED] values unknown)."""
 
     HPARAMS = {**ADV.HPARAMS, "n_adv": 3, "lambda_div": 1.0}
+    SEARCH = SearchSpace({**ADV.SEARCH, "lambda_div": LogUniform(0.01, 10.0)})
+

@@ -18,6 +18,7 @@ from emodebias.fused import BankRows
 from emodebias.losses import gce, soft_ce, target_prob
 from emodebias.methods.base import Batch, Method, Prepared, register
 from emodebias.model import HIDDEN, Encoder, SERHead, StackedLinear
+from emodebias.search import IntRange, LogUniform, SearchSpace, Uniform
 
 
 class SampleEMA(nn.Module):
@@ -88,6 +89,7 @@ class LfF(_BiasedPair):
     """Learning from Failure (Nam et al. 2020): loss = mean GCE_b + mean W·ℓ_d; evaluates d."""
 
     HPARAMS = {"q": 0.7, "ema": 0.7}
+    SEARCH = SearchSpace({"q": Uniform(0.1, 0.9), "ema": Uniform(0.5, 0.99)})
 
     def build(self) -> None:
         super().build()
@@ -110,6 +112,7 @@ class SiH(_BiasedPair):
     (mvandenhi/Signal-is-Harder train.py); its GCE is CE·p^q without LfF's ×q (util.py)."""
 
     HPARAMS = {"q": 0.7}
+    SEARCH = SearchSpace({"q": Uniform(0.1, 0.9)})
     GCE_TIMES_Q = False
 
     def loss(self, batch: Batch) -> torch.Tensor:
@@ -139,6 +142,8 @@ class DisEnt(Method):
     supervision = "none"
     HPARAMS = {"q": 0.7, "ema": 0.7, "lambda_dis": 1.0, "lambda_swap_b": 1.0,
                "lambda_swap": 1.0, "curr_step": 0}
+    SEARCH = SearchSpace({"q": Uniform(0.1, 0.9), "lambda_dis": LogUniform(0.1, 10.0),
+                          "lambda_swap": LogUniform(0.1, 10.0)})
 
     @classmethod
     def reads_step(cls, hp: dict) -> bool:
@@ -252,6 +257,7 @@ class JTT(Method):
     family = "biased-learner"
     supervision = "none"
     HPARAMS = {"id_epochs": 5, "up": 6}
+    SEARCH = SearchSpace({"up": IntRange(2, 20), "id_epochs": IntRange(1, 10)})
     PER_RUN_HPARAMS = frozenset({"id_epochs", "up"})  # read by `prepare` only
 
     @classmethod

@@ -31,6 +31,7 @@ import torch
 
 from emodebias.losses import group_reduce, membership
 from emodebias.methods.base import Batch, Method, Prepared, register
+from emodebias.search import LogUniform, SearchSpace, Uniform
 
 GROUP_BY = ("class_group", "group")
 SAMPLERS = ("balanced", "shuffle")
@@ -77,6 +78,7 @@ class GDRO(Method):
     supervision = "hard"
     HPARAMS: dict[str, Any] = {"eta_q": 0.01, "adj": 0.0, "group_by": "class_group",
                                "sampler": "balanced"}
+    SEARCH = SearchSpace({"eta_q": LogUniform(1e-3, 1e-1)})
 
     @classmethod
     def resolve(cls, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -159,6 +161,7 @@ class GADRO(GDRO):
     """GDRO with Sagawa's generalisation adjustment C/√n_g in the q update, C = 4 ([IDI] Eq. 3)."""
 
     HPARAMS = {**GDRO.HPARAMS, "adj": 4.0}
+    SEARCH = SearchSpace({"eta_q": LogUniform(1e-3, 1e-1), "adj": Uniform(0.0, 8.0)})
 
 
 @register("pgdro")

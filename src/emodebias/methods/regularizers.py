@@ -15,6 +15,7 @@ import torch
 from emodebias.labels import TIE_TOL
 from emodebias.losses import group_reduce, membership, soft_rate_gap
 from emodebias.methods.base import Batch, Method, register
+from emodebias.search import LogUniform, SearchSpace
 
 
 def cell_members(batch: Batch, n_classes: int, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +52,7 @@ class GRLoss(Method):
     supervision = "hard"
     reading_dependent = True
     HPARAMS = {"lambda_gr": 1.0}
+    SEARCH = SearchSpace({"lambda_gr": LogUniform(0.01, 10.0)})
 
     def loss(self, batch: Batch) -> torch.Tensor:
         logits = self.head.logits(batch.x)
@@ -72,6 +74,7 @@ class GR(Method):
     supervision = "hard"
     reading_dependent = True
     HPARAMS = {"lambda_gr": 1.0, "fpr_weight": 0.0}
+    SEARCH = SearchSpace({"lambda_gr": LogUniform(0.01, 10.0)})
 
     def penalty(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """TPRgap~ + β·FPRgap~ per run [R]."""
@@ -102,6 +105,7 @@ class CondMMD(Method):
     family = "regularisation"
     supervision = "hard"
     HPARAMS = {"lambda_mmd": 1.0}
+    SEARCH = SearchSpace({"lambda_mmd": LogUniform(0.01, 10.0)})
 
     def loss(self, batch: Batch) -> torch.Tensor:
         logits, h = self.head(batch.x)
