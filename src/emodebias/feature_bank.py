@@ -11,9 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emodebias import kernels
-from emodebias.fused import BankRows
-from emodebias.model import SharedRows
+from emodebias.model import Rows
 
 
 @dataclass(frozen=True)
@@ -37,22 +35,6 @@ class MemmapRef:
         return np.memmap(self.filename, np.dtype(self.dtype), "r", self.offset, self.shape)
 
 
-@dataclass(frozen=True)
-class RunGroups:
-    """Runs that read the same rows: group[r] is run r's group, `first` [J] one run of each
-    group (a device tensor, to select the groups' rows)."""
-
-    first: torch.Tensor
-    group: tuple[int, ...]
-
-    @classmethod
-    def of(cls, rows: np.ndarray, lengths: np.ndarray, device: torch.device) -> RunGroups:
-        """Runs whose padded row lists [R, n] (host) and lengths [R] are equal."""
-        key = np.concatenate([np.asarray(lengths).reshape(-1, 1), rows], 1)
-        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
-        return cls(torch.as_tensor(first, device=device), tuple(inverse.reshape(-1).tolist()))
-
-
 def store_id(features: Any) -> tuple:
     """Identity of a feature array: its file region for memory maps, else the object."""
     ref = MemmapRef.of(features)
@@ -74,88 +56,47 @@ def _available_bytes() -> float:
 class FeatureBank:
     """The feature rows a set of stacks needs, compacted and on the device.
 
-    With the native kernels (`native`, CPU only) the rows stay in the store's float16 / float32
-    and row-major: copied once when they fit `max_gb` (and a quarter of the available RAM), else
-    read in place from the memory-mapped store; batches are `BankRows` (indices the kernels
-    read through). Without them, rows are copied once as float32, layer-major, when they fit,
-    else each batch is read from the memory-mapped store, and batches are float32 tensors.
-    Either way stores larger than RAM still train.
+    Rows keep the store's dtype (float16 or float32; others become float32), row-major
+    [n, L, D]: copied once when they fit `max_gb` (and a quarter of the available RAM), else
+    each batch's rows are read from the memory-mapped store, so stores larger than RAM still
+    train. Batches are `Rows` (bank + indices): the head's compiled functions gather, convert
+    and mix them in one pass.
     """
 
-    def __init__(self, features: Any, rows: np.ndarray, device: torch.device, max_gb: float,
-                 native: bool = False):
+    def __init__(self, features: Any, rows: np.ndarray, device: torch.device, max_gb: float):
         self.source, self.device = features, device
         shape = features.shape
         self.n_layers, self.dim = int(shape[1]), int(shape[2])
-        self.native = native and device.type == "cpu" and kernels.library() is not None
-        dtype = np.dtype(features.dtype) if self.native else np.dtype(np.float32)
-        if dtype not in (np.float16, np.float32):
-            dtype = np.dtype(np.float32)
+        self.dtype = np.dtype(features.dtype)
+        if self.dtype not in (np.float16, np.float32):
+            self.dtype = np.dtype(np.float32)
         self.rows = np.unique(rows)
-        nbytes = len(self.rows) * self.n_layers * self.dim * dtype.itemsize
+        nbytes = len(self.rows) * self.n_layers * self.dim * self.dtype.itemsize
         fits = nbytes <= min(max_gb * 2**30, _available_bytes() / 4)
-        self.x = None  # preloaded rows: [n, L, D] (native) or layer-major [L, n, D] float32
-        self._buf: torch.Tensor | None = None
-        if self.native and not fits and isinstance(features, np.ndarray) \
-                and features.dtype == dtype and features.flags.c_contiguous:
-            self.rows = np.arange(len(features))  # read the store in place
-            self.x = features
-        elif fits:
-            self.x = self._preload(dtype)
-        elif self.native:  # nothing the kernels can read in place: the PyTorch path
-            self.native = False
+        self.x = self._preload() if fits else None  # preloaded rows [n, L, D]
         self.lookup = np.full(len(features), -1, dtype=np.int64)
         self.lookup[self.rows] = np.arange(len(self.rows))
 
-    def _preload(self, dtype: np.dtype) -> torch.Tensor:
-        """Copy the bank's rows once, in chunks (row-major for the kernels, else layer-major)."""
+    def _preload(self) -> torch.Tensor:
+        """Copy the bank's rows once, in chunks."""
         n = len(self.rows)
-        shape = (n, self.n_layers, self.dim) if self.native else (self.n_layers, n, self.dim)
-        x = torch.from_numpy(np.empty(shape, dtype))
+        x = torch.from_numpy(np.empty((n, self.n_layers, self.dim), self.dtype))
         for s in range(0, n, 4096):
-            chunk = torch.from_numpy(np.asarray(self.source[self.rows[s : s + 4096]], dtype))
-            if self.native:
-                x[s : s + len(chunk)] = chunk
-            else:
-                x[:, s : s + len(chunk)] = chunk.transpose(0, 1)
+            x[s : s + 4096] = torch.from_numpy(
+                np.asarray(self.source[self.rows[s : s + 4096]], self.dtype))
         return x.to(self.device)
-
-    def _buffer(self, n: int) -> torch.Tensor:
-        """[L, n, D] in one reused allocation: a fresh tensor per batch costs more in page
-        faults than the gather itself."""
-        size = self.n_layers * n * self.dim
-        if self._buf is None or self._buf.numel() < size:
-            self._buf = torch.empty(size, device=self.device)
-        return self._buf[:size].view(self.n_layers, n, self.dim)
-
-    def batch(self, rows: torch.Tensor, shared: RunGroups | None = None,
-              ) -> torch.Tensor | SharedRows | BankRows:
-        """Features of per-run rows [R, B]: `BankRows` with the native kernels; else, when
-        `shared` (found on the host by the caller) names runs that read the same rows, each
-        distinct row list once (`SharedRows`), or `features(rows)`."""
-        if self.native:
-            return BankRows(self.x, rows.contiguous())
-        if shared is None or len(shared.first) == len(rows):
-            return self.features(rows)
-        return SharedRows(self.features(rows.index_select(0, shared.first)), shared.group)
 
     def compact(self, full_rows: np.ndarray) -> torch.Tensor:
         """Bank positions of store rows (which must be in the bank)."""
         return torch.as_tensor(self.lookup[np.asarray(full_rows)], device=self.device)
 
-    def features(self, rows: torch.Tensor) -> torch.Tensor | BankRows:
-        """Features [*rows.shape, L, D] for compact row indices: `BankRows` with the native
-        kernels; else float32 (preloaded: a layer-major view, each layer's rows contiguous (see
-        `LayerMix`), into a buffer that the next call reuses)."""
-        if self.native:
-            return BankRows(self.x, rows.contiguous())
-        flat = rows.reshape(-1)
+    def batch(self, rows: torch.Tensor) -> Rows:
+        """The features of compact row indices (any shape) as `Rows`: the preloaded bank, or
+        the distinct rows read from the store (in file order) for this batch only."""
         if self.x is not None:
-            x = torch.index_select(self.x, 1, flat, out=self._buffer(len(flat)))
-            return x.view(self.n_layers, *rows.shape, self.dim).movedim(0, -2)
-        full = self.rows[flat.cpu().numpy()]
-        order = np.argsort(full, kind="stable")
-        fetched = np.empty((len(full), self.n_layers, self.dim), dtype=self.source.dtype)
-        fetched[order] = self.source[full[order]]
+            return Rows(self.x, rows)
+        flat = rows.reshape(-1).cpu().numpy()
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        fetched = np.asarray(self.source[self.rows[uniq]], self.dtype)
         x = torch.from_numpy(fetched).to(self.device)
-        return x.to(torch.float32).reshape(*rows.shape, self.n_layers, self.dim)
+        return Rows(x, torch.as_tensor(inverse.reshape(rows.shape), device=self.device))

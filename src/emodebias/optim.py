@@ -1,4 +1,13 @@
-"""Adam over stacked parameters [R, ...], run by run (torch's fused / foreach kernels)."""
+"""Adam over stacked parameters [R, ...] with per-run learning rates, weight decays and masks.
+
+torch.optim.Adam (fused or foreach) takes one learning rate per call and steps every element it
+is given: per-run learning rates and weight decays (hyperparameter-search trials stacked in one
+training) and per-run masked steps would need a call per run. This Adam is the same update
+(torch's formula, L2 weight decay) written over the run dimension: lr, weight decay and the step
+count are [R] tensors, and a run left out of a step (masked) keeps parameters, moments and step
+count, so a run gives the same numbers whatever it is stacked with. The update of one parameter
+is one compiled function (`training.compile`): one fused pass over p, g, m and v.
+"""
 
 from __future__ import annotations
 
@@ -6,49 +15,58 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.optim.adam import adam as _adam_fn
 
-from emodebias.fused import FactoredGrad, adam_outer
+from emodebias.training.compile import compiled
+
+
+@compiled
+def adam_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+                t: torch.Tensor, lr: torch.Tensor, wd: torch.Tensor, active: torch.Tensor,
+                beta1: float, beta2: float, eps: float) -> None:
+    """One Adam step on [R, n] views (in place); runs where `active` [R] is False keep
+    everything. lr, wd, t are [R]."""
+    keep = active.unsqueeze(1)
+    g = g + wd.unsqueeze(1) * p
+    m_new = torch.lerp(m, g, 1 - beta1)
+    v_new = v * beta2 + (1 - beta2) * g * g
+    t_new = t + active.to(t.dtype)
+    bc1 = 1 - torch.pow(beta1, t_new)
+    bc2 = torch.sqrt(1 - torch.pow(beta2, t_new))
+    denom = torch.sqrt(v_new) / bc2.unsqueeze(1) + eps
+    p_new = p - (lr / bc1).unsqueeze(1) * (m_new / denom)
+    p.copy_(torch.where(keep, p_new, p))
+    m.copy_(torch.where(keep, m_new, m))
+    v.copy_(torch.where(keep, v_new, v))
+    t.copy_(t_new)
 
 
 class StackedAdam:
-    """torch's Adam (L2 weight decay) over stacked parameters [R, ...], run by run: each run's
-    slices carry their own step count, and runs left out of a step (masked) keep parameters,
-    moments and step count, so a run gives the same numbers whatever it is stacked with.
-    While no step has been masked, each stacked tensor takes one Adam call (the same elementwise
-    update as run by run). Uses the fused kernel where the device supports it, else the foreach
-    one.
+    """Adam (torch's update, L2 weight decay) over stacked parameters [R, ...], per run.
 
-    `factored` lists weights whose gradients arrive in factored form (`FactoredGrad`, native
-    kernels): such a W is updated by `fused.adam_outer` without its gradient ever being written,
-    and a linear chain's W2 gets its gradient from the same pass; a W that also has an ordinary
-    gradient gets the factored part added to it instead."""
+    `groups` are torch-style dicts (params, lr); a group's lr is a float or an [R] tensor, and
+    `weight_decay` a float or an [R] tensor: runs of a stack may differ in both. Each parameter
+    keeps a per-run step count `t[group][param]` [R]."""
 
-    def __init__(self, groups: list[dict[str, Any]], n_runs: int, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 factored: list[tuple[torch.Tensor, FactoredGrad]] = ()) -> None:
-        self.groups = [(list(g["params"]), float(g["lr"])) for g in groups]
-        self.n_runs, self.wd, self.betas, self.eps = n_runs, weight_decay, betas, eps
+    def __init__(self, groups: list[dict[str, Any]], n_runs: int,
+                 weight_decay: float | torch.Tensor = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.n_runs, self.betas, self.eps = n_runs, betas, eps
+        self.groups: list[tuple[list[torch.Tensor], torch.Tensor]] = []
+        for g in groups:
+            ps = list(g["params"])
+            device = ps[0].device if ps else torch.device("cpu")
+            self.groups.append((ps, self._per_run(g["lr"], device)))
+        device = self.groups[0][0][0].device if self.groups and self.groups[0][0] else None
+        self.wd = self._per_run(weight_decay, device or torch.device("cpu"))
         self.m = [[torch.zeros_like(p) for p in ps] for ps, _ in self.groups]
         self.v = [[torch.zeros_like(p) for p in ps] for ps, _ in self.groups]
-        # one step tensor per (parameter, run): the kernels increment every listed tensor
         self.t = [[torch.zeros(n_runs, dtype=torch.float32, device=p.device) for p in ps]
                   for ps, _ in self.groups]
-        # per-run views of (parameter, m, v, step), made once: [group][param] -> 4 tuples of R
-        self.views = [[tuple(x.detach().unbind(0) for x in four)
-                       for four in zip(ps, ms, vs, ts, strict=True)]
-                      for (ps, _), ms, vs, ts in zip(self.groups, self.m, self.v, self.t,
-                                                    strict=True)]
-        # the step count every run of a parameter shares while no step has been masked (0-dim
-        # tensors, for one whole-tensor Adam call; None once the runs' counts part)
-        self.shared_t: list[list[torch.Tensor | None]] = [
-            [torch.zeros((), dtype=torch.float32, device=p.device) for p in ps]
-            for ps, _ in self.groups]
-        self.fused: bool | None = None
-        self.factored = list(factored)
-        # where each parameter's state lives: id -> (group, index)
-        self.where = {id(p): (gi, pi) for gi, (ps, _) in enumerate(self.groups)
-                      for pi, p in enumerate(ps)}
+        self._all = torch.ones(n_runs, dtype=torch.bool, device=device)
+
+    def _per_run(self, value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
+        out = torch.as_tensor(value, dtype=torch.float32, device=device)
+        return out.expand(self.n_runs).contiguous() if out.dim() == 0 else out.to(device)
 
     def zero_grad(self) -> None:
         for ps, _ in self.groups:
@@ -56,57 +74,14 @@ class StackedAdam:
                 p.grad = None
 
     @torch.no_grad()
-    def step(self, active: np.ndarray | None = None) -> None:
-        """Update every run, or only the runs where `active` [R] (host bool array) holds."""
-        for w, sink in self.factored:
-            self._factored_step(w, sink, active)
-        runs = range(self.n_runs) if active is None else np.flatnonzero(active).tolist()
-        for gi, ((params, lr), views) in enumerate(zip(self.groups, self.views, strict=True)):
-            lists: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
-            for pi, (p, (ps, ms, vs, ts)) in enumerate(zip(params, views, strict=True)):
+    def step(self, active: np.ndarray | torch.Tensor | None = None) -> None:
+        """Update every run, or only the runs where `active` [R] holds."""
+        mask = self._all if active is None else torch.as_tensor(active, device=self._all.device)
+        b1, b2 = self.betas
+        for (params, lr), ms, vs, ts in zip(self.groups, self.m, self.v, self.t, strict=True):
+            for p, m, v, t in zip(params, ms, vs, ts, strict=True):
                 if p.grad is None:
                     continue
-                shared = self.shared_t[gi][pi]
-                if shared is not None and active is None:  # the whole stacked tensor at once
-                    whole = (p, p.grad, self.m[gi][pi], self.v[gi][pi], shared)
-                    for out, x in zip(lists, whole, strict=True):
-                        out.append(x)
-                    continue
-                if shared is not None:  # a masked step: from now on, per-run step counts
-                    self.t[gi][pi].fill_(shared)
-                    self.shared_t[gi][pi] = None
-                gs = p.grad.unbind(0)
-                for r in runs:
-                    for out, x in zip(lists, (ps, gs, ms, vs, ts), strict=True):
-                        out.append(x[r])
-            if lists[0]:
-                self._adam(lists, lr)
-
-    def _factored_step(self, w: torch.Tensor, sink: FactoredGrad,
-                       active: np.ndarray | None) -> None:
-        pending = sink.take()
-        if pending is None:
-            return
-        if w.grad is not None:  # W also has an ordinary gradient: add the factored one
-            w.grad += torch.bmm(pending.u.mT, pending.v)
-            out = torch.bmm(pending.u[:, : pending.n_out], w)
-        else:
-            gi, pi = self.where[id(w)]
-            hp = (self.groups[gi][1], *self.betas, self.eps, self.wd)
-            out = adam_outer(w.data, self.m[gi][pi], self.v[gi][pi], self.t[gi][pi], pending,
-                             active, hp)
-        for w2, bias, start, stop in pending.heads:
-            dw2 = (out[:, start:stop].mT + bias).contiguous()  # the fused Adam wants p's layout
-            w2.grad = dw2 if w2.grad is None else w2.grad + dw2
-
-    def _adam(self, lists: tuple[list[torch.Tensor], ...], lr: float) -> None:
-        kw = {"amsgrad": False, "beta1": self.betas[0], "beta2": self.betas[1], "lr": lr,
-              "weight_decay": self.wd, "eps": self.eps, "maximize": False}
-        if self.fused is None:  # the fused kernel where this device has one
-            try:
-                _adam_fn(*lists[:4], [], lists[4], fused=True, **kw)
-                self.fused = True
-                return
-            except (RuntimeError, NotImplementedError):
-                self.fused = False
-        _adam_fn(*lists[:4], [], lists[4], fused=self.fused, foreach=not self.fused, **kw)
+                n = self.n_runs
+                adam_update(p.view(n, -1), p.grad.reshape(n, -1), m.view(n, -1), v.view(n, -1),
+                            t, lr, self.wd, mask, b1, b2, self.eps)
