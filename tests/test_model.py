@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from emodebias.model import HIDDEN, Rows, SERHead, StackedMLP, head_logits, mix_rows, run_slice
+from emodebias.model import (
+    HIDDEN,
+    SERHead,
+    SharedRows,
+    StackedMLP,
+    _LinearChain,
+    logits_dense,
+    mix_dense,
+    run_slice,
+)
 from emodebias.optim import StackedAdam
 
 
@@ -46,8 +55,16 @@ def test_head_is_weighted_layer_sum_then_two_linears() -> None:
     torch.testing.assert_close(lhs, head(a)[0] + head(b)[0], rtol=1e-4, atol=1e-5)
 
 
+def test_linear_chain_gradients_are_exact() -> None:
+    """The fused logits path: autograd's numerical gradcheck in float64 (every input)."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(2, 5, 7), (2, 7, 4), (2, 4), (2, 4, 3), (2, 3)]
+    args = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
+    assert torch.autograd.gradcheck(_LinearChain.apply, args)
+
+
 def test_logits_path_equals_two_layer_forward_and_its_gradients() -> None:
-    """head.logits (one compiled graph) = head(x)[0], values and every gradient."""
+    """head.logits (one linear map through W2ᵀW1ᵀ) = head(x)[0], values and every gradient."""
     head = SERHead(gens(3, 4), n_layers=3, dim=48, n_classes=6)
     with torch.no_grad():
         head.encoder.mix.weight.normal_()
@@ -91,7 +108,28 @@ def test_stacked_mlp_relu_hidden_and_slice() -> None:
     assert state["out.weight"].shape == (1, 5, 2)
 
 
-def _head_values_and_grads(head: SERHead, x: torch.Tensor | Rows) -> list[torch.Tensor]:
+def test_shared_rows_equal_the_dense_batch_values_and_gradients() -> None:
+    """Runs 0, 2, 3 read one batch and run 1 another: the grouped layer mix (each distinct batch
+    read once) gives the dense [R, B, L, D] result and the same gradients."""
+    head = SERHead(gens(1, 2, 3, 4), n_layers=3, dim=16, n_classes=5)
+    with torch.no_grad():
+        head.encoder.mix.weight.normal_()
+    layer_major = torch.randn(3, 2 * 8, 16)  # as FeatureBank returns rows: [L, J*B, D]
+    u = layer_major.view(3, 2, 8, 16).movedim(0, -2)  # [J, B, L, D] view
+    shared = SharedRows(u, (0, 1, 0, 0))
+    assert shared.shape == (4, 8, 3, 16)
+    grads = []
+    for x in (shared.dense(), shared):
+        head.zero_grad()
+        logits, h = head(x)
+        (logits.sum() + h.pow(2).sum() + head.logits(x).pow(2).sum()).backward()
+        grads.append((logits.detach(), [p.grad.clone() for p in head.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _head_values_and_grads(head: SERHead, x: torch.Tensor | SharedRows) -> list[torch.Tensor]:
     head.zero_grad()
     logits, h = head(x)
     chained = head.logits(x)
@@ -99,67 +137,50 @@ def _head_values_and_grads(head: SERHead, x: torch.Tensor | Rows) -> list[torch.
     return [logits.detach(), chained.detach(), *(p.grad.clone() for p in head.parameters())]
 
 
-def test_bank_rows_equal_the_dense_batch_values_and_gradients() -> None:
-    """Per-run float16 bank rows (gathered and converted inside the head) give the dense
-    float32 [R, B, L, D] batch's values and gradients; shared rows [B] equal them repeated."""
-    head = SERHead(gens(1, 2, 3), n_layers=3, dim=16, n_classes=5)
-    with torch.no_grad():
-        head.encoder.mix.weight.normal_()
-    bank = torch.randn(40, 3, 16).half()
-    idx = torch.randint(0, 40, (3, 8), generator=torch.Generator().manual_seed(0))
-    rows = Rows(bank, idx)
-    assert rows.shape == (3, 8, 3, 16)
-    dense = _head_values_and_grads(head, rows.dense())
-    for a, b in zip(dense, _head_values_and_grads(head, rows), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    shared = Rows(bank, idx[0])
-    for a, b in zip(_head_values_and_grads(head, shared),
-                    _head_values_and_grads(head, Rows(bank, idx[0].expand(3, 8))), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_compiled_head_and_adam_equal_eager_mode(monkeypatch) -> None:
-    """torch.compile (inductor) and eager mode (EMODEBIAS_COMPILE=0) give the same logits,
-    gradients and Adam updates to float32 rounding, across batch and stack sizes (compiled
-    once as dynamic shapes, not per size)."""
+def test_compiled_head_and_training_equal_eager_mode(monkeypatch) -> None:
+    """torch.compile (inductor; EMODEBIAS_COMPILE=1) and eager mode (=0) give the same logits,
+    gradients and Adam updates to float32 rounding, on dense, layer-major and shared inputs and
+    across batch and stack sizes."""
     torch._dynamo.reset()
     out = {}
     for mode in ("1", "0"):
         monkeypatch.setenv("EMODEBIAS_COMPILE", mode)
         got = []
-        for n_runs, batch in ((2, 8), (3, 5), (3, 8)):
+        for n_runs, batch in ((3, 8), (3, 5)):
             head = SERHead(gens(*range(n_runs)), n_layers=3, dim=16, n_classes=4)
             opt = StackedAdam([{"params": list(head.parameters()),
-                                "lr": torch.linspace(1e-3, 3e-3, n_runs)}], n_runs,
-                              torch.linspace(0.0, 0.1, n_runs))
-            bank = torch.randn(30, 3, 16, generator=torch.Generator().manual_seed(n_runs)).half()
-            idx = torch.arange(n_runs * batch).view(n_runs, batch) % 30
-            for step in range(3):
-                got += _head_values_and_grads(head, Rows(bank, idx))
+                                "lr": np.linspace(1e-3, 3e-3, n_runs)}], n_runs,
+                              np.linspace(0.0, 0.1, n_runs))
+            g = torch.Generator().manual_seed(batch)
+            layer_major = torch.randn(3, 2 * batch, 16, generator=g)
+            u = layer_major.view(3, 2, batch, 16).movedim(0, -2)  # [J, B, L, D] view
+            inputs = [torch.randn(n_runs, batch, 3, 16, generator=g), u[:1].expand(n_runs, -1,
+                      -1, -1), SharedRows(u, (0, 1, 0)), u[1]]
+            for step, x in enumerate(inputs):
+                got += _head_values_and_grads(head, x)
                 opt.step(None if step != 1 else np.arange(n_runs) != 1)
             got += [p.detach().clone() for p in head.parameters()]
         out[mode] = got
-    assert head_logits._compiled is not None and not head_logits.failed
-    assert mix_rows._compiled is not None and not mix_rows.failed
+    assert logits_dense._compiled is not None and not logits_dense.failed
+    assert mix_dense._compiled is not None and not mix_dense.failed
     for a, b in zip(out["1"], out["0"], strict=True):  # float32 sums in another order
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("value", ["0", "false", "off"])
-def test_compile_can_be_disabled(monkeypatch, value: str) -> None:
+@pytest.mark.parametrize("value,cpu,cuda", [("0", False, False), ("off", False, False),
+                                            ("auto", False, True), ("1", True, True)])
+def test_compile_setting(monkeypatch, value: str, cpu: bool, cuda: bool) -> None:
     from emodebias.training import compile as comp
 
     monkeypatch.setenv("EMODEBIAS_COMPILE", value)
-    assert not comp.enabled()
-    calls = []
-    wrapped = comp.Compiled(lambda x: calls.append(x) or x + 1)
-    assert wrapped(torch.ones(1)).item() == 2 and wrapped._compiled is None and calls
+    assert comp.enabled("cpu") is cpu and comp.enabled("cuda") is cuda
 
 
 def test_a_failing_compiler_falls_back_to_eager_once(monkeypatch, caplog) -> None:
     from emodebias.training import compile as comp
 
     monkeypatch.setenv("EMODEBIAS_COMPILE", "1")
+    monkeypatch.setattr(comp, "_FAILED", [])
 
     def broken(fn, **_kw):
         def run(*_a):
@@ -171,3 +192,4 @@ def test_a_failing_compiler_falls_back_to_eager_once(monkeypatch, caplog) -> Non
     assert wrapped(torch.ones(1)).item() == 2 and wrapped.failed
     assert wrapped(torch.ones(1)).item() == 2
     assert caplog.text.count("eager mode") == 1
+    assert not comp.enabled("cpu")  # the model's eager path from now on

@@ -1,72 +1,54 @@
-"""Adam over stacked parameters [R, ...] with per-run learning rates, weight decays and masks.
-
-torch.optim.Adam (fused or foreach) takes one learning rate per call and steps every element it
-is given: per-run learning rates and weight decays (hyperparameter-search trials stacked in one
-training) and per-run masked steps would need a call per run. This Adam is the same update
-(torch's formula, L2 weight decay) written over the run dimension: lr, weight decay and the step
-count are [R] tensors, and a run left out of a step (masked) keeps parameters, moments and step
-count, so a run gives the same numbers whatever it is stacked with. The update of one parameter
-is one compiled function (`training.compile`): one fused pass over p, g, m and v.
-"""
+"""Adam over stacked parameters [R, ...] with per-run learning rates, weight decays and masks."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import torch
-
-from emodebias.training.compile import compiled
-
-
-@compiled
-def adam_update(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
-                t: torch.Tensor, lr: torch.Tensor, wd: torch.Tensor, active: torch.Tensor,
-                beta1: float, beta2: float, eps: float) -> None:
-    """One Adam step on [R, n] views (in place); runs where `active` [R] is False keep
-    everything. lr, wd, t are [R]."""
-    keep = active.unsqueeze(1)
-    g = g + wd.unsqueeze(1) * p
-    m_new = torch.lerp(m, g, 1 - beta1)
-    v_new = v * beta2 + (1 - beta2) * g * g
-    t_new = t + active.to(t.dtype)
-    bc1 = 1 - torch.pow(beta1, t_new)
-    bc2 = torch.sqrt(1 - torch.pow(beta2, t_new))
-    denom = torch.sqrt(v_new) / bc2.unsqueeze(1) + eps
-    p_new = p - (lr / bc1).unsqueeze(1) * (m_new / denom)
-    p.copy_(torch.where(keep, p_new, p))
-    m.copy_(torch.where(keep, m_new, m))
-    v.copy_(torch.where(keep, v_new, v))
-    t.copy_(t_new)
+from torch.optim.adam import adam as _adam_fn
 
 
 class StackedAdam:
-    """Adam (torch's update, L2 weight decay) over stacked parameters [R, ...], per run.
+    """torch's Adam (L2 weight decay) over stacked parameters [R, ...], run by run.
 
-    `groups` are torch-style dicts (params, lr); a group's lr is a float or an [R] tensor, and
-    `weight_decay` a float or an [R] tensor: runs of a stack may differ in both. Each parameter
-    keeps a per-run step count `t[group][param]` [R]."""
+    Runs of a stack may differ in learning rate and weight decay (the trials of a search):
+    `groups` are torch-style dicts whose lr is a float or an [R] sequence / tensor, and
+    `weight_decay` a float or an [R] sequence. torch's Adam takes one lr per call, so each step
+    makes one call (fused kernel where the device has one, else foreach) per distinct (lr,
+    weight decay) over the per-run slices of those runs; each slice keeps its own step count,
+    and runs left out of a step (masked) keep parameters, moments and step count, so a run gives
+    the same numbers whatever it is stacked with."""
 
     def __init__(self, groups: list[dict[str, Any]], n_runs: int,
-                 weight_decay: float | torch.Tensor = 0.0,
+                 weight_decay: float | Any = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.n_runs, self.betas, self.eps = n_runs, betas, eps
-        self.groups: list[tuple[list[torch.Tensor], torch.Tensor]] = []
-        for g in groups:
-            ps = list(g["params"])
-            device = ps[0].device if ps else torch.device("cpu")
-            self.groups.append((ps, self._per_run(g["lr"], device)))
-        device = self.groups[0][0][0].device if self.groups and self.groups[0][0] else None
-        self.wd = self._per_run(weight_decay, device or torch.device("cpu"))
+        self.groups = [(list(g["params"]), self._per_run(g["lr"])) for g in groups]
+        self.wd = self._per_run(weight_decay)
         self.m = [[torch.zeros_like(p) for p in ps] for ps, _ in self.groups]
         self.v = [[torch.zeros_like(p) for p in ps] for ps, _ in self.groups]
+        # one step count per (parameter, run): the kernels increment each run's slice
         self.t = [[torch.zeros(n_runs, dtype=torch.float32, device=p.device) for p in ps]
                   for ps, _ in self.groups]
-        self._all = torch.ones(n_runs, dtype=torch.bool, device=device)
+        # per-run views of (parameter, m, v, step), made once: [group][param] -> 4 tuples of R
+        self.views = [[tuple(x.detach().unbind(0) for x in four)
+                       for four in zip(ps, ms, vs, ts, strict=True)]
+                      for (ps, _), ms, vs, ts in zip(self.groups, self.m, self.v, self.t,
+                                                    strict=True)]
+        self.fused: bool | None = None
 
-    def _per_run(self, value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
-        out = torch.as_tensor(value, dtype=torch.float32, device=device)
-        return out.expand(self.n_runs).contiguous() if out.dim() == 0 else out.to(device)
+    def _per_run(self, value: Any) -> list[float]:
+        """A float or [R] values -> R floats."""
+        if isinstance(value, torch.Tensor):
+            value = value.tolist()
+        if np.ndim(value) == 0:
+            return [float(value)] * self.n_runs
+        out = [float(v) for v in value]
+        if len(out) != self.n_runs:
+            raise ValueError(f"{len(out)} per-run values for {self.n_runs} runs")
+        return out
 
     def zero_grad(self) -> None:
         for ps, _ in self.groups:
@@ -74,14 +56,32 @@ class StackedAdam:
                 p.grad = None
 
     @torch.no_grad()
-    def step(self, active: np.ndarray | torch.Tensor | None = None) -> None:
-        """Update every run, or only the runs where `active` [R] holds."""
-        mask = self._all if active is None else torch.as_tensor(active, device=self._all.device)
-        b1, b2 = self.betas
-        for (params, lr), ms, vs, ts in zip(self.groups, self.m, self.v, self.t, strict=True):
-            for p, m, v, t in zip(params, ms, vs, ts, strict=True):
-                if p.grad is None:
-                    continue
-                n = self.n_runs
-                adam_update(p.view(n, -1), p.grad.reshape(n, -1), m.view(n, -1), v.view(n, -1),
-                            t, lr, self.wd, mask, b1, b2, self.eps)
+    def step(self, active: np.ndarray | None = None) -> None:
+        """Update every run, or only the runs where `active` [R] (host bool array) holds."""
+        runs = range(self.n_runs) if active is None else np.flatnonzero(active).tolist()
+        for (params, lrs), views in zip(self.groups, self.views, strict=True):
+            calls: dict[tuple[float, float], tuple[list[torch.Tensor], ...]] = defaultdict(
+                lambda: ([], [], [], [], []))
+            grads = [None if p.grad is None else p.grad.unbind(0) for p in params]
+            for r in runs:
+                lists = calls[(lrs[r], self.wd[r])]
+                for (ps, ms, vs, ts), gs in zip(views, grads, strict=True):
+                    if gs is None:
+                        continue
+                    for out, x in zip(lists, (ps, gs, ms, vs, ts), strict=True):
+                        out.append(x[r])
+            for (lr, wd), lists in calls.items():
+                if lists[0]:
+                    self._adam(lists, lr, wd)
+
+    def _adam(self, lists: tuple[list[torch.Tensor], ...], lr: float, wd: float) -> None:
+        kw = {"amsgrad": False, "beta1": self.betas[0], "beta2": self.betas[1], "lr": lr,
+              "weight_decay": wd, "eps": self.eps, "maximize": False}
+        if self.fused is None:  # the fused kernel where this device has one
+            try:
+                _adam_fn(*lists[:4], [], lists[4], fused=True, **kw)
+                self.fused = True
+                return
+            except (RuntimeError, NotImplementedError):
+                self.fused = False
+        _adam_fn(*lists[:4], [], lists[4], fused=self.fused, foreach=not self.fused, **kw)

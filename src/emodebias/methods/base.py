@@ -27,7 +27,7 @@ from torch import nn
 
 from emodebias.errors import UserError
 from emodebias.losses import class_balanced_ce
-from emodebias.model import Rows, SERHead
+from emodebias.model import SERHead, SharedRows
 
 if TYPE_CHECKING:
     from emodebias.training.data import TrainConfig, TrainData
@@ -90,7 +90,7 @@ class AuxTrainer(Protocol):
 class Batch:
     """One training step's inputs for R stacked runs (every tensor starts with [R, B])."""
 
-    x: Rows | torch.Tensor  # features [R, B, L, D]: bank rows (training) or a dense tensor
+    x: torch.Tensor | SharedRows  # [R, B, L, D] float32 (`SharedRows` when runs share rows)
     soft: torch.Tensor  # [R, B, K]
     majority: torch.Tensor  # [R, B] long, -1 = no strict majority
     group: torch.Tensor  # [R, B] long, -1 = unknown

@@ -18,7 +18,7 @@ from torch import nn
 
 from emodebias.losses import gce, soft_ce, target_prob
 from emodebias.methods.base import AuxTrainer, Batch, Method, Prepared, register
-from emodebias.model import HIDDEN, Encoder, Rows, SERHead, StackedLinear
+from emodebias.model import HIDDEN, Encoder, SERHead, SharedRows, StackedLinear
 
 
 class SampleEMA(nn.Module):
@@ -163,11 +163,11 @@ class DisEnt(Method):
         """[C_i | C_b]([z_l, z_b]) -> [R, B, 2K] (no detaching)."""
         return torch.bmm(z_l, self.w_l) + torch.bmm(z_b, self.w_b) + self.bias.unsqueeze(1)
 
-    def logits(self, x: torch.Tensor | Rows) -> torch.Tensor:
+    def logits(self, x: torch.Tensor | SharedRows) -> torch.Tensor:
         """C_i([z_l, z_b])."""
         return self.classify(self.enc_l(x), self.enc_b(x))[..., : self.ctx.n_classes]
 
-    def branch_parts(self, x: torch.Tensor | Rows) -> tuple[torch.Tensor, torch.Tensor]:
+    def branch_parts(self, x: torch.Tensor | SharedRows) -> tuple[torch.Tensor, torch.Tensor]:
         """z_l w_l and z_b w_b [R, B, 2K], cross-detached as learner.py: C_b's columns of z_l's
         part and C_i's columns of z_b's part train the classifiers only."""
         k = self.ctx.n_classes

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from emodebias.errors import UserError
-from emodebias.feature_bank import FeatureBank
+from emodebias.feature_bank import FeatureBank, RunGroups
 from emodebias.losses import class_weights_for
 from emodebias.methods import Batch, Method, MethodContext
 from emodebias.model import run_slice
@@ -188,6 +188,8 @@ def train_stack(plans: list[Plan], bank: FeatureBank) -> list[tuple[int, FitResu
             else:  # group-balanced sampler: n_r draws with replacement
                 perm[r, :n_r] = torch.multinomial(draw[r], n_r, replacement=True, generator=g)
         order = table.take(perm.to(device))
+        shared = RunGroups.of(  # runs that read the same rows
+            np.take_along_axis(host_rows, perm.numpy(), 1), lengths, device)
         total = torch.zeros(n_runs, device=device)
         for size, start, active in steps:
             if not alive.all():
@@ -199,7 +201,7 @@ def train_stack(plans: list[Plan], bank: FeatureBank) -> list[tuple[int, FitResu
             else:
                 cols = torch.as_tensor(start[:, None] + np.arange(size), device=device)
                 step = order.take(cols.clamp_max(n_max - 1))
-            batch = Batch(bank.batch(step.rows), step.soft, step.majority, step.group,
+            batch = Batch(bank.batch(step.rows, shared), step.soft, step.majority, step.group,
                           step.probs, step.pos, step.weight)
             saved = None if active is None else snapshot(method, loop_gens, active, n_runs)
             loss = method.loss(batch)

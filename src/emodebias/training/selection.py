@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import torch
 
-from emodebias.feature_bank import FeatureBank
+from emodebias.feature_bank import FeatureBank, RunGroups
 from emodebias.losses import class_balanced_ce
 from emodebias.methods import Method
 from emodebias.training.data import TrainConfig, TrainingError
@@ -32,6 +32,8 @@ class EvalSet:
         fill = next((int(i[0]) for i in idx if len(i)), 0)  # any row of the bank
         padded = idx[0] if self.shared else pad(idx, fill)
         self.rows = bank.compact(padded)
+        # runs whose lists are equal read each chunk once
+        self.groups = None if self.shared else RunGroups.of(padded, np.array(self.sizes), device)
         self.soft = torch.as_tensor(pad(soft, 0.0), device=device)  # [R, m, K]
         mask = pad([np.ones(n, dtype=np.float32) for n in self.sizes], 0.0)
         self.count = torch.as_tensor(np.maximum(self.sizes, 1), dtype=torch.float32,
@@ -42,13 +44,14 @@ class EvalSet:
 
     @torch.no_grad()
     def logits(self, method: Method, bank: FeatureBank, chunk: int) -> torch.Tensor:
-        """Logits [R, m, K] of every run on its own rows, in chunks of about `chunk` rows in
-        all (every run reads its own copy of a row: the features read stay bounded)."""
-        n_runs = method.n_runs
-        rows = self.rows.unsqueeze(0).expand(n_runs, -1) if self.shared else self.rows
-        step = max(1, chunk // n_runs)
-        parts = [method.logits(bank.batch(rows[:, s : s + step].contiguous()))
-                 for s in range(0, rows.shape[1], step)]
+        """Logits [R, m, K] of every run on its own rows, in chunks."""
+        if self.shared:
+            parts = [method.logits(bank.features(self.rows[s : s + chunk]))
+                     for s in range(0, len(self.rows), chunk)]
+        else:
+            step = max(1, chunk // self.rows.shape[0])
+            parts = [method.logits(bank.batch(self.rows[:, s : s + step], self.groups))
+                     for s in range(0, self.rows.shape[1], step)]
         if not parts:
             return torch.zeros(*self.soft.shape, device=self.soft.device)
         return torch.cat(parts, dim=1)
