@@ -37,6 +37,13 @@ class StackedAdam:
                        for four in zip(ps, ms, vs, ts, strict=True)]
                       for (ps, _), ms, vs, ts in zip(self.groups, self.m, self.v, self.t,
                                                     strict=True)]
+        # while every run of a parameter has made every step, their step counts are one 0-dim
+        # tensor and the whole stacked tensor takes one Adam call (elementwise: the same
+        # numbers as run by run); None once a masked step parts them
+        self.shared_t: list[list[torch.Tensor | None]] = [
+            [torch.zeros((), dtype=torch.float32, device=p.device) for p in ps]
+            for ps, _ in self.groups]
+        self.uniform = len(set(self.wd)) == 1
         self.fused: bool | None = None
 
     def _per_run(self, value: Any) -> list[float]:
@@ -59,10 +66,26 @@ class StackedAdam:
     def step(self, active: np.ndarray | None = None) -> None:
         """Update every run, or only the runs where `active` [R] (host bool array) holds."""
         runs = range(self.n_runs) if active is None else np.flatnonzero(active).tolist()
-        for (params, lrs), views in zip(self.groups, self.views, strict=True):
+        for gi, ((params, lrs), views) in enumerate(zip(self.groups, self.views, strict=True)):
             calls: dict[tuple[float, float], tuple[list[torch.Tensor], ...]] = defaultdict(
                 lambda: ([], [], [], [], []))
-            grads = [None if p.grad is None else p.grad.unbind(0) for p in params]
+            whole = active is None and self.uniform and len(set(lrs)) == 1
+            grads: list[Any] = []
+            for pi, p in enumerate(params):
+                shared = self.shared_t[gi][pi]
+                if p.grad is None:
+                    grads.append(None)
+                elif whole and shared is not None:  # the whole stacked tensor at once
+                    lists = calls[(lrs[0], self.wd[0])]
+                    for out, x in zip(lists, (p, p.grad, self.m[gi][pi], self.v[gi][pi], shared),
+                                      strict=True):
+                        out.append(x)
+                    grads.append(None)
+                else:
+                    if shared is not None:  # from now on, per-run step counts
+                        self.t[gi][pi].fill_(shared)
+                        self.shared_t[gi][pi] = None
+                    grads.append(p.grad.unbind(0))
             for r in runs:
                 lists = calls[(lrs[r], self.wd[r])]
                 for (ps, ms, vs, ts), gs in zip(views, grads, strict=True):
