@@ -518,3 +518,21 @@ def test_jtt_identification_models_of_a_grid_train_in_one_stack(monkeypatch) -> 
         assert set(rows) == set(d.train_idx)
         assert sorted(set(counts)) == [1, 1 + hp["up"]]
         assert (counts > 1).sum() == got.info["errors"]
+
+
+def test_compiled_training_equals_eager_training(monkeypatch) -> None:
+    """A run trained with the head compiled (EMODEBIAS_COMPILE=1, inductor) gives the eager
+    run's dev losses, selected epoch and probabilities to float32 rounding."""
+    from emodebias.model import logits_dense
+
+    data = random_data(9)
+    cfg = replace(CFG, epochs=2)
+    monkeypatch.setenv("EMODEBIAS_COMPILE", "1")
+    compiled = fit(data, "erm", seed=1, config=cfg)
+    assert logits_dense._compiled is not None and not logits_dense.failed
+    monkeypatch.setenv("EMODEBIAS_COMPILE", "0")
+    eager = fit(data, "erm", seed=1, config=cfg)
+    assert compiled.best_epoch == eager.best_epoch
+    np.testing.assert_allclose([h["dev_loss"] for h in compiled.history],
+                               [h["dev_loss"] for h in eager.history], rtol=1e-5)
+    np.testing.assert_allclose(compiled.test_probs, eager.test_probs, atol=1e-5)
