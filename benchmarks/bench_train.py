@@ -20,7 +20,9 @@ Sections:
    time from the two, so epoch-independent costs (processes, banks, JTT's 5-epoch
    identification phase) are counted once.
 
-Run: ``.venv/bin/python benchmarks/bench_train.py [--epochs 50] [--quick] [--profile]``.
+Run: ``.venv/bin/python benchmarks/bench_train.py [--epochs 50] [--quick] [--profile]``; with
+``EMODEBIAS_COMPILE=1`` the head runs through ``torch.compile`` on CPU too (compile time counts
+in the grid times; by default only CUDA compiles).
 """
 
 from __future__ import annotations
