@@ -7,10 +7,10 @@ read the batch in place (`model._LayerSum`, `model._LinearChain`). Both give the
 to float32 rounding (tests compare them).
 
 `EMODEBIAS_COMPILE`: unset or `auto` compiles on CUDA devices only; `1` compiles on every
-device; `0` (or `false` / `no` / `off`) never. On CPU, compilation is off by default because it
-does not pay for a grid: each graph variant (stack size 1 or more, short or long batches,
-training or evaluation) takes 7-18 s to compile on 2 cores, more than the steps it speeds up
-save (see docs/decisions.md). A compilation that fails (no C++ compiler for inductor, an
+device; `0` (or `false` / `no` / `off`) never. On CPU, compilation is off by default: each
+graph variant (stack size 1 or more, short or long batches, training or evaluation) takes 7-18 s
+to compile on 2 cores, and the compiled head is not faster than the eager one there (see
+docs/decisions.md). A compilation that fails (no C++ compiler for inductor, an
 unsupported backend) is logged once and training continues eagerly. Compiled code is cached
 where PyTorch puts it (`TORCHINDUCTOR_CACHE_DIR`, by default ``<tmp>/torchinductor_<user>``);
 nothing is written to the user's home.
