@@ -2,7 +2,7 @@
 
 Writes a 150,000 × 13 × 768 float16 store (~3 GB) into a temporary directory (deleted at the
 end unless ``--keep``), then trains in a *fresh child process* (so the peak is the trainer's,
-not the writer's) for 1 epoch with ``emodebias.train.fit`` and then ``fit_many`` (R runs).
+not the writer's) for 1 epoch with ``emodebias.training.fit`` and then ``fit_many`` (R runs).
 
 Reported: peak RSS (VmHWM), and the peaks of its two parts sampled every 20 ms —
 anonymous memory (real copies: tensors, numpy arrays) and file-backed pages (the memory-mapped
@@ -114,7 +114,7 @@ def child(
     """Train in this (fresh) process and report memory; called via ``--child``."""
     import torch
 
-    from emodebias import train as T
+    from emodebias import training as T
 
     base = _status_kb(("VmRSS", "RssAnon", "RssFile"))
     feats = np.load(store_dir / "features.npy", mmap_mode="r")

@@ -1,4 +1,4 @@
-"""Training-speed benchmark: a plain PyTorch loop vs ``emodebias.train.fit_many``.
+"""Training-speed benchmark: a plain PyTorch loop vs ``emodebias.training.fit_many``.
 
 Everything is printed as ratios against the plain loop measured in the same invocation, because
 absolute times on a shared CPU are noisy. Data: a CREMA-D-sized synthetic feature store
@@ -20,7 +20,9 @@ Sections:
    time from the two, so epoch-independent costs (processes, banks, JTT's 5-epoch
    identification phase) are counted once.
 
-Run: ``.venv/bin/python benchmarks/bench_train.py [--epochs 50] [--quick] [--profile]``.
+Run: ``.venv/bin/python benchmarks/bench_train.py [--epochs 50] [--quick] [--profile]``; with
+``EMODEBIAS_COMPILE=1`` the head runs through ``torch.compile`` on CPU too (compile time counts
+in the grid times; by default only CUDA compiles).
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def cb_ce(logits: torch.Tensor, soft: torch.Tensor, cw: torch.Tensor) -> torch.T
 def run_seeds(seed: int) -> tuple[int, int, int]:
     """(init, data-preparation, batching) seeds from one run seed.
 
-    The same derivation as ``emodebias.train`` (SeedSequence), so that the plain loop and the
+    The same derivation as ``emodebias.training`` (SeedSequence), so that the plain loop and the
     library draw the same initial weights and the same per-epoch ``torch.randperm`` batches.
     """
     return tuple(int(s) for s in np.random.SeedSequence(seed).generate_state(3))  # type: ignore[return-value]
@@ -286,14 +288,14 @@ def _line(name: str, value: str) -> None:
 
 
 def try_import_train() -> Any | None:
-    """``emodebias.train`` if it imports and offers ``fit``/``fit_many``, else None."""
+    """``emodebias.training`` if it imports and offers ``fit``/``fit_many``, else None."""
     try:
-        mod = importlib.import_module("emodebias.train")
+        mod = importlib.import_module("emodebias.training")
     except Exception as exc:  # noqa: BLE001 - report any import failure
-        print(f"  [emodebias.train unavailable: {type(exc).__name__}: {exc}]")
+        print(f"  [emodebias.training unavailable: {type(exc).__name__}: {exc}]")
         return None
     if not all(hasattr(mod, a) for a in ("fit", "fit_many", "TrainData")):
-        print("  [emodebias.train lacks fit / fit_many / TrainData]")
+        print("  [emodebias.training lacks fit / fit_many / TrainData]")
         return None
     return mod
 
@@ -385,7 +387,8 @@ def train_data(b: Bench, tmod: Any, idx: tuple[np.ndarray, ...], source: str) ->
 def section_equality(b: Bench, tmod: Any) -> None:
     """fit(erm) vs the plain loop with the same seed on the 1:20 fold-1 set."""
     epochs = min(b.epochs, 10 if b.quick else b.epochs)
-    print(f"\n[2] numerical equality: emodebias.train.fit(erm) vs the plain loop ({epochs} epochs)")
+    print(f"\n[2] numerical equality: emodebias.training.fit(erm) vs the plain loop "
+          f"({epochs} epochs)")
     idx = _data.imbalance_idx(b.labels, 1, 20)
     data = train_data(b, tmod, idx, "truth")
     for seed in (0, 1):

@@ -59,7 +59,7 @@ def test_grid_doc_names_every_entry_train_and_evaluation_key() -> None:
     entries = section(GRID_DOC, "## Run entries")
     for key in grid_module.ENTRY_KEYS:
         assert f"`{key}`" in entries, key
-    from emodebias.train import TrainConfig
+    from emodebias.training import TrainConfig
 
     train = set(table_keys(section(GRID_DOC, "## Training settings")))
     assert train == {f.name for f in dataclasses.fields(TrainConfig)} | set(

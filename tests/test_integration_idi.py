@@ -17,7 +17,7 @@ from emodebias.groups.f0 import f0_groups
 from emodebias.groups.truth import truth_groups
 from emodebias.splits import make_split
 from emodebias.store import extract
-from emodebias.train import TrainConfig, TrainData, fit
+from emodebias.training import TrainConfig, TrainData, fit
 
 METHODS = ("rw", "ds", "gdro", "gadro", "pgdro")
 

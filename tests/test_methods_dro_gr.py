@@ -13,7 +13,7 @@ from emodebias.bench.grid import load_grid
 from emodebias.losses import soft_rate_gap
 from emodebias.methods import REGISTRY, Batch, MethodContext, get_method
 from emodebias.methods.dro import balanced_weights, dro_members
-from emodebias.train import RunConfig, TrainConfig, TrainData, fit, fit_many
+from emodebias.training import RunConfig, TrainConfig, TrainData, fit, fit_many
 
 K = 3
 

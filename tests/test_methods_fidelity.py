@@ -14,7 +14,7 @@ from emodebias.methods.adversarial import diff_loss, grad_reverse
 from emodebias.methods.biased import SampleEMA, argmax_errors, jtt_upsample
 from emodebias.methods.postprocess import apply_thresholds, eo_thresholds
 from emodebias.methods.regularizers import cell_gaps
-from emodebias.train import TrainData
+from emodebias.training import TrainData
 
 L, D, K = 2, 5, 3
 

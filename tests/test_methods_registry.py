@@ -7,7 +7,7 @@ import pytest
 
 from emodebias.labels import soft_from_votes
 from emodebias.methods import REGISTRY
-from emodebias.train import TrainConfig, TrainData, fit
+from emodebias.training import TrainConfig, TrainData, fit
 
 CFG = TrainConfig(epochs=2, batch_size=16, lr=1e-3)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from emodebias.model import (
@@ -13,8 +14,11 @@ from emodebias.model import (
     SharedRows,
     StackedMLP,
     _LinearChain,
+    logits_dense,
+    mix_dense,
     run_slice,
 )
+from emodebias.optim import StackedAdam
 
 
 def gens(*seeds: int) -> list[torch.Generator]:
@@ -123,3 +127,69 @@ def test_shared_rows_equal_the_dense_batch_values_and_gradients() -> None:
     torch.testing.assert_close(grads[0][0], grads[1][0])
     for a, b in zip(grads[0][1], grads[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _head_values_and_grads(head: SERHead, x: torch.Tensor | SharedRows) -> list[torch.Tensor]:
+    head.zero_grad()
+    logits, h = head(x)
+    chained = head.logits(x)
+    (logits.sum() + h.pow(2).sum() + chained.pow(2).sum()).backward()
+    return [logits.detach(), chained.detach(), *(p.grad.clone() for p in head.parameters())]
+
+
+def test_compiled_head_and_training_equal_eager_mode(monkeypatch) -> None:
+    """torch.compile (inductor; EMODEBIAS_COMPILE=1) and eager mode (=0) give the same logits,
+    gradients and Adam updates to float32 rounding, on dense, layer-major and shared inputs and
+    across batch and stack sizes."""
+    torch._dynamo.reset()
+    out = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("EMODEBIAS_COMPILE", mode)
+        got = []
+        for n_runs, batch in ((3, 8), (3, 5)):
+            head = SERHead(gens(*range(n_runs)), n_layers=3, dim=16, n_classes=4)
+            opt = StackedAdam([{"params": list(head.parameters()),
+                                "lr": np.linspace(1e-3, 3e-3, n_runs)}], n_runs,
+                              np.linspace(0.0, 0.1, n_runs))
+            g = torch.Generator().manual_seed(batch)
+            layer_major = torch.randn(3, 2 * batch, 16, generator=g)
+            u = layer_major.view(3, 2, batch, 16).movedim(0, -2)  # [J, B, L, D] view
+            inputs = [torch.randn(n_runs, batch, 3, 16, generator=g), u[:1].expand(n_runs, -1,
+                      -1, -1), SharedRows(u, (0, 1, 0)), u[1]]
+            for step, x in enumerate(inputs):
+                got += _head_values_and_grads(head, x)
+                opt.step(None if step != 1 else np.arange(n_runs) != 1)
+            got += [p.detach().clone() for p in head.parameters()]
+        out[mode] = got
+    assert logits_dense._compiled is not None and not logits_dense.failed
+    assert mix_dense._compiled is not None and not mix_dense.failed
+    for a, b in zip(out["1"], out["0"], strict=True):  # float32 sums in another order
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("value,cpu,cuda", [("0", False, False), ("off", False, False),
+                                            ("auto", False, True), ("1", True, True)])
+def test_compile_setting(monkeypatch, value: str, cpu: bool, cuda: bool) -> None:
+    from emodebias.training import compile as comp
+
+    monkeypatch.setenv("EMODEBIAS_COMPILE", value)
+    assert comp.enabled("cpu") is cpu and comp.enabled("cuda") is cuda
+
+
+def test_a_failing_compiler_falls_back_to_eager_once(monkeypatch, caplog) -> None:
+    from emodebias.training import compile as comp
+
+    monkeypatch.setenv("EMODEBIAS_COMPILE", "1")
+    monkeypatch.setattr(comp, "_FAILED", [])
+
+    def broken(fn, **_kw):
+        def run(*_a):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    wrapped = comp.Compiled(lambda x: x * 2)
+    assert wrapped(torch.ones(1)).item() == 2 and wrapped.failed
+    assert wrapped(torch.ones(1)).item() == 2
+    assert caplog.text.count("eager mode") == 1
+    assert not comp.enabled("cpu")  # the model's eager path from now on

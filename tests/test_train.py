@@ -18,7 +18,7 @@ from emodebias.losses import class_weights_for
 from emodebias.manifest import Manifest
 from emodebias.methods import get_method
 from emodebias.splits import Split
-from emodebias.train import (
+from emodebias.training import (
     FitResult,
     RunConfig,
     TrainConfig,
@@ -389,72 +389,71 @@ def test_fit_stream_yields_each_stack_and_workers_give_the_same_numbers(tmp_path
 def test_stacking_ignores_attributes_added_to_torch_module_at_runtime(monkeypatch) -> None:
     """transformers adds `smart_apply` to nn.Module while it builds a model: methods whose
     stack keys were taken before and after must still stack (the cause of a flaky test)."""
-    from emodebias.train import _impl_key
+    from emodebias.training.plan import impl_key
 
-    _impl_key.cache_clear()
-    before = _impl_key(get_method("gdro"))
+    impl_key.cache_clear()
+    before = impl_key(get_method("gdro"))
     monkeypatch.setattr(torch.nn.Module, "smart_apply", lambda self: None, raising=False)
-    assert _impl_key(get_method("gadro")) == before
-    _impl_key.cache_clear()
+    assert impl_key(get_method("gadro")) == before
+    impl_key.cache_clear()
 
 
-def spy_distinct_batches(monkeypatch) -> list[int]:
-    """Record how many distinct row lists each batch of the PyTorch path reads (undo with
-    `monkeypatch.undo()`)."""
-    from emodebias import train as train_mod
-
-    seen: list[int] = []
-    original = train_mod.FeatureBank.batch
-
-    def spy(self, rows, shared=None):
-        out = original(self, rows, shared)
-        seen.append(len(getattr(out, "x", out)))
-        return out
-
-    monkeypatch.setattr(train_mod.FeatureBank, "batch", spy)
-    return seen
-
-
-def test_runs_of_one_cell_share_batches_and_equal_runs_alone(monkeypatch) -> None:
-    """ERM, RW, GDRO and GADRO with one seed on one split draw the same batches: on the PyTorch
-    path the stack reads each batch once (SharedRows) and every run still equals the run trained
-    alone."""
-    cfg = replace(CFG, kernels="torch")
-    seen = spy_distinct_batches(monkeypatch)
+def test_runs_of_one_cell_stack_and_equal_runs_alone() -> None:
+    """ERM, RW, GDRO and GADRO with one seed on one split stack (two per stack) and every run
+    equals the run trained alone."""
     data = random_data(6)
-    runs = [RunConfig(m, {}, 3, cfg) for m in ("erm", "rw", "gdro", "gadro")]
+    runs = [RunConfig(m, {}, 3, CFG) for m in ("erm", "rw", "gdro", "gadro")]
     stacked = fit_many(data, runs)
-    monkeypatch.undo()
     assert [r.info["stack_size"] for r in stacked] == [2, 2, 2, 2]
-    assert seen and max(seen) == 1  # two runs per stack, one distinct batch per step
     for run, got in zip(runs, stacked, strict=True):
-        alone = fit(data, run.method, {}, run.seed, cfg)
+        alone = fit(data, run.method, {}, run.seed, CFG)
         assert alone.best_epoch == got.best_epoch
         np.testing.assert_allclose(got.test_probs, alone.test_probs, atol=1e-5)
 
 
-def test_shared_batches_with_uneven_lengths_and_masked_steps_on_the_pytorch_path(
-        monkeypatch) -> None:
-    """On the PyTorch path the runs that read the same rows are found on the host once per
-    epoch: ERM and RW on one list (same seed) share every batch, a run on a shorter list (its
-    partial batch a masked sub-step of the others) does not, and each equals the run alone."""
-    cfg = replace(CFG, kernels="torch")
+def test_uneven_lengths_and_masked_steps_equal_runs_alone() -> None:
+    """A run on a shorter list (its partial batch a masked sub-step of the others) stacks with
+    ERM and RW on the full list, and each equals the run alone."""
     data = random_data(3, n=160)
     short = replace(data, train_idx=np.arange(70))  # 4 full batches + 6 rows; data has 80
-    pairs = [(data, [RunConfig("erm", {}, 3, cfg), RunConfig("rw", {}, 3, cfg)]),
-             (short, [RunConfig("erm", {}, 3, cfg)])]
-    distinct = spy_distinct_batches(monkeypatch)
+    pairs = [(data, [RunConfig("erm", {}, 3, CFG), RunConfig("rw", {}, 3, CFG)]),
+             (short, [RunConfig("erm", {}, 3, CFG)])]
     stacked = fit_many(pairs)
-    monkeypatch.undo()
     assert {r.info["stack_size"] for r in stacked} == {3}
-    assert set(distinct) == {2}  # every step: one batch for ERM + RW, one for the short run
     flat = [(d, run) for d, runs in pairs for run in runs]
     for (d, run), res in zip(flat, stacked, strict=True):
-        alone = fit(d, run.method, run.hparams, run.seed, cfg)
+        alone = fit(d, run.method, run.hparams, run.seed, CFG)
         assert alone.best_epoch == res.best_epoch
         np.testing.assert_allclose(res.test_probs, alone.test_probs, atol=1e-5)
         np.testing.assert_allclose([h["train_loss"] for h in res.history],
                                    [h["train_loss"] for h in alone.history], rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["erm", "lff", "disent"])
+def test_runs_differing_in_epochs_lr_and_weight_decay_stack_and_equal_runs_alone(
+        method: str) -> None:
+    """Search trials differ in float settings only: lr, weight decay and epochs are per run, so
+    they train in one stack; a run whose epochs are done stops (no updates, no selection, its
+    history ends at its own epochs) and each run equals the run trained alone."""
+    data = random_data(4)
+    cfgs = [replace(CFG, epochs=4, lr=1e-3), replace(CFG, epochs=2, lr=3e-3, weight_decay=0.1),
+            replace(CFG, epochs=3, lr=5e-4, weight_decay=0.01)]
+    runs = [RunConfig(method, {}, 7, c) for c in cfgs]
+    stacked = fit_many(data, runs)
+    assert [r.info["stack_size"] for r in stacked] == [3, 3, 3]
+    assert [r.info["twins"] for r in stacked] == [0, 0, 0]  # same seed, other settings
+    for run, got in zip(runs, stacked, strict=True):
+        assert len(got.history) == run.config.epochs
+        assert got.best_epoch <= run.config.epochs
+        assert got.config["lr"] == run.config.lr
+        alone = fit(data, run.method, {}, run.seed, run.config)
+        assert alone.info["stack_size"] == 1
+        assert alone.best_epoch == got.best_epoch
+        np.testing.assert_allclose([h["dev_loss"] for h in got.history],
+                                   [h["dev_loss"] for h in alone.history], rtol=1e-5)
+        np.testing.assert_allclose(got.test_probs, alone.test_probs, atol=1e-5)
+        for k, v in alone.state.items():
+            np.testing.assert_allclose(got.state[k].numpy(), v.numpy(), atol=1e-5)
 
 
 def test_postprocessing_and_data_level_methods_stack_with_erm() -> None:
@@ -487,7 +486,7 @@ def test_jtt_identification_models_of_a_grid_train_in_one_stack(monkeypatch) -> 
     """JTT's data-level hook for several runs trains their identification models in one
     stacked `fit_many`; each run's list equals the one its own `prepare` gives, with each
     training error 1 + up times."""
-    from emodebias import train as train_mod
+    from emodebias.training import fitting as train_mod
 
     jtt = get_method("jtt")
     data = random_data(5)
@@ -507,13 +506,33 @@ def test_jtt_identification_models_of_a_grid_train_in_one_stack(monkeypatch) -> 
         return out
 
     monkeypatch.setattr(train_mod, "fit_many", spy)
-    together = jtt.prepare_many(items())
+    trainer = train_mod._TRAINER
+    together = jtt.prepare_many(items(), trainer=trainer)
     assert calls == [[2, 2]]  # one call, one stack of both identification models
-    for (d, hp, gen, cfg), got in zip(items(), together, strict=True):
-        alone = jtt.prepare(d, hp, gen, cfg)
+    for item, got in zip(items(), together, strict=True):
+        d, hp = item[:2]
+        alone = jtt.prepare_many([item], trainer=trainer)[0]
         np.testing.assert_array_equal(got.idx, alone.idx)
         assert got.info == alone.info and got.info["errors"] > 0
         rows, counts = np.unique(got.idx, return_counts=True)
         assert set(rows) == set(d.train_idx)
         assert sorted(set(counts)) == [1, 1 + hp["up"]]
         assert (counts > 1).sum() == got.info["errors"]
+
+
+def test_compiled_training_equals_eager_training(monkeypatch) -> None:
+    """A run trained with the head compiled (EMODEBIAS_COMPILE=1, inductor) gives the eager
+    run's dev losses, selected epoch and probabilities to float32 rounding."""
+    from emodebias.model import logits_dense
+
+    data = random_data(9)
+    cfg = replace(CFG, epochs=2)
+    monkeypatch.setenv("EMODEBIAS_COMPILE", "1")
+    compiled = fit(data, "erm", seed=1, config=cfg)
+    assert logits_dense._compiled is not None and not logits_dense.failed
+    monkeypatch.setenv("EMODEBIAS_COMPILE", "0")
+    eager = fit(data, "erm", seed=1, config=cfg)
+    assert compiled.best_epoch == eager.best_epoch
+    np.testing.assert_allclose([h["dev_loss"] for h in compiled.history],
+                               [h["dev_loss"] for h in eager.history], rtol=1e-5)
+    np.testing.assert_allclose(compiled.test_probs, eager.test_probs, atol=1e-5)

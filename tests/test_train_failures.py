@@ -16,7 +16,7 @@ from emodebias.errors import UserError
 from emodebias.manifest import Manifest
 from emodebias.methods import GroupSupervisionError
 from emodebias.splits import group_support_warnings, make_split
-from emodebias.train import (
+from emodebias.training import (
     FeatureError,
     RunConfig,
     TrainConfig,
@@ -47,7 +47,7 @@ def test_zero_epochs_and_divergence_fail() -> None:
     with pytest.raises(TrainingError, match="epochs is 0"):
         fit(data, "erm", config=replace(CFG, epochs=0))
     with pytest.raises(TrainingError, match="finite dev loss"):
-        fit(data, "erm", config=replace(CFG, lr=1e30, kernels="torch"))
+        fit(data, "erm", config=replace(CFG, lr=1e30))
 
 
 def test_non_finite_features_name_the_utterances() -> None:
@@ -161,10 +161,10 @@ def test_grid_records_a_failed_training_and_the_run_facts(tmp_path) -> None:
                                        "n_speakers_per_gender": 5, "utterances_per_emotion": 4,
                                        "seconds": [0.5, 0.7]},
             "encoder": "acoustic", "folds": [1], "ratios": ["1:5"],
-            "train": {"epochs": 3, "lr": 1.0e-2, "kernels": "torch"},
+            "train": {"epochs": 3, "lr": 1.0e-2},
             "runs": ["erm", {"method": "gdro", "groups": "truth"}],
             "extras": [{"method": "rw", "groups": "truth",
-                        "train": {"epochs": 3, "lr": 1.0e+30, "kernels": "torch"}}]}
+                        "train": {"epochs": 3, "lr": 1.0e+30}}]}
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(grid))
     specs = load_grid(path)

@@ -50,8 +50,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Split": ("emodebias.splits", "Split"),
     "FeatureStore": ("emodebias.store", "FeatureStore"),
     "GroupAssignment": ("emodebias.groups.assignment", "GroupAssignment"),
-    "TrainConfig": ("emodebias.train", "TrainConfig"),
-    "TrainData": ("emodebias.train", "TrainData"),
+    "TrainConfig": ("emodebias.training", "TrainConfig"),
+    "TrainData": ("emodebias.training", "TrainData"),
     "UserError": ("emodebias.errors", "UserError"),
 }
 

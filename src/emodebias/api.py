@@ -195,7 +195,7 @@ def pseudo_groups(manifest: Manifest | str | Path, model: str | Path, *,
 
 # ----------------------------------------------------------------------------- training
 def _config(epochs: int, batch_size: int, lr: float, device: str, options: dict) -> Any:
-    from emodebias.train import TrainConfig
+    from emodebias.training import TrainConfig
 
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, device=device, **options)
 

@@ -11,8 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from emodebias import kernels
-from emodebias.fused import BankRows
 from emodebias.model import SharedRows
 
 
@@ -74,50 +72,32 @@ def _available_bytes() -> float:
 class FeatureBank:
     """The feature rows a set of stacks needs, compacted and on the device.
 
-    With the native kernels (`native`, CPU only) the rows stay in the store's float16 / float32
-    and row-major: copied once when they fit `max_gb` (and a quarter of the available RAM), else
-    read in place from the memory-mapped store; batches are `BankRows` (indices the kernels
-    read through). Without them, rows are copied once as float32, layer-major, when they fit,
-    else each batch is read from the memory-mapped store, and batches are float32 tensors.
-    Either way stores larger than RAM still train.
+    Rows are copied once as float32, layer-major [L, n, D], when they fit `max_gb` (and a
+    quarter of the available RAM); else each batch is read from the memory-mapped store, so
+    stores larger than RAM still train. Batches are float32 tensors [*rows.shape, L, D]
+    (layer-major views: each layer's rows contiguous, see `LayerMix`), or `SharedRows` when
+    runs read the same rows.
     """
 
-    def __init__(self, features: Any, rows: np.ndarray, device: torch.device, max_gb: float,
-                 native: bool = False):
+    def __init__(self, features: Any, rows: np.ndarray, device: torch.device, max_gb: float):
         self.source, self.device = features, device
         shape = features.shape
         self.n_layers, self.dim = int(shape[1]), int(shape[2])
-        self.native = native and device.type == "cpu" and kernels.library() is not None
-        dtype = np.dtype(features.dtype) if self.native else np.dtype(np.float32)
-        if dtype not in (np.float16, np.float32):
-            dtype = np.dtype(np.float32)
         self.rows = np.unique(rows)
-        nbytes = len(self.rows) * self.n_layers * self.dim * dtype.itemsize
+        nbytes = len(self.rows) * self.n_layers * self.dim * 4
         fits = nbytes <= min(max_gb * 2**30, _available_bytes() / 4)
-        self.x = None  # preloaded rows: [n, L, D] (native) or layer-major [L, n, D] float32
+        self.x = self._preload() if fits else None  # preloaded rows [L, n, D] float32
         self._buf: torch.Tensor | None = None
-        if self.native and not fits and isinstance(features, np.ndarray) \
-                and features.dtype == dtype and features.flags.c_contiguous:
-            self.rows = np.arange(len(features))  # read the store in place
-            self.x = features
-        elif fits:
-            self.x = self._preload(dtype)
-        elif self.native:  # nothing the kernels can read in place: the PyTorch path
-            self.native = False
         self.lookup = np.full(len(features), -1, dtype=np.int64)
         self.lookup[self.rows] = np.arange(len(self.rows))
 
-    def _preload(self, dtype: np.dtype) -> torch.Tensor:
-        """Copy the bank's rows once, in chunks (row-major for the kernels, else layer-major)."""
+    def _preload(self) -> torch.Tensor:
+        """Copy the bank's rows once, in chunks, layer-major."""
         n = len(self.rows)
-        shape = (n, self.n_layers, self.dim) if self.native else (self.n_layers, n, self.dim)
-        x = torch.from_numpy(np.empty(shape, dtype))
+        x = torch.from_numpy(np.empty((self.n_layers, n, self.dim), np.float32))
         for s in range(0, n, 4096):
-            chunk = torch.from_numpy(np.asarray(self.source[self.rows[s : s + 4096]], dtype))
-            if self.native:
-                x[s : s + len(chunk)] = chunk
-            else:
-                x[:, s : s + len(chunk)] = chunk.transpose(0, 1)
+            chunk = torch.from_numpy(np.asarray(self.source[self.rows[s : s + 4096]], np.float32))
+            x[:, s : s + len(chunk)] = chunk.transpose(0, 1)
         return x.to(self.device)
 
     def _buffer(self, n: int) -> torch.Tensor:
@@ -129,12 +109,10 @@ class FeatureBank:
         return self._buf[:size].view(self.n_layers, n, self.dim)
 
     def batch(self, rows: torch.Tensor, shared: RunGroups | None = None,
-              ) -> torch.Tensor | SharedRows | BankRows:
-        """Features of per-run rows [R, B]: `BankRows` with the native kernels; else, when
-        `shared` (found on the host by the caller) names runs that read the same rows, each
-        distinct row list once (`SharedRows`), or `features(rows)`."""
-        if self.native:
-            return BankRows(self.x, rows.contiguous())
+              ) -> torch.Tensor | SharedRows:
+        """Features of per-run rows [R, B]: when `shared` (found on the host by the caller)
+        names runs that read the same rows, each distinct row list once (`SharedRows`), else
+        `features(rows)`."""
         if shared is None or len(shared.first) == len(rows):
             return self.features(rows)
         return SharedRows(self.features(rows.index_select(0, shared.first)), shared.group)
@@ -143,12 +121,9 @@ class FeatureBank:
         """Bank positions of store rows (which must be in the bank)."""
         return torch.as_tensor(self.lookup[np.asarray(full_rows)], device=self.device)
 
-    def features(self, rows: torch.Tensor) -> torch.Tensor | BankRows:
-        """Features [*rows.shape, L, D] for compact row indices: `BankRows` with the native
-        kernels; else float32 (preloaded: a layer-major view, each layer's rows contiguous (see
-        `LayerMix`), into a buffer that the next call reuses)."""
-        if self.native:
-            return BankRows(self.x, rows.contiguous())
+    def features(self, rows: torch.Tensor) -> torch.Tensor:
+        """Float32 features [*rows.shape, L, D] for compact row indices (preloaded: a
+        layer-major view into a buffer that the next call reuses)."""
         flat = rows.reshape(-1)
         if self.x is not None:
             x = torch.index_select(self.x, 1, flat, out=self._buffer(len(flat)))

@@ -5,7 +5,9 @@ W2 [R, 256, K]) so a grid of heads trains as one batched computation; R = 1 is o
 Run r is initialised from its own generator only, so a run gives the same numbers alone or
 stacked. Inputs are pooled per-layer features: [R, B, L, D] (per-run batches) or [B, L, D]
 (one batch shared by every run, e.g. the dev set). Pooling commutes with the linear projector,
-so pooled features give exactly the frame-level head's output.
+so pooled features give exactly the frame-level head's output. Compiled (`training.compile`),
+the head is plain PyTorch arithmetic in one graph; eager, it uses the autograd functions below
+(same sums, re-associated, with hand-written exact gradients that read the batch in place).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from emodebias.fused import BankRows, FactoredGrad, bank_mix, bank_mix_chain, bank_mix_linear
+from emodebias.training.compile import compiled, use_compiled
 
 HIDDEN = 256
 
@@ -149,17 +151,17 @@ class LayerMix(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(n_runs, n_layers))
 
-    def forward(self, x: torch.Tensor | SharedRows | BankRows) -> torch.Tensor:
-        """x [R, B, L, D], `SharedRows`, `BankRows` (native kernels), or one batch for all runs
-        [B, L, D] -> [R, B, D].
+    def forward(self, x: torch.Tensor | SharedRows) -> torch.Tensor:
+        """x [R, B, L, D], `SharedRows`, or one batch for all runs [B, L, D] -> [R, B, D].
 
-        Layer-major inputs (each layer's [B, D] block contiguous, as FeatureBank returns them)
-        mix with one matrix product per run read in place; other layouts use a batched
-        [1, L] @ [L, D] product per row, also without reordering x.
+        Compiled (`training.compile`), one fused graph. Eager, layer-major inputs (each
+        layer's [B, D] block contiguous, as FeatureBank returns them) mix with one matrix
+        product per run read in place; other layouts use a batched [1, L] @ [L, D] product per
+        row, also without reordering x.
         """
+        if use_compiled(self.weight):
+            return mix_dense(_dense(x, len(self.weight)), self.weight)
         w = torch.softmax(self.weight, dim=-1)
-        if isinstance(x, BankRows):
-            return bank_mix(w, x)
         b, n_layers, d = x.shape[-3:]
         if isinstance(x, SharedRows):
             u = x.x
@@ -177,6 +179,28 @@ class LayerMix(nn.Module):
         return torch.matmul(w[:, None, None, :], x).squeeze(-2)
 
 
+def _dense(x: torch.Tensor | SharedRows, n_runs: int) -> torch.Tensor:
+    """Per-run features [R, B, L, D] for the compiled functions."""
+    if isinstance(x, SharedRows):
+        return x.dense()
+    return x.expand(n_runs, *x.shape) if x.dim() == 3 else x
+
+
+@compiled
+def mix_dense(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """softmax(weight)-weighted layer sum of x [R, B, L, D] -> [R, B, D] (the reference
+    arithmetic that the eager path's `_LayerSum` computes with hand-written gradients)."""
+    return (x * torch.softmax(weight, dim=-1)[:, None, :, None]).sum(-2)
+
+
+@compiled
+def logits_dense(x: torch.Tensor, weight: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+                 w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """Layer mix -> affine -> affine of x [R, B, L, D] -> logits [R, B, K], one graph."""
+    h = (x * torch.softmax(weight, dim=-1)[:, None, :, None]).sum(-2)
+    return affine(affine(h, w1, b1), w2, b2)
+
+
 class Encoder(nn.Module):
     """Layer mix -> Linear(D → 256): the pooled 256-d representation h_S."""
 
@@ -184,27 +208,8 @@ class Encoder(nn.Module):
         super().__init__()
         self.mix = LayerMix(len(gens), n_layers)
         self.proj = StackedLinear(gens, dim, hidden)
-        self.sink: FactoredGrad | None = None  # see `defer_weight_grads`
 
-    def defer_weight_grads(self) -> tuple[torch.Tensor, FactoredGrad]:
-        """Route the projection weight's gradient, from this encoder and from a head's `logits`
-        on `BankRows`, to a sink (factored) for an optimiser that updates the weight without
-        materialising its gradient (`StackedAdam`)."""
-        self.sink = FactoredGrad()
-        return self.proj.weight, self.sink
-
-    def chain(self, w2: torch.Tensor, b2: torch.Tensor, x: BankRows,
-              detached: tuple[int, int] | None = None) -> torch.Tensor:
-        """Logits [R, B, K] of this encoder followed by the linear map (w2 [R, 256, K], b2
-        [R, K]) on bank rows, as one linear chain: h_S is never formed (`bank_mix_chain`).
-        Logit columns `detached` (start, stop) read h_S detached: they train w2 and b2 only."""
-        return bank_mix_chain(torch.softmax(self.mix.weight, -1), self.proj.weight,
-                              self.proj.bias, w2, b2, x, self.sink, detached)
-
-    def forward(self, x: torch.Tensor | SharedRows | BankRows) -> torch.Tensor:
-        if isinstance(x, BankRows):
-            return bank_mix_linear(torch.softmax(self.mix.weight, -1), self.proj.weight,
-                                   self.proj.bias, x, self.sink)
+    def forward(self, x: torch.Tensor | SharedRows) -> torch.Tensor:
         return self.proj(self.mix(x))
 
 
@@ -224,11 +229,13 @@ class SERHead(nn.Module):
         h = self.encoder(x)
         return self.out(h), h
 
-    def logits(self, x: torch.Tensor | SharedRows | BankRows) -> torch.Tensor:
-        """Logits [R, B, K] only: the same map as `forward`, at a third of its cost."""
+    def logits(self, x: torch.Tensor | SharedRows) -> torch.Tensor:
+        """Logits [R, B, K] only: the same map as `forward`; eager, through one linear map
+        at a third of its cost (`_LinearChain`)."""
         enc = self.encoder
-        if isinstance(x, BankRows):
-            return enc.chain(self.out.weight, self.out.bias, x)
+        if use_compiled(enc.mix.weight):
+            return logits_dense(_dense(x, len(enc.mix.weight)), enc.mix.weight, enc.proj.weight,
+                                enc.proj.bias, self.out.weight, self.out.bias)
         return linear_chain(enc.mix(x), enc.proj, self.out)
 
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from emodebias.manifest import Manifest
     from emodebias.splits import Split
     from emodebias.store import FeatureStore
-    from emodebias.train import FitResult, TrainConfig
+    from emodebias.training import FitResult, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def train_runs(store: FeatureStore, manifest: Manifest, split: Split, runs: Sequ
     from emodebias.bench.pipeline import score_run
     from emodebias.methods import REGISTRY
     from emodebias.store import check_inputs
-    from emodebias.train import RunConfig, TrainConfig, TrainData, fit_stream
+    from emodebias.training import RunConfig, TrainConfig, TrainData, fit_stream
 
     config = config or TrainConfig()
     for req in runs:
@@ -283,7 +283,7 @@ class Run:
             if not model or self.path is None:
                 raise UserError(f"run {self.path or self.name} has no saved model (method "
                                 f"{self.method!r} trains none)")
-            from emodebias.train import FitResult
+            from emodebias.training import FitResult
 
             self._fit = FitResult.load(self.path / model)
         return self._fit
@@ -314,7 +314,7 @@ class Run:
 
     def predict_features(self, features: np.ndarray, *, device: str = "cpu") -> np.ndarray:
         """Probabilities [N, K] from pooled features [N, L, D] (as the store holds them)."""
-        from emodebias.train import predict_probs
+        from emodebias.training import predict_probs
 
         return predict_probs(self.fit, np.asarray(features, dtype=np.float16), device=device)
 

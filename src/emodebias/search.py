@@ -109,9 +109,9 @@ Distribution = LogUniform | Uniform | IntRange | Choice | Scale
 
 
 class SearchSpace(Mapping):
-    """Name -> distribution, read-only. Its repr names no content: training's stack key reads
-    method class attributes by repr, and a search space never changes how a run trains (GDRO
-    and GADRO must keep stacking although their spaces differ)."""
+    """Name -> distribution, read-only. A search space never changes how a run trains: the
+    trainer's stack key leaves `SEARCH` out (GDRO and GADRO keep stacking though their spaces
+    differ)."""
 
     def __init__(self, dists: Mapping[str, Distribution] | None = None) -> None:
         self._d = dict(dists or {})
@@ -126,7 +126,7 @@ class SearchSpace(Mapping):
         return len(self._d)
 
     def __repr__(self) -> str:
-        return "SearchSpace"
+        return f"SearchSpace({self.describe()})"
 
     def describe(self) -> dict[str, str]:
         """name -> readable distribution, for `emodebias methods` and the docs."""
@@ -180,7 +180,7 @@ def draw(method: str, seed: int, trial: int, train: Mapping[str, Any] | None = N
     names are returned, so a trial's spec lists exactly what the search chose.
     """
     from emodebias.methods import get_method
-    from emodebias.train import TrainConfig
+    from emodebias.training import TrainConfig
 
     cls = get_method(method)
     fixed = fixed or {}

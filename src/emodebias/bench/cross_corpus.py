@@ -286,7 +286,7 @@ def score_shared(spec: RunSpec, role: str, corpus: str, manifest, utt_ids: list[
 
 def predict(fit, features, rows: np.ndarray, device: str) -> np.ndarray:
     """The run's selected model on other features (the one place that names the trainer)."""
-    from emodebias.train import predict_probs
+    from emodebias.training import predict_probs
 
     return predict_probs(fit, features, rows, device=device)
 

@@ -559,7 +559,6 @@ TRAIN_RULES: dict[str, Rule] = {
     "lr": _number(0, above=True), "weight_decay": _number(0),
     "select": _choice("dev_loss", "last"), "max_stack": _number(1, integer=True),
     "preload_max_gb": _number(0), "eval_chunk": _number(1, integer=True),
-    "kernels": _choice("auto", "torch"),
 }
 EVALUATION_RULES: dict[str, Rule] = {
     "attributes": _text_list, "intersections": _combos, "speaker_bootstrap": _flag,
@@ -591,7 +590,7 @@ def _check_train(train: dict, at: str) -> None:
         return
     from dataclasses import fields
 
-    from emodebias.train import TrainConfig
+    from emodebias.training import TrainConfig
 
     known = {f.name for f in fields(TrainConfig)}
     bad = sorted(map(str, set(train) - known))

@@ -13,7 +13,7 @@ same stage wait for one builder instead of racing::
     cache/locks/*.lock
 
 Specs that share a batch key (a cell) share all of these; every cell of a task trains in one
-`emodebias.train.fit_stream` call, which stacks runs across cells. Grid conventions that
+`emodebias.training.fit_stream` call, which stacks runs across cells. Grid conventions that
 the papers leave open are decided here: an empty-string corpus option (an unset preset variable)
 is dropped; `make_folds: k` adds k speaker-independent folds to corpora without official ones;
 cluster groups are fitted on the fold's train + dev embeddings (PAPERS.md §6.7, mean over layers)
@@ -304,7 +304,7 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
     yielded as soon as its stack finishes (so the runner commits it before the rest finish).
     """
     from emodebias.splits import group_support_warnings
-    from emodebias.train import RunConfig, TrainConfig, TrainData, fit_stream
+    from emodebias.training import RunConfig, TrainConfig, TrainData, fit_stream
 
     said: set[str] = set()  # support warnings logged so far (a split is shared by its cells)
 

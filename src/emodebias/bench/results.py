@@ -226,7 +226,7 @@ def _resolved_train(spec: RunSpec) -> dict:
     """The full TrainConfig a grid spec's `train` overrides resolve to."""
     from dataclasses import asdict
 
-    from emodebias.train import TrainConfig
+    from emodebias.training import TrainConfig
 
     return asdict(TrainConfig(**spec.train))
 

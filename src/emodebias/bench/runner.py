@@ -9,7 +9,7 @@
   the results table never pools two grids (a grid extended with new runs resumes in place).
 * Batched: specs that share features and a training config go to tasks of whole cells (split +
   groups), dealt over the workers, so the executor trains each task in one
-  `emodebias.train.fit_many` call that stacks runs across folds and group sources.
+  `emodebias.training.fit_many` call that stacks runs across folds and group sources.
   Batching never changes numbers; it only changes how work is packed.
 * Pluggable: the executor is named by a dotted path ``module:function`` taking
   ``(specs: list[RunSpec], out: Path)`` and yielding `RunResult` / `RunFailure`; it is resolved

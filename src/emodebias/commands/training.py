@@ -101,7 +101,7 @@ def train(
     from emodebias.manifest import Manifest
     from emodebias.runs import RunRequest, open_split, train_runs
     from emodebias.store import FeatureStore
-    from emodebias.train import TrainConfig
+    from emodebias.training import TrainConfig
 
     man_path = locate.resolve(manifest, locate.MANIFEST)
     man = Manifest.load(man_path)
@@ -111,7 +111,7 @@ def train(
     assignment = GroupAssignment.load(group_path) if group_path else None
     sources = {"manifest": man_path, "features": store.path, "split": split,
                "groups": group_path}
-    show_epochs(logging.getLogger("emodebias.train"))
+    show_epochs(logging.getLogger("emodebias.training"))
     result = train_runs(store, man, split_obj, [RunRequest(method, parse_hparams(hp), seed)],
                         groups=assignment,
                         config=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,

@@ -17,8 +17,9 @@ be equal for runs to share a stack.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from emodebias.losses import class_balanced_ce
 from emodebias.model import SERHead, SharedRows
 
 if TYPE_CHECKING:
-    from emodebias.train import TrainConfig, TrainData
+    from emodebias.training.data import TrainConfig, TrainData
 
 SUPERVISION = ("none", "hard", "soft")
 REGISTRY: dict[str, type[Method]] = {}
@@ -72,6 +73,17 @@ class Prepared:
     # per-position draw weights: each epoch draws len(idx) positions with replacement, position
     # j with probability ∝ sample[j] (a group-balanced sampler); None = a plain permutation
     sample: np.ndarray | None = None
+
+
+class AuxTrainer(Protocol):
+    """What the trainer lends a data-level hook that trains models of its own (JTT's
+    identification models), so methods never import the trainer."""
+
+    def fit_predict(self, runs: Sequence[tuple[TrainData, str, int, TrainConfig]],
+                    workers: int = 1) -> list[np.ndarray]:
+        """Train each (data, method, seed, config), stacked as a grid; each run's softmax
+        probabilities [n_train, K] on its data's `train_idx` rows."""
+        ...
 
 
 @dataclass
@@ -194,10 +206,11 @@ class Method(nn.Module):
 
     @classmethod
     def prepare_many(cls, items: list[tuple[TrainData, dict[str, Any], torch.Generator,
-                                            TrainConfig]], workers: int = 1) -> list[Prepared]:
+                                            TrainConfig]], workers: int = 1,
+                     trainer: AuxTrainer | None = None) -> list[Prepared]:
         """`prepare` for several runs of this class, (data, hp, gen, config) each: one call per
-        grid, so a hook that trains models (JTT) trains them as one stacked `fit_many` in
-        `workers` processes."""
+        grid, so a hook that trains models (JTT) trains them as one stacked grid through
+        `trainer` in `workers` processes."""
         return [cls.prepare(*item) for item in items]
 
     # ------------------------------------------------------------------ instance API
@@ -232,7 +245,8 @@ class Method(nn.Module):
             raise ValueError(f"{self.name}: hyperparameter {name!r} differs within a stack: {vals}")
         return self.hps[0][name]
 
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+    def param_groups(self, lr: float | torch.Tensor) -> list[dict[str, Any]]:
+        """Optimiser groups; `lr` is the runs' learning rates ([R] tensor, or one float)."""
         return [{"params": list(self.parameters()), "lr": lr}]
 
     def base_loss(self, logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:

@@ -10,14 +10,15 @@ strict-majority class c_i (rows without one form their own bucket).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from torch import nn
 
-from emodebias.fused import BankRows
 from emodebias.losses import gce, soft_ce, target_prob
-from emodebias.methods.base import Batch, Method, Prepared, register
-from emodebias.model import HIDDEN, Encoder, SERHead, StackedLinear
+from emodebias.methods.base import AuxTrainer, Batch, Method, Prepared, register
+from emodebias.model import HIDDEN, Encoder, SERHead, SharedRows, StackedLinear
 from emodebias.search import IntRange, LogUniform, SearchSpace, Uniform
 
 
@@ -134,8 +135,7 @@ class DisEnt(Method):
     C_i and C_b (Linear(512 → K) each, drawn as nn.Linear) are stored by branch: w_l [R, 256, 2K]
     maps z_l to its share of [C_i | C_b]'s logits, w_b maps z_b, `bias` [R, 2K] holds both
     biases. Every prediction, the swapped ones included, is then a sum of two per-row linear
-    maps of the features, so on bank rows each branch trains as one linear chain (rank-2K
-    gradients, no 256-d branch formed), like the logits-only heads.
+    maps of the features.
     """
 
     family = "biased-learner"
@@ -168,23 +168,14 @@ class DisEnt(Method):
         """[C_i | C_b]([z_l, z_b]) -> [R, B, 2K] (no detaching)."""
         return torch.bmm(z_l, self.w_l) + torch.bmm(z_b, self.w_b) + self.bias.unsqueeze(1)
 
-    def logits(self, x: torch.Tensor | BankRows) -> torch.Tensor:
-        """C_i([z_l, z_b]). Evaluation on bank rows (no graph) takes each branch through its
-        half of C_i as one linear chain."""
-        k = self.ctx.n_classes
-        if isinstance(x, BankRows) and not torch.is_grad_enabled():
-            return (self.enc_l.chain(self.w_l[..., :k], self.bias[:, :k], x)
-                    + self.enc_b.chain(self.w_b[..., :k], torch.zeros_like(self.bias[:, :k]), x))
-        return self.classify(self.enc_l(x), self.enc_b(x))[..., :k]
+    def logits(self, x: torch.Tensor | SharedRows) -> torch.Tensor:
+        """C_i([z_l, z_b])."""
+        return self.classify(self.enc_l(x), self.enc_b(x))[..., : self.ctx.n_classes]
 
-    def branch_parts(self, x: torch.Tensor | BankRows) -> tuple[torch.Tensor, torch.Tensor]:
+    def branch_parts(self, x: torch.Tensor | SharedRows) -> tuple[torch.Tensor, torch.Tensor]:
         """z_l w_l and z_b w_b [R, B, 2K], cross-detached as learner.py: C_b's columns of z_l's
         part and C_i's columns of z_b's part train the classifiers only."""
         k = self.ctx.n_classes
-        if isinstance(x, BankRows):
-            zero = torch.zeros_like(self.bias)
-            return (self.enc_l.chain(self.w_l, zero, x, detached=(k, 2 * k)),
-                    self.enc_b.chain(self.w_b, zero, x, detached=(0, k)))
         z_l, z_b = self.enc_l(x), self.enc_b(x)
         return (torch.cat([z_l @ self.w_l[..., :k], z_l.detach() @ self.w_l[..., k:]], -1),
                 torch.cat([z_b.detach() @ self.w_b[..., :k], z_b @ self.w_b[..., k:]], -1))
@@ -262,26 +253,26 @@ class JTT(Method):
 
     @classmethod
     def prepare(cls, data, hp, gen, config) -> Prepared:
-        return cls.prepare_many([(data, hp, gen, config)])[0]
+        raise TypeError("JTT trains identification models: call prepare_many(items, "
+                        "trainer=...) with the trainer's AuxTrainer")
 
     @classmethod
-    def prepare_many(cls, items, workers: int = 1) -> list[Prepared]:
+    def prepare_many(cls, items, workers: int = 1, trainer: AuxTrainer | None = None,
+                     ) -> list[Prepared]:
         """The identification models (ERM, `id_epochs` epochs, last epoch) of every run in one
-        stacked `fit_many`, then each run's list with its training errors repeated."""
-        from dataclasses import replace
-
-        from emodebias.train import RunConfig, fit_many, predict_probs
-
+        stacked training by `trainer`, then each run's list with its training errors
+        repeated."""
+        if trainer is None:
+            raise TypeError("JTT needs the trainer's AuxTrainer to train its identification "
+                            "models")
         seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) for _, _, gen, _ in items]
-        pairs = [(data, [RunConfig("erm", {}, seed, replace(config, epochs=hp["id_epochs"],
-                                                             select="last"))])
-                 for (data, hp, _, config), seed in zip(items, seeds, strict=True)]
-        idents = fit_many(pairs, workers=workers)
+        runs = [(data, "erm", seed, replace(config, epochs=hp["id_epochs"], select="last"))
+                for (data, hp, _, config), seed in zip(items, seeds, strict=True)]
+        probs = trainer.fit_predict(runs, workers=workers)
         out = []
-        for (data, hp, _, config), seed, ident in zip(items, seeds, idents, strict=True):
+        for (data, hp, _, _), seed, p in zip(items, seeds, probs, strict=True):
             idx = np.asarray(data.train_idx, dtype=np.int64)
-            probs = predict_probs(ident, data.features, idx, device=config.device)
-            errors = argmax_errors(probs, np.asarray(data.soft)[idx])
+            errors = argmax_errors(p, np.asarray(data.soft)[idx])
             out.append(Prepared(jtt_upsample(idx, errors, hp["up"]), None,
                                 {"errors": int(errors.sum()), "id_seed": seed}))
         return out

@@ -14,7 +14,7 @@ import torch
 from emodebias.methods.base import Method, Prepared, register
 
 if TYPE_CHECKING:
-    from emodebias.train import TrainData
+    from emodebias.training.data import TrainData
 
 
 def training_cells(data: TrainData) -> tuple[np.ndarray, ...]:
