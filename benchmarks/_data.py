@@ -5,7 +5,7 @@ the 5 EMO-SUPERB folds are the real CREMA-D ones from ``../shared/data/emo-super
 values carry a weak class and gender signal so that training curves (and dev-loss model
 selection) behave like real ones rather than fitting pure noise.
 
-A store is a directory laid out like ``emodebias.store.FeatureStore``: ``features.npy``
+A store is a directory laid out like ``emodebias.features.store.FeatureStore``: ``features.npy``
 (float16 [N, L, D], opened as a memmap) plus ``meta.json`` (utt_id order, layers, dim). It is
 cached under ``$EMODEBIAS_BENCH_CACHE`` (default: ``<tmp>/emodebias-bench-cache``) and keyed by
 its shape and seed, so repeated benchmark runs reuse it.
@@ -75,7 +75,7 @@ class CremaLabels:
 
     def majority(self) -> np.ndarray:
         """Strict-majority class per clip (vote share > 0.5) or -1 (PAPERS.md §1.6)."""
-        from emodebias.labels import strict_majority
+        from emodebias.data.labels import strict_majority
 
         return strict_majority(self.soft)
 
@@ -191,7 +191,7 @@ def imbalance_idx(
     Train and dev keep strict-majority clips only: all majority-gender clips of each emotion and
     floor(n_major / r) randomly drawn minority-gender ones; test is the full official test part.
     ``direction`` 'natural' uses the dataset-wide majority gender per emotion; 'reversed' flips it.
-    Uses ``emodebias.splits.make_split`` semantics where it matters only for sizes (benchmark).
+    Uses ``emodebias.data.splits.make_split`` semantics where it matters only for sizes (benchmark).
     """
     if direction not in ("natural", "reversed"):
         raise ValueError(f"direction must be 'natural' or 'reversed', got {direction!r}")

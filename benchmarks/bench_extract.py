@@ -6,7 +6,7 @@
 
 1. Throughput of each encoder in audio-seconds per wall-second (x real time) on the same
    synthetic utterances (already in memory: the encoder alone).
-2. Pipeline vs bare forward, for the SSL model: `emodebias.store.extract` from WAV files at
+2. Pipeline vs bare forward, for the SSL model: `emodebias.features.store.extract` from WAV files at
    22.05 kHz (read, resample, batch, pad, forward, pool, float16 write, checkpoints) against a bare
    loop of `model(x, attention_mask, output_hidden_states=True)` over the same batches already
    padded in memory. Target: pipeline / bare <= 1.5; >= 3000x real time for a
@@ -26,11 +26,11 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from emodebias.audio import load_audio
-from emodebias.encoders import get_encoder
-from emodebias.encoders.base import pad_batch
-from emodebias.manifest import Manifest
-from emodebias.store import extract, plan_batches
+from emodebias.data.audio import load_audio
+from emodebias.data.manifest import Manifest
+from emodebias.features.encoders import get_encoder
+from emodebias.features.encoders.base import pad_batch
+from emodebias.features.store import extract, plan_batches
 
 SIZES = {  # WavLM architectures: tiny (tests), base (= WavLM Base Plus), large
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
@@ -88,7 +88,7 @@ def bare_forward(enc, waves: list[np.ndarray], batches: list[list[int]], device:
         mask = (torch.arange(x.shape[1])[None] < lengths[:, None]).long()
         enc._cnn.set_lengths(lengths)
         inputs.append((x.to(device), mask.to(device), lengths))
-    from emodebias.encoders.ssl import autocast_context
+    from emodebias.features.encoders.ssl import autocast_context
 
     sync(device)
     t0 = time.perf_counter()

@@ -121,7 +121,7 @@ def child(
     lab = np.load(store_dir / "labels.npz")
     soft, part = lab["soft"].astype(np.float32), lab["part"]
     gender = (lab["gender"] == "M").astype(np.int64)
-    from emodebias.labels import strict_majority
+    from emodebias.data.labels import strict_majority
 
     data = T.TrainData(
         features=feats, soft=soft,

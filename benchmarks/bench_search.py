@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _data  # noqa: E402
 
+from emodebias.bench.selection import choose  # noqa: E402
 from emodebias.metrics import fold_interval  # noqa: E402
-from emodebias.search import draw  # noqa: E402
-from emodebias.selection import choose  # noqa: E402
+from emodebias.training.search import draw  # noqa: E402
 
 
 def section_cost(method: str, trials: int, epochs: int) -> dict[str, float]:

@@ -98,7 +98,7 @@ class PlainHead(nn.Module):
 
 def cb_weights(soft: np.ndarray) -> torch.Tensor:
     """Class-balanced weights (Cui et al.) on binarised soft labels, Σ w = K (PAPERS.md §2)."""
-    from emodebias.labels import binarize, class_balanced_weights
+    from emodebias.data.labels import binarize, class_balanced_weights
 
     return torch.as_tensor(class_balanced_weights(binarize(soft)), dtype=torch.float32)
 

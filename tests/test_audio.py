@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emodebias.audio import AudioError, audio_duration, load_audio
+from emodebias.data.audio import AudioError, audio_duration, load_audio
 
 
 def _sine(freq: float, sr: int, seconds: float, amp: float = 0.5) -> np.ndarray:

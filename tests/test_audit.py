@@ -19,7 +19,7 @@ from emodebias.auditing import audit
 from emodebias.auditing.core import work_dir
 from emodebias.bench.results import collect_frame, load_predictions, read_record
 from emodebias.cli import app
-from emodebias.manifest import Manifest
+from emodebias.data.manifest import Manifest
 
 SR = 16_000
 MODEL_CLASSES = ["ang", "sad", "neutral", "Happy", "surprise"]  # 'ang' needs a map, 'Happy' not
@@ -37,7 +37,7 @@ def one_error_line(res) -> str:  # noqa: ANN001 (click Result)
 @pytest.fixture(scope="module")
 def emodb_sub(shared_data, tmp_path_factory) -> tuple[Manifest, Path]:
     """EmoDB, 6 utterances per speaker (60 files, 10 speakers, 5 per gender), saved."""
-    from emodebias.corpora import emodb
+    from emodebias.data.corpora import emodb
 
     full = emodb.load(shared_data / "emodb")
     df = full.df.groupby("speaker", sort=True).head(6).reset_index(drop=True)
@@ -79,7 +79,7 @@ def _direct(path: Path, files: list[str]) -> np.ndarray:
     """The checkpoint's softmax per file through plain transformers, one file at a time."""
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-    from emodebias.audio import load_audio
+    from emodebias.data.audio import load_audio
 
     fe = AutoFeatureExtractor.from_pretrained(path)
     model = AutoModelForAudioClassification.from_pretrained(path).eval()
@@ -393,8 +393,8 @@ def test_padded_batches_equal_single_files(tmp_path) -> None:
 
 def test_class_map_from_a_file_pairs_and_drops(tmp_path) -> None:
     from emodebias.auditing import resolve_class_map
-    from emodebias.classmap import ClassMapError
-    from emodebias.commands.audit import class_map_spec
+    from emodebias.cli.audit import class_map_spec
+    from emodebias.data.classmap import ClassMapError
 
     corpus = ["angry", "sad", "happy"]
     (tmp_path / "map.yaml").write_text("ang: angry\njoy: happy\n")
@@ -430,8 +430,8 @@ def test_part_needs_a_split_and_bad_batch_size_are_one_line(tiny, emodb_sub, tmp
 
 def test_encoder_folders_asking_for_remote_code_are_refused(tmp_path) -> None:
     """`extract --encoder DIR` loads through the same guard as audit and pseudo groups."""
-    from emodebias.encoders import get_encoder
-    from emodebias.encoders.base import EncoderError
+    from emodebias.features.encoders import get_encoder
+    from emodebias.features.encoders.base import EncoderError
 
     enc = _save_tiny(tmp_path / "enc", cls="Wav2Vec2Model")
     assert get_encoder(enc).n_layers >= 1  # the plain folder loads

@@ -102,7 +102,7 @@ def _by_hand_probs(probs: np.ndarray, classes: list[str], class_map: dict,
 
 
 def test_cross_corpus_metrics_equal_an_independent_computation(ran) -> None:
-    from emodebias.corpora import load_corpus
+    from emodebias.data.corpora import load_corpus
 
     _, out, emodb = ran
     shared = GRID["shared_classes"]
@@ -130,7 +130,7 @@ def test_cross_corpus_metrics_equal_an_independent_computation(ran) -> None:
         with np.load(run / "predictions.npz") as z:
             own_ids, own = z["utt_ids"], z["probs"]
         from emodebias.bench.grid import RunSpec
-        from emodebias.manifest import Manifest
+        from emodebias.data.manifest import Manifest
 
         key = RunSpec.from_dict(rec["spec"]).corpus_key
         syn = Manifest.load(out / "cache" / "manifests" / f"{key}.parquet")
@@ -141,7 +141,7 @@ def test_cross_corpus_metrics_equal_an_independent_computation(ran) -> None:
 
 
 def test_rerun_and_new_runs_reuse_the_test_corpus_store(ran, monkeypatch) -> None:
-    import emodebias.store
+    import emodebias.features.store
 
     w, out, emodb = ran
     again = w / "again"
@@ -154,7 +154,7 @@ def test_rerun_and_new_runs_reuse_the_test_corpus_store(ran, monkeypatch) -> Non
     def no_extraction(*args, **kwargs):
         raise AssertionError("a cached feature store was extracted again")
 
-    monkeypatch.setattr(emodebias.store, "extract", no_extraction)
+    monkeypatch.setattr(emodebias.features.store, "extract", no_extraction)
     res = bench(GRID, w / "g.yaml", again, emodb)
     assert res.exit_code == 0 and not calls, res.output
     res = bench({**GRID, "seeds": [0, 1]}, w / "g.yaml", again, emodb)  # 2 new runs
@@ -163,7 +163,7 @@ def test_rerun_and_new_runs_reuse_the_test_corpus_store(ran, monkeypatch) -> Non
 
 
 def test_test_speakers_never_appear_in_the_training_corpus(ran, tmp_path) -> None:
-    from emodebias.corpora import load_corpus
+    from emodebias.data.corpora import load_corpus
 
     _, _, emodb = ran
     manifest = load_corpus("emodb", emodb)

@@ -183,8 +183,8 @@ def tiny_grid(tmp_path: Path, **extra) -> Path:
 
 
 def test_device_reaches_the_encoder_and_never_the_cache_key(tmp_path, monkeypatch) -> None:
-    import emodebias.store
-    from emodebias.encoders.acoustic import AcousticEncoder
+    import emodebias.features.store
+    from emodebias.features.encoders.acoustic import AcousticEncoder
 
     moved: list[str] = []
     monkeypatch.setattr(AcousticEncoder, "to", lambda self, d: moved.append(d) or self,
@@ -198,21 +198,21 @@ def test_device_reaches_the_encoder_and_never_the_cache_key(tmp_path, monkeypatc
     def no_extraction(*args, **kwargs):
         raise AssertionError("the CPU spec must reuse the store the cuda spec made")
 
-    monkeypatch.setattr(emodebias.store, "extract", no_extraction)
+    monkeypatch.setattr(emodebias.features.store, "extract", no_extraction)
     on_cpu = pipeline.spec_features(spec, manifest, cache)
     assert on_cpu.path == on_gpu.path and on_cpu.key == on_gpu.key
     assert len([p for p in (cache / "features").iterdir() if p.is_dir()]) == 1
 
 
 def test_bench_device_option_reaches_the_encoder(tmp_path, monkeypatch) -> None:
-    import emodebias.encoders.base
-    from emodebias.encoders.acoustic import AcousticEncoder
+    import emodebias.features.encoders.base
     from emodebias.errors import UserError
+    from emodebias.features.encoders.acoustic import AcousticEncoder
 
     def reached(self, device):
         raise UserError(f"encoder moved to {device}")
 
-    monkeypatch.setattr(emodebias.encoders.base, "check_device", lambda d, *a, **k: d)
+    monkeypatch.setattr(emodebias.features.encoders.base, "check_device", lambda d, *a, **k: d)
     monkeypatch.setattr(AcousticEncoder, "to", reached, raising=False)
     res = CliRunner().invoke(app, ["bench", str(tiny_grid(tmp_path)), "-o", str(tmp_path / "o"),
                                    "--device", "cuda:3"])
@@ -259,17 +259,17 @@ def test_a_grid_reuses_an_extracted_store(tmp_path) -> None:
 def test_grid_stages_extract_with_progress_unless_quiet(tmp_path, monkeypatch) -> None:
     """The grid's shared stages run first, in this process: extraction draws its bar when the
     process switch is on (the CLI without -q) and stays silent otherwise."""
-    import emodebias.store
+    import emodebias.features.store
     from emodebias import progress
 
     seen: list[bool] = []
-    real = emodebias.store.extract
+    real = emodebias.features.store.extract
 
     def spy(*args, **kwargs):
         seen.append(kwargs["progress"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(emodebias.store, "extract", spy)
+    monkeypatch.setattr(emodebias.features.store, "extract", spy)
     specs = load_grid(tiny_grid(tmp_path))
     try:
         progress.set_enabled(True)

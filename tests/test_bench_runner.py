@@ -81,7 +81,7 @@ def test_plan_tasks_keeps_cells_whole_and_deals_them_over_workers() -> None:
 
 def test_cli_default_task_size_is_the_runners() -> None:
     from emodebias.bench.runner import MAX_BATCH
-    from emodebias.commands.bench import MAX_BATCH as CLI_MAX_BATCH
+    from emodebias.cli.bench import MAX_BATCH as CLI_MAX_BATCH
 
     assert CLI_MAX_BATCH == MAX_BATCH
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emodebias.classmap import ClassMap, ClassMapError
-from emodebias.labels import soft_from_votes
+from emodebias.data.classmap import ClassMap, ClassMapError
+from emodebias.data.labels import soft_from_votes
 
 
 def test_parse_forms_agree(tmp_path):

@@ -14,10 +14,10 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from emodebias.cli import app
-from emodebias.commands.data import parse_opts
-from emodebias.corpora import CORPORA, adapter_options
+from emodebias.cli.data import parse_opts
+from emodebias.data.corpora import CORPORA, adapter_options
+from emodebias.data.manifest import Manifest
 from emodebias.errors import UserError
-from emodebias.manifest import Manifest
 
 runner = CliRunner()
 

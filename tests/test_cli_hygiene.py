@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from emodebias import progress
 from emodebias.cli import app
-from emodebias.manifest import Manifest
+from emodebias.data.manifest import Manifest
 
 SR = 16_000
 
@@ -140,16 +140,16 @@ def test_install_hint_keeps_the_extra(manifest_path, tmp_path, monkeypatch) -> N
 
 
 def test_quiet_turns_progress_off(manifest_path, tmp_path, monkeypatch) -> None:
-    import emodebias.store
+    import emodebias.features.store
 
     seen = []
-    real = emodebias.store.extract
+    real = emodebias.features.store.extract
 
     def spy(*args, **kwargs):
         seen.append(kwargs["progress"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(emodebias.store, "extract", spy)
+    monkeypatch.setattr(emodebias.features.store, "extract", spy)
     for flags, out in ((["-q"], "a"), ([], "b")):
         res = CliRunner().invoke(app, [*flags, "extract", "-m", str(manifest_path), "-o",
                                        str(tmp_path / out)])

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from emodebias.corpora import load_corpus
-from emodebias.corpora._base import CorpusError
-from emodebias.corpora.crema_d import CLASSES, age_group, load, speaker_blocks
-from emodebias.labels import soft_from_votes
-from emodebias.manifest import Manifest
+from emodebias.data.corpora import load_corpus
+from emodebias.data.corpora._base import CorpusError
+from emodebias.data.corpora.crema_d import CLASSES, age_group, load, speaker_blocks
+from emodebias.data.labels import soft_from_votes
+from emodebias.data.manifest import Manifest
 
 VOTE_HEADER = '"","A","D","F","H","N","S","fileName","numResponses"\n'
 DEMO = ('"ActorID","Age","Sex","Race","Ethnicity"\n1001,51,"Male","Caucasian","Not Hispanic"\n'

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from emodebias.corpora import load_corpus
-from emodebias.corpora._base import CorpusError
-from emodebias.corpora.emo_superb import load
-from emodebias.manifest import Manifest
+from emodebias.data.corpora import load_corpus
+from emodebias.data.corpora._base import CorpusError
+from emodebias.data.corpora.emo_superb import load
+from emodebias.data.manifest import Manifest
 
 CLASSES = ["angry", "sad", "disgust", "fear", "neutral", "happy"]
 HEADER = "FileName,angry,sad,disgust,fear,neutral,happy,SpkrID,Gender,Split_Set\n"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emodebias.audio import load_audio
-from emodebias.corpora import emodb, load_corpus
-from emodebias.corpora._base import CorpusError
+from emodebias.data.audio import load_audio
+from emodebias.data.corpora import emodb, load_corpus
+from emodebias.data.corpora._base import CorpusError
 
 MALE = {"03", "10", "11", "12", "15"}
 FEMALE = {"08", "09", "13", "14", "16"}

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emodebias.corpora import load_corpus
-from emodebias.corpora._base import CorpusError
-from emodebias.corpora.msp_podcast import CLASSES, load
+from emodebias.data.corpora import load_corpus
+from emodebias.data.corpora._base import CorpusError
+from emodebias.data.corpora.msp_podcast import CLASSES, load
 
 CONSENSUS = (
     "FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set\n"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from emodebias.corpora import CORPORA, adapter_options
-from emodebias.corpora._base import CorpusError
-from emodebias.corpora._options import AdapterOption, adapter_module, coerce
+from emodebias.data.corpora import CORPORA, adapter_options
+from emodebias.data.corpora._base import CorpusError
+from emodebias.data.corpora._options import AdapterOption, adapter_module, coerce
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "corpora.md"
 

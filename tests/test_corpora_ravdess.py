@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emodebias.audio import load_audio
-from emodebias.corpora import ravdess
-from emodebias.corpora._base import CorpusError
+from emodebias.data.audio import load_audio
+from emodebias.data.corpora import ravdess
+from emodebias.data.corpora._base import CorpusError
 
 CODE_TO_CLASS = {1: "neutral", 2: "calm", 3: "happy", 4: "sad", 5: "angry", 6: "fear",
                  7: "disgust", 8: "surprise"}

@@ -14,10 +14,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from emodebias.audio import load_audio
-from emodebias.corpora import synthetic
-from emodebias.corpora._base import CorpusError
-from emodebias.manifest import Manifest
+from emodebias.data.audio import load_audio
+from emodebias.data.corpora import synthetic
+from emodebias.data.corpora._base import CorpusError
+from emodebias.data.manifest import Manifest
 
 SPK, UPE = 8, 4  # 16 speakers; 4 takes of the trend-gender emotions, round(0.75*4)=3 otherwise
 

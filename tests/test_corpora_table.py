@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from emodebias.corpora import CORPORA, load_corpus
-from emodebias.corpora._base import CorpusError
-from emodebias.corpora.table import class_names, load
-from emodebias.labels import soft_from_votes
+from emodebias.data.corpora import CORPORA, load_corpus
+from emodebias.data.corpora._base import CorpusError
+from emodebias.data.corpora.table import class_names, load
+from emodebias.data.labels import soft_from_votes
 
 
 def _frame() -> pd.DataFrame:

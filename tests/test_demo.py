@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from emodebias.cli import app
-from emodebias.manifest import Manifest
+from emodebias.data.manifest import Manifest
 
 
 @pytest.fixture(scope="module")

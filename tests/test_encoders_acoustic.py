@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emodebias.encoders import get_encoder
-from emodebias.encoders.acoustic import (
+from emodebias.features.encoders import get_encoder
+from emodebias.features.encoders.acoustic import (
     AcousticEncoder,
     deltas,
     estimate_f0,

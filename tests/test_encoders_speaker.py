@@ -11,9 +11,9 @@ import torch
 from conftest import tiny_wavlm_config
 from transformers import WavLMForXVector
 
-from emodebias.audio import load_audio
-from emodebias.encoders import EncoderError, get_encoder
-from emodebias.encoders.speaker import XVectorEncoder
+from emodebias.data.audio import load_audio
+from emodebias.features.encoders import EncoderError, get_encoder
+from emodebias.features.encoders.speaker import XVectorEncoder
 
 
 @pytest.fixture(scope="module")

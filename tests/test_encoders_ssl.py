@@ -25,8 +25,8 @@ from transformers import (
     WavLMModel,
 )
 
-from emodebias.encoders import EncoderError, get_encoder
-from emodebias.encoders.ssl import SSLEncoder
+from emodebias.features.encoders import EncoderError, get_encoder
+from emodebias.features.encoders.ssl import SSLEncoder
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48,
             conv_dim=(32, 32, 32), conv_stride=(5, 4, 2), conv_kernel=(10, 4, 2),

@@ -14,7 +14,7 @@ from sklearn.metrics import f1_score, recall_score
 from typer.testing import CliRunner
 
 from emodebias.cli import app
-from emodebias.manifest import Manifest
+from emodebias.data.manifest import Manifest
 from emodebias.metrics import MetricsInputError, evaluate_predictions
 
 CLASSES = ["angry", "happy", "sad", "neutral"]

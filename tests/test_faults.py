@@ -26,14 +26,14 @@ from typer.testing import CliRunner
 from emodebias.bench.grid import GridError, expand_grid, load_grid
 from emodebias.bench.results import iter_records
 from emodebias.bench.runner import run_local
-from emodebias.encoders.acoustic import AcousticEncoder
+from emodebias.data.manifest import Manifest
+from emodebias.data.splits import Split, SplitError
 from emodebias.errors import UserError
+from emodebias.features.encoders.acoustic import AcousticEncoder
+from emodebias.features.store import FeatureStore, StoreError, check_inputs, extract, store_state
 from emodebias.fileio import FolderLockedError, folder_lock
 from emodebias.groups.assignment import GroupAssignment, GroupError
 from emodebias.groups.cluster import ClusterError, cached_cluster_groups, fit_clusters, parse_ks
-from emodebias.manifest import Manifest
-from emodebias.splits import Split, SplitError
-from emodebias.store import FeatureStore, StoreError, check_inputs, extract, store_state
 from emodebias.training import TrainData
 
 SR = 16_000
@@ -92,9 +92,9 @@ def one_line_user_error(exc: BaseException) -> None:
 # ----------------------------------------------------------------------- concurrent writers
 SLOW_EXTRACT = """
 import os, sys, time
-from emodebias.encoders.acoustic import AcousticEncoder
-from emodebias.manifest import Manifest
-from emodebias.store import extract
+from emodebias.features.encoders.acoustic import AcousticEncoder
+from emodebias.data.manifest import Manifest
+from emodebias.features.store import extract
 
 class Slow(AcousticEncoder):
     calls = 0

@@ -11,9 +11,9 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from emodebias.cli import app
+from emodebias.data.manifest import Manifest
 from emodebias.groups import GroupAssignment
 from emodebias.groups.tsne import tsne_coords, tsne_figure
-from emodebias.manifest import Manifest
 
 SR = 16_000
 
@@ -28,9 +28,9 @@ def _tone(f0: float, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """12 speakers (6 F at ~220 Hz, 6 M at ~115 Hz), 3 utterances each, folds, acoustic store."""
-    from emodebias.encoders import get_encoder
-    from emodebias.splits import make_folds
-    from emodebias.store import extract
+    from emodebias.data.splits import make_folds
+    from emodebias.features.encoders import get_encoder
+    from emodebias.features.store import extract
 
     root = tmp_path_factory.mktemp("tones")
     rows = []

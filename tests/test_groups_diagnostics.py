@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from emodebias.data.manifest import Manifest
 from emodebias.groups import GroupAssignment
 from emodebias.groups.diagnostics import (
     composition,
@@ -16,7 +17,6 @@ from emodebias.groups.diagnostics import (
     score,
     size_warnings,
 )
-from emodebias.manifest import Manifest
 
 CLASSES = ["angry", "sad"]
 

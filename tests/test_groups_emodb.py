@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from emodebias.data.manifest import Manifest
 from emodebias.groups import cached_cluster_groups, diagnose
 from emodebias.groups.cluster import cluster_groups
 from emodebias.groups.embeddings import load_embeddings
 from emodebias.groups.f0 import f0_groups
 from emodebias.groups.probe import GenderProbe, grouped_cv_accuracy, probe_groups, train_probe
-from emodebias.manifest import Manifest
 
 FEMALE = {"08", "09", "13", "14", "16"}
 
@@ -24,9 +24,9 @@ FEMALE = {"08", "09", "13", "14", "16"}
 def emodb_store(shared_data, tmp_path_factory):
     """(subsampled EmoDB manifest, Resemblyzer FeatureStore) computed once per session."""
     pytest.importorskip("resemblyzer", reason="the optional 'speaker' extra (resemblyzer)")
-    from emodebias.corpora import emodb
-    from emodebias.encoders import get_encoder
-    from emodebias.store import extract
+    from emodebias.data.corpora import emodb
+    from emodebias.features.encoders import get_encoder
+    from emodebias.features.store import extract
 
     full = emodb.load(shared_data / "emodb")
     pos = full.df.groupby("speaker").cumcount()

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from emodebias.data.manifest import Manifest
 from emodebias.groups.f0 import F0Threshold, f0_groups, fit_f0, median_f0
 from emodebias.groups.probe import GenderProbe, probe_groups, train_probe
 from emodebias.groups.pseudo import PseudoLabelError, hf_gender_groups, map_labels
-from emodebias.manifest import Manifest
 
 SR = 16_000
 
@@ -79,7 +79,7 @@ def tiny_classifier(tmp_path_factory):
 
 def test_hf_checkpoint_probs_match_a_direct_forward_pass(tiny_classifier, tone_manifest,
                                                         monkeypatch):
-    from emodebias.audio import load_audio
+    from emodebias.data.audio import load_audio
     from emodebias.groups import pseudo
 
     path, model, fe = tiny_classifier

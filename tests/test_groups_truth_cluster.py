@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from emodebias.data.manifest import Manifest
 from emodebias.groups import GroupAssignment, cluster
 from emodebias.groups.cluster import (
     PAPER_MINIBATCH,
@@ -19,7 +20,6 @@ from emodebias.groups.cluster import (
 )
 from emodebias.groups.embeddings import EmbeddingError, load_embeddings, store_layer
 from emodebias.groups.truth import truth_groups
-from emodebias.manifest import Manifest
 
 
 def _manifest() -> Manifest:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emodebias.corpora import synthetic
-from emodebias.encoders import get_encoder
+from emodebias.data.corpora import synthetic
+from emodebias.data.splits import make_split
+from emodebias.features.encoders import get_encoder
+from emodebias.features.store import extract
 from emodebias.groups.cluster import cached_cluster_groups
 from emodebias.groups.f0 import f0_groups
 from emodebias.groups.truth import truth_groups
-from emodebias.splits import make_split
-from emodebias.store import extract
 from emodebias.training import TrainConfig, TrainData, fit
 
 METHODS = ("rw", "ds", "gdro", "gadro", "pgdro")

@@ -87,7 +87,7 @@ def test_readme_python_pipeline_in_under_20_lines(tmp_path, monkeypatch) -> None
 @pytest.fixture(scope="module")
 def own_corpus(tmp_path_factory) -> Path:
     """A user's own corpus: audio files and a CSV with file, speaker, gender, emotion."""
-    from emodebias.corpora import load_corpus
+    from emodebias.data.corpora import load_corpus
 
     root = tmp_path_factory.mktemp("own")
     man = load_corpus("synthetic", root / "audio", n_speakers_per_gender=3,

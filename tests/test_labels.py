@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from emodebias.labels import (
+from emodebias.data.labels import (
     LabelError,
     binarize,
     class_balanced_weights,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from emodebias.losses import (
+from emodebias.training.losses import (
     class_balanced_ce,
     class_weights_for,
     gce,

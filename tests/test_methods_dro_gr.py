@@ -10,10 +10,10 @@ import torch
 from test_train import planted_shortcut, random_data, tpr_gap
 
 from emodebias.bench.grid import load_grid
-from emodebias.losses import soft_rate_gap
-from emodebias.methods import REGISTRY, Batch, MethodContext, get_method
-from emodebias.methods.dro import balanced_weights, dro_members
 from emodebias.training import RunConfig, TrainConfig, TrainData, fit, fit_many
+from emodebias.training.losses import soft_rate_gap
+from emodebias.training.methods import REGISTRY, Batch, MethodContext, get_method
+from emodebias.training.methods.dro import balanced_weights, dro_members
 
 K = 3
 
@@ -184,7 +184,7 @@ def test_gr_gradients_float64() -> None:
         if name == "gr":
             fn = lambda z, m=m: m.penalty(z, b)  # noqa: E731
         else:
-            from emodebias.methods.regularizers import cell_gaps
+            from emodebias.training.methods.regularizers import cell_gaps
 
             fn = lambda z, m=m: cell_gaps(m.base_loss(z, soft), b, k, 3).abs().sum()  # noqa: E731
         assert torch.autograd.gradcheck(fn, (logits,))

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from emodebias.losses import class_balanced_ce, soft_ce
-from emodebias.methods import Batch, GroupSupervisionError, MethodContext, get_method
-from emodebias.methods.adversarial import diff_loss, grad_reverse
-from emodebias.methods.biased import SampleEMA, argmax_errors, jtt_upsample
-from emodebias.methods.postprocess import apply_thresholds, eo_thresholds
-from emodebias.methods.regularizers import cell_gaps
 from emodebias.training import TrainData
+from emodebias.training.losses import class_balanced_ce, soft_ce
+from emodebias.training.methods import Batch, GroupSupervisionError, MethodContext, get_method
+from emodebias.training.methods.adversarial import diff_loss, grad_reverse
+from emodebias.training.methods.biased import SampleEMA, argmax_errors, jtt_upsample
+from emodebias.training.methods.postprocess import apply_thresholds, eo_thresholds
+from emodebias.training.methods.regularizers import cell_gaps
 
 L, D, K = 2, 5, 3
 
@@ -362,7 +362,7 @@ def test_hard_group_method_without_groups_raises() -> None:
 def test_split_mlp_gradients_equal_two_passes(hidden: list[int]) -> None:
     """`StackedMLP.forward_split`: x's gradient from the output only, the weights' from output
     and last hidden activation: as two passes (the hidden one on detached x) would give."""
-    from emodebias.model import StackedMLP
+    from emodebias.training.model import StackedMLP
 
     gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
     mlp = StackedMLP(gens, 7, hidden, 3)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emodebias.labels import soft_from_votes
-from emodebias.methods import REGISTRY
+from emodebias.data.labels import soft_from_votes
 from emodebias.training import TrainConfig, TrainData, fit
+from emodebias.training.methods import REGISTRY
 
 CFG = TrainConfig(epochs=2, batch_size=16, lr=1e-3)
 

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from emodebias.labels import strict_majority
-from emodebias.losses import class_weights_for
-from emodebias.methods import get_method
+from emodebias.data.labels import strict_majority
 from emodebias.training import TrainConfig, TrainData
+from emodebias.training.losses import class_weights_for
+from emodebias.training.methods import get_method
 
 CLASSES = ["angry", "sad", "disgust", "fear", "neutral", "happy"]
 MAJOR = {"angry": "M", "disgust": "M", "neutral": "M", "fear": "F", "happy": "F", "sad": "F"}

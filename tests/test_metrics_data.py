@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emodebias.manifest import Manifest, ManifestError
+from emodebias.data.manifest import Manifest, ManifestError
 from emodebias.metrics import MetricsInputError, evaluate, from_predictions
 
 CLASSES = ["angry", "sad", "disgust", "fear", "neutral", "happy"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from emodebias.model import (
+from emodebias.training.model import (
     HIDDEN,
     SERHead,
     SharedRows,
@@ -18,7 +18,7 @@ from emodebias.model import (
     mix_dense,
     run_slice,
 )
-from emodebias.optim import StackedAdam
+from emodebias.training.optim import StackedAdam
 
 
 def gens(*seeds: int) -> list[torch.Generator]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from emodebias.optim import StackedAdam
+from emodebias.training.optim import StackedAdam
 
 
 def test_stacked_adam_equals_torch_adam_per_run_with_a_masked_step() -> None:

@@ -19,9 +19,9 @@ from sklearn.metrics import normalized_mutual_info_score
 from typer.testing import CliRunner
 
 from emodebias.cli import app
+from emodebias.data.manifest import Manifest
 from emodebias.groups import GroupAssignment
 from emodebias.groups.diagnostics import diagnose
-from emodebias.manifest import Manifest
 
 ATTRS = ("gender", "age_group", "race")
 
@@ -139,7 +139,7 @@ def test_layer_weights_of_a_multi_layer_store_are_recorded_and_drawn(tmp_path,
     """A grid on a 4-layer store: each record holds the selected epoch's normalised layer
     weights, equal to the softmax of the saved head's mix parameter; the report draws them."""
     from emodebias.bench import pipeline
-    from emodebias.store import FeatureStore
+    from emodebias.features.store import FeatureStore
 
     real = pipeline.spec_features
 

@@ -12,7 +12,7 @@ from scipy import stats
 
 from emodebias.bench.grid import RunSpec
 from emodebias.bench.results import tidy_frame
-from emodebias.manifest import Manifest
+from emodebias.data.manifest import Manifest
 from emodebias.metrics import MetricsInputError, evaluate
 from emodebias.metrics.oof import pooled_frame, pooled_oof
 from emodebias.metrics.stats import fold_interval, holm, min_sign_flip_p, pairs_needed

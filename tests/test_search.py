@@ -14,17 +14,17 @@ import yaml
 from typer.testing import CliRunner
 
 from emodebias.bench.grid import expand_grid
-from emodebias.cli import app
-from emodebias.errors import UserError
-from emodebias.methods import REGISTRY
-from emodebias.search import SHARED, SearchSpace, draw, method_space, spaces, stream
-from emodebias.selection import (
+from emodebias.bench.selection import (
     SelectionConfig,
     check_selection,
     choose,
     dev_scores,
     mean_dev,
 )
+from emodebias.cli import app
+from emodebias.errors import UserError
+from emodebias.training.methods import REGISTRY
+from emodebias.training.search import SHARED, SearchSpace, draw, method_space, spaces, stream
 
 TINY_CORPUS = {"name": "synthetic", "folds": 5, "n_speakers_per_gender": 5,
                "utterances_per_emotion": 4, "seconds": [0.5, 0.7]}
@@ -220,8 +220,8 @@ def test_bench_search_selects_reruns_the_best_and_reports_it(tmp_path: Path) -> 
 def test_selection_never_reads_test_data(tmp_path: Path) -> None:
     """Shuffle the test utterances' labels and groups in the grid's manifest: every trial's
     dev scores and every selection stay the same."""
-    from emodebias.manifest import Manifest
-    from emodebias.splits import Split
+    from emodebias.data.manifest import Manifest
+    from emodebias.data.splits import Split
 
     g = tiny(tmp_path)
     a, b = tmp_path / "a", tmp_path / "b"
@@ -260,7 +260,7 @@ def test_seeds_without_best_is_refused(tmp_path: Path) -> None:
 
 def test_reselecting_needs_no_training_and_a_group_free_method_says_it_fell_back(
         tmp_path: Path) -> None:
-    from emodebias.selection import apply
+    from emodebias.bench.selection import apply
 
     out = tmp_path / "o"
     res = CliRunner().invoke(app, ["bench", str(tiny(tmp_path)), "-o", str(out)])

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emodebias.corpora import load_corpus
-from emodebias.manifest import Manifest
-from emodebias.splits import (
+from emodebias.data.corpora import load_corpus
+from emodebias.data.manifest import Manifest
+from emodebias.data.splits import (
     Split,
     SplitError,
     block_folds,

@@ -19,11 +19,11 @@ import soxr
 import torch
 from typer.testing import CliRunner
 
-from emodebias.audio import AudioError, load_audio
-from emodebias.encoders import get_encoder
-from emodebias.encoders.acoustic import AcousticEncoder
-from emodebias.manifest import Manifest
-from emodebias.store import FeatureStore, StoreError, extract, plan_batches, store_dir
+from emodebias.data.audio import AudioError, load_audio
+from emodebias.data.manifest import Manifest
+from emodebias.features.encoders import get_encoder
+from emodebias.features.encoders.acoustic import AcousticEncoder
+from emodebias.features.store import FeatureStore, StoreError, extract, plan_batches, store_dir
 
 SR = 16_000
 
@@ -74,7 +74,7 @@ def store(manifest, tmp_path_factory) -> FeatureStore:
 
 
 def read_ref(path: Path) -> np.ndarray:
-    """Independent mono/resample/crop: soundfile + soxr, not emodebias.audio."""
+    """Independent mono/resample/crop: soundfile + soxr, not emodebias.data.audio."""
     data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     mono = data.mean(axis=1)[: int(10 * sr)]
     return soxr.resample(mono, sr, SR).astype(np.float32) if sr != SR else mono
@@ -196,9 +196,9 @@ def test_resume_after_crash_equals_uninterrupted(manifest, store, tmp_path, chec
 
 KILL_SCRIPT = """
 import sys, time
-from emodebias.encoders.acoustic import AcousticEncoder
-from emodebias.manifest import Manifest
-from emodebias.store import extract
+from emodebias.features.encoders.acoustic import AcousticEncoder
+from emodebias.data.manifest import Manifest
+from emodebias.features.store import extract
 
 class Slow(AcousticEncoder):
     def encode(self, waves):
@@ -337,7 +337,7 @@ class Batched(AcousticEncoder):
 @pytest.mark.parametrize("omp, alone, with_readers", [(None, 8, 7), ("3", 3, 2), ("1", 1, 1)])
 def test_multithreaded_encoders_leave_a_core_to_the_readers(tmp_path, monkeypatch, omp, alone,
                                                              with_readers):
-    import emodebias.encoders.base as base
+    import emodebias.features.encoders.base as base
 
     monkeypatch.setattr(base.os, "sched_getaffinity", lambda pid: set(range(8)))
     if omp is None:

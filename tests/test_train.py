@@ -12,12 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from emodebias.data.labels import soft_from_votes
+from emodebias.data.manifest import Manifest
+from emodebias.data.splits import Split
 from emodebias.groups.assignment import GroupAssignment
-from emodebias.labels import soft_from_votes
-from emodebias.losses import class_weights_for
-from emodebias.manifest import Manifest
-from emodebias.methods import get_method
-from emodebias.splits import Split
 from emodebias.training import (
     FitResult,
     RunConfig,
@@ -28,6 +26,8 @@ from emodebias.training import (
     fit_stream,
     predict_probs,
 )
+from emodebias.training.losses import class_weights_for
+from emodebias.training.methods import get_method
 
 CFG = TrainConfig(epochs=4, batch_size=16, lr=1e-3)
 
@@ -523,7 +523,7 @@ def test_jtt_identification_models_of_a_grid_train_in_one_stack(monkeypatch) -> 
 def test_compiled_training_equals_eager_training(monkeypatch) -> None:
     """A run trained with the head compiled (EMODEBIAS_COMPILE=1, inductor) gives the eager
     run's dev losses, selected epoch and probabilities to float32 rounding."""
-    from emodebias.model import logits_dense
+    from emodebias.training.model import logits_dense
 
     data = random_data(9)
     cfg = replace(CFG, epochs=2)

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from emodebias.bench.results import collect, find_run_dirs, read_record
 from emodebias.cli import app
-from emodebias.commands.training import metrics_lines
+from emodebias.cli.training import metrics_lines
+from emodebias.features.store import FeatureStore
 from emodebias.runs import load_run
-from emodebias.store import FeatureStore
 
 
 def invoke(*args: str, code: int = 0):
@@ -156,7 +156,7 @@ def test_epoch_log_and_metrics_table_format(work) -> None:
 
 
 def test_methods_marks_reading_dependent_ones() -> None:
-    from emodebias.methods import REGISTRY
+    from emodebias.training.methods import REGISTRY
 
     res = invoke("methods")
     marked = {line.split()[1] for line in res.stdout.splitlines()

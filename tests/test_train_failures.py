@@ -12,10 +12,9 @@ import pytest
 from test_train import random_data
 from typer.testing import CliRunner
 
+from emodebias.data.manifest import Manifest
+from emodebias.data.splits import group_support_warnings, make_split
 from emodebias.errors import UserError
-from emodebias.manifest import Manifest
-from emodebias.methods import GroupSupervisionError
-from emodebias.splits import group_support_warnings, make_split
 from emodebias.training import (
     FeatureError,
     RunConfig,
@@ -25,6 +24,7 @@ from emodebias.training import (
     fit_many,
     fit_stream,
 )
+from emodebias.training.methods import GroupSupervisionError
 
 CFG = TrainConfig(epochs=3, batch_size=16, lr=1e-3)
 

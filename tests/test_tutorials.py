@@ -129,7 +129,7 @@ def predictions_table() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def own_corpus(tmp_path_factory) -> Path:
     """`my-corpus/`: synthetic audio and a corpus.csv with file, speaker, gender, emotion."""
-    from emodebias.corpora import load_corpus
+    from emodebias.data.corpora import load_corpus
 
     root = tmp_path_factory.mktemp("own") / "my-corpus"
     man = load_corpus("synthetic", root / "audio", n_speakers_per_gender=3,

@@ -18,12 +18,12 @@ from emodebias.errors import UserError
 from emodebias.runs import Run, RunRequest, load_run, load_runs
 
 if TYPE_CHECKING:
-    from emodebias.encoders.base import Encoder
+    from emodebias.data.manifest import Manifest
+    from emodebias.data.splits import Split
+    from emodebias.features.encoders.base import Encoder
+    from emodebias.features.store import FeatureStore
     from emodebias.groups.assignment import GroupAssignment
-    from emodebias.manifest import Manifest
     from emodebias.metrics.evaluate import MetricsResult
-    from emodebias.splits import Split
-    from emodebias.store import FeatureStore
 
 __all__ = ["audit", "cluster_groups", "compare", "evaluate", "extract", "fit", "fit_many",
            "load_corpus", "load_run", "load_runs", "make_folds", "make_split", "open_groups",
@@ -34,7 +34,7 @@ __all__ = ["audit", "cluster_groups", "compare", "evaluate", "extract", "fit", "
 def open_manifest(manifest: Manifest | str | Path) -> Manifest:
     """A Manifest, or the manifest file / folder `prepare --out` was given."""
     from emodebias import locate
-    from emodebias.manifest import Manifest
+    from emodebias.data.manifest import Manifest
 
     if isinstance(manifest, Manifest):
         return manifest
@@ -44,7 +44,7 @@ def open_manifest(manifest: Manifest | str | Path) -> Manifest:
 def open_store(store: FeatureStore | str | Path) -> FeatureStore:
     """A FeatureStore, or the folder `extract --out` was given."""
     from emodebias import locate
-    from emodebias.store import FeatureStore
+    from emodebias.features.store import FeatureStore
 
     if isinstance(store, FeatureStore):
         return store
@@ -72,7 +72,7 @@ def open_groups(groups: GroupAssignment | str | Path | None) -> GroupAssignment 
 # ----------------------------------------------------------------------------- stages
 def load_corpus(name: str, root: str | Path, **options: Any) -> Manifest:
     """A corpus adapter's manifest (`emodebias prepare`); options are the adapter's."""
-    from emodebias.corpora import load_corpus as _load
+    from emodebias.data.corpora import load_corpus as _load
 
     return _load(name, root, **options)
 
@@ -80,7 +80,7 @@ def load_corpus(name: str, root: str | Path, **options: Any) -> Manifest:
 def make_folds(manifest: Manifest, *, k: int = 5, seed: int = 0,
                overwrite: bool = False) -> Manifest:
     """Add k speaker-independent folds (for corpora without official ones)."""
-    from emodebias.splits import make_folds as _make
+    from emodebias.data.splits import make_folds as _make
 
     return _make(manifest, k=k, seed=seed, overwrite=overwrite)
 
@@ -88,7 +88,7 @@ def make_folds(manifest: Manifest, *, k: int = 5, seed: int = 0,
 def make_split(manifest: Manifest, fold: str | int, *, ratio: str | float | None = None,
                direction: str = "natural", seed: int = 0) -> Split:
     """One fold's train/dev/test ids, optionally gender-imbalanced at 1:r (`emodebias split`)."""
-    from emodebias.splits import make_split as _make
+    from emodebias.data.splits import make_split as _make
 
     return _make(manifest, str(fold), ratio=ratio, direction=direction, seed=seed)
 
@@ -98,8 +98,8 @@ def extract(manifest: Manifest, encoder: Encoder | str, out: str | Path, *,
             **options: Any) -> FeatureStore:
     """Encode every utterance once into a FeatureStore at `out` (`emodebias extract`);
     `encoder` is an Encoder or a `get_encoder` name; other options go to `store.extract`."""
-    from emodebias.encoders import get_encoder
-    from emodebias.store import extract as _extract
+    from emodebias.features.encoders import get_encoder
+    from emodebias.features.store import extract as _extract
 
     enc = get_encoder(encoder) if isinstance(encoder, (str, Path)) else encoder
     return _extract(manifest, enc, out, device=device, max_seconds=max_seconds,
@@ -121,7 +121,7 @@ def _fit_ids(manifest: Manifest | None, split: Split | str | int | Path | None
     """Train + dev ids of `split` (what group models are fitted on), None without a split."""
     if split is None:
         return None
-    from emodebias.splits import Split
+    from emodebias.data.splits import Split
 
     if not isinstance(split, Split):
         if manifest is None:

@@ -35,11 +35,11 @@ from emodebias.errors import UserError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from emodebias.encoders.base import Encoder
+    from emodebias.data.manifest import Manifest
+    from emodebias.data.splits import Split
+    from emodebias.features.encoders.base import Encoder
+    from emodebias.features.store import FeatureStore
     from emodebias.groups.assignment import GroupAssignment
-    from emodebias.manifest import Manifest
-    from emodebias.splits import Split
-    from emodebias.store import FeatureStore
     from emodebias.training import FitResult, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ _ENCODER_OPTIONS = {
 # ----------------------------------------------------------------------------- encoders
 def encoder_args(meta: dict) -> tuple[str, dict]:
     """(`get_encoder` name, options) that rebuild the encoder of a store's meta.json."""
-    from emodebias.encoders import PRESETS
+    from emodebias.features.encoders import PRESETS
 
     cfg = meta.get("config") or {}
     kind, ident = cfg.get("kind"), meta.get("encoder", "")
@@ -90,7 +90,7 @@ def open_split(manifest: Manifest, split: Split | str | int | Path) -> Split:
     """A Split, a saved one (split.json, its folder, or the folder `split --out` was given),
     or a fold name of the manifest (its full train/dev/test parts)."""
     from emodebias import locate
-    from emodebias.splits import Split, make_split
+    from emodebias.data.splits import Split, make_split
 
     if isinstance(split, Split):
         return split
@@ -139,7 +139,7 @@ def input_hashes(manifest: Manifest, store: FeatureStore, split: Split,
 
 def _resolve(req: RunRequest) -> None:
     """Unknown methods or hyperparameters are user errors listing the valid ones."""
-    from emodebias.methods import REGISTRY
+    from emodebias.training.methods import REGISTRY
 
     if req.method not in REGISTRY:
         raise UserError(f"unknown method {req.method!r}; registered: {', '.join(sorted(REGISTRY))}"
@@ -161,9 +161,9 @@ def train_runs(store: FeatureStore, manifest: Manifest, split: Split, runs: Sequ
     """
     from emodebias.bench.grid import RunSpec
     from emodebias.bench.pipeline import score_run
-    from emodebias.methods import REGISTRY
-    from emodebias.store import check_inputs
+    from emodebias.features.store import check_inputs
     from emodebias.training import RunConfig, TrainConfig, TrainData, fit_stream
+    from emodebias.training.methods import REGISTRY
 
     config = config or TrainConfig()
     for req in runs:
@@ -299,7 +299,7 @@ class Run:
     # --- prediction
     def encoder(self, device: str = "cpu") -> Encoder:
         """The run's encoder, rebuilt from its record; refuses one that now differs."""
-        from emodebias.encoders import get_encoder
+        from emodebias.features.encoders import get_encoder
 
         block = self.record.get("encoder") or {}
         spec = self.record["spec"]
@@ -321,7 +321,7 @@ class Run:
     def predict_files(self, paths: Sequence[str | Path], *, device: str = "cpu",
                       batch_size: int = 16) -> list[FilePrediction]:
         """Each file's probabilities, or the reason it has none (unreadable, non-finite)."""
-        from emodebias.audio import AudioError, load_audio
+        from emodebias.data.audio import AudioError, load_audio
 
         _ = self.fit  # a run without a head fails here, before an encoder is loaded
         enc = self.encoder(device)

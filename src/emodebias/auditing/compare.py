@@ -24,7 +24,7 @@ import pandas as pd
 from emodebias.errors import UserError
 
 if TYPE_CHECKING:
-    from emodebias.manifest import Manifest
+    from emodebias.data.manifest import Manifest
 
 SCORES = ("macro_f1", "hamming_acc")
 PER_ATTRIBUTE = ("tpr_gap", "fpr_gap", "f1_gap", "dp_maxdev_gap", "dp_sumdev_gap",

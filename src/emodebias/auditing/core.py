@@ -32,13 +32,13 @@ import numpy as np
 
 from emodebias.auditing.inference import run_inference
 from emodebias.auditing.models import AuditModel, open_model
-from emodebias.classmap import ClassMap, ClassMapError
+from emodebias.data.classmap import ClassMap, ClassMapError
 from emodebias.errors import UserError
 
 if TYPE_CHECKING:
-    from emodebias.manifest import Manifest
+    from emodebias.data.manifest import Manifest
+    from emodebias.data.splits import Split
     from emodebias.metrics.evaluate import MetricsResult
-    from emodebias.splits import Split
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def audit(model: str | Path | Callable | AuditModel, manifest: Manifest | str | 
     final = commit_run(out, result, replace=True)
     shutil.rmtree(work, ignore_errors=True)
     written = [final]
-    from emodebias.commands.evaluate import write_outputs
+    from emodebias.cli.evaluate import write_outputs
 
     written += write_outputs(metrics, final)
     from emodebias.bench.results import read_record

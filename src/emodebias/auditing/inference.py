@@ -1,7 +1,8 @@
 """Batched, resumable inference of an audited model over a list of audio files.
 
-Files are read with `emodebias.audio.load_audio` (mono, resampled with soxr to the model's rate,
-the first `max_seconds` kept; 0 = whole file) and batched by similar duration (little padding).
+Files are read with `emodebias.data.audio.load_audio` (mono, resampled with soxr to the
+model's rate, the first `max_seconds` kept; 0 = whole file) and batched by similar duration
+(little padding).
 Each batch's probabilities go to ``<work>/chunk-NNNNN.npz``, written atomically; `job.json`
 names the job (model hash, files, rate, crop, batch size). A rerun of the same job loads the
 chunks already written and runs only the rest, so an interrupted audit loses at most one batch;
@@ -40,7 +41,7 @@ class Inference:
 
 def _order(paths: Sequence[str]) -> list[int]:
     """Rows sorted by duration (unreadable headers first: they fail fast, alone)."""
-    from emodebias.audio import AudioError, audio_duration
+    from emodebias.data.audio import AudioError, audio_duration
 
     def duration(i: int) -> float:
         try:
@@ -63,7 +64,7 @@ def job_key(model: object, utt_ids: Sequence[str], paths: Sequence[str],
 def run_inference(model: object, utt_ids: Sequence[str], paths: Sequence[str], work: Path, *,
                   batch_size: int = 8, show_progress: bool = True) -> Inference:
     """Run `model` (an `AuditModel`) on `paths`, resuming from the chunks under `work`."""
-    from emodebias.audio import AudioError, load_audio
+    from emodebias.data.audio import AudioError, load_audio
     from emodebias.progress import Bar
 
     work = Path(work)

@@ -80,7 +80,7 @@ class HFClassifier:
                  max_seconds: float | None = None) -> None:
         from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-        from emodebias.encoders.hf import WEIGHT_SUFFIXES, PaddingExactCNN, load_pretrained
+        from emodebias.features.encoders.hf import WEIGHT_SUFFIXES, PaddingExactCNN, load_pretrained
 
         path = Path(path).expanduser()
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -116,7 +116,7 @@ class HFClassifier:
             MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES as NAMES,
         )
 
-        from emodebias.encoders.hf import refuse_remote_code
+        from emodebias.features.encoders.hf import refuse_remote_code
 
         refuse_remote_code(path)
         cfg = json.loads((path / "config.json").read_text())

@@ -4,7 +4,7 @@ A grid with ``test_corpus:`` (one corpus or a list) and ``shared_classes:`` trai
 usual; then each run's selected model predicts every test corpus's utterances (the test corpus's
 manifest, encoded by the run's encoder with the same options into its own cached feature store,
 a grid stage like the training corpus's). Model outputs (the training corpus's classes) and the
-test corpus's labels are both projected onto the shared classes with `emodebias.classmap`
+test corpus's labels are both projected onto the shared classes with `emodebias.data.classmap`
 (probabilities: mass summed per shared class, unmapped mass dropped, renormalised; labels: vote
 shares summed and smoothed again). The run's in-corpus test predictions are projected and
 scored on the shared classes too, so in- and cross-corpus rows compare like with like; the
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from emodebias.bench.grid import GridError, RunSpec, _as_list, _named
-from emodebias.classmap import ClassMap, ClassMapError
+from emodebias.data.classmap import ClassMap, ClassMapError
 from emodebias.errors import UserError
 
 IN, CROSS = "in-corpus", "cross-corpus"
@@ -243,7 +243,7 @@ class Evaluation:
 def shared_manifest(manifest, utt_ids: list[str], targets: np.ndarray, classes: list[str]):
     """`manifest`'s rows `utt_ids` with their labels replaced by `targets` over `classes`
     (speakers and attributes kept): what the metrics score against."""
-    from emodebias.manifest import Manifest
+    from emodebias.data.manifest import Manifest
 
     df = manifest.df.iloc[manifest.index_of(utt_ids)]
     df = df[[c for c in df.columns if not c.startswith(("soft_", "votes_"))]].copy()
@@ -296,7 +296,7 @@ def evaluate_run(spec: RunSpec, fit, manifest, test_ids: list[str], cache,
     """A trained run scored on the shared classes: its own test part, then each test corpus.
     A method that trains no model (the Random baseline: its scores are draws, not
     probabilities to project) is not scored; `info` (the run's) says so."""
-    from emodebias.methods import get_method
+    from emodebias.training.methods import get_method
 
     if not getattr(get_method(spec.method), "trains", True):
         if info is not None:

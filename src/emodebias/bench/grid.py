@@ -58,9 +58,9 @@ from typing import Any
 
 import yaml
 
+from emodebias.bench.selection import SelectionConfig, check_selection
 from emodebias.errors import UserError
-from emodebias.search import check_search
-from emodebias.selection import SelectionConfig, check_selection
+from emodebias.training.search import check_search
 
 DIRECTIONS = ("natural", "female-major", "male-major")
 # Methods of DESIGN.md; used to validate names when the method registry is not importable.
@@ -188,7 +188,7 @@ class RunSpec:
         """The training settings a cell shares: all but those a search varies per run (lr,
         weight decay, epochs), so the trials of a search share a cell and a task and can train
         in one stack (each run still trains with its own values)."""
-        from emodebias.search import SEARCHED_TRAIN
+        from emodebias.training.search import SEARCHED_TRAIN
 
         return {k: v for k, v in self.train.items() if k not in SEARCHED_TRAIN}
 
@@ -305,7 +305,7 @@ def _named(value: Any, what: str, where: str) -> tuple[str, dict]:
 def _known_methods() -> tuple[set[str], dict[str, str]]:
     """Method names and their supervision, from the registry when it is importable."""
     try:
-        from emodebias.methods import REGISTRY
+        from emodebias.training.methods import REGISTRY
     except ImportError:
         return set(KNOWN_METHODS), {m: ("none" if m in GROUP_FREE else "hard")
                                     for m in KNOWN_METHODS}
@@ -384,7 +384,7 @@ def search_trials(spec: RunSpec, search: dict) -> list[RunSpec]:
     """One spec per trial of a `search: {trials, seed}`: the trial's drawn values go into its
     hparams and train settings (the entry's own hparams stay fixed), and its search block names
     them (trial 0 is the defaults)."""
-    from emodebias.search import draw
+    from emodebias.training.search import draw
 
     out = []
     for t in range(search["trials"]):
@@ -410,7 +410,7 @@ def _runtime_device(top: Any, encoders: list[tuple[str, dict]], train: dict,
     """The run device, from `device:` or (older grids) an encoder's or train's `device` option,
     which are removed there so that the device stays out of hashes and cache keys. Whether the
     device exists is checked when the grid runs (`--device` may override it)."""
-    from emodebias.encoders.base import EncoderError, check_device
+    from emodebias.features.encoders.base import EncoderError, check_device
 
     given = {} if top is None else {"device": top}
     given.update({f"encoder {name}": opts["device"] for name, opts in encoders if "device" in opts})
@@ -602,7 +602,7 @@ def _check_train(train: dict, at: str) -> None:
 def _check_hparams(method: str, hp_grid: dict, at: str) -> None:
     """Hyperparameter names the method declares, and values castable to its defaults' type."""
     try:
-        from emodebias.methods import REGISTRY
+        from emodebias.training.methods import REGISTRY
     except ImportError:
         return
     cls = REGISTRY.get(method)

@@ -60,8 +60,8 @@ def file_lock(cache: Path, key: str) -> Iterator[None]:
 # ----------------------------------------------------------------------------- stages
 def stage_manifest(spec: RunSpec, cache: Path):
     """The corpus manifest (loaded or generated once, with folds)."""
-    from emodebias.corpora import load_corpus
-    from emodebias.manifest import Manifest
+    from emodebias.data.corpora import load_corpus
+    from emodebias.data.manifest import Manifest
 
     path = cache / "manifests" / f"{spec.corpus_key}.parquet"
     with file_lock(cache, f"manifest-{spec.corpus_key}"):
@@ -76,7 +76,7 @@ def stage_manifest(spec: RunSpec, cache: Path):
             root = cache / "corpora" / spec.corpus_key
         manifest = load_corpus(spec.corpus, root, **opts)
         if n_folds and not manifest.folds:
-            from emodebias.splits import make_folds
+            from emodebias.data.splits import make_folds
 
             manifest = make_folds(manifest, k=int(n_folds), seed=0)
         manifest.save(path)
@@ -84,7 +84,7 @@ def stage_manifest(spec: RunSpec, cache: Path):
 
 
 def stage_split(spec: RunSpec, manifest, cache: Path):
-    from emodebias.splits import Split, make_split
+    from emodebias.data.splits import Split, make_split
 
     path = cache / "splits" / f"{spec.split_key}.json"
     with file_lock(cache, f"split-{spec.split_key}"):
@@ -102,7 +102,7 @@ def stage_features(manifest, encoder: str, encoder_opts: dict, cache: Path, *,
     afterwards. The key leaves the device out: the same numbers, wherever they were computed.
     `reuse` names an existing store to use instead, once it is checked to hold exactly these
     features (same manifest content, encoder config and `MAX_SECONDS`)."""
-    from emodebias.store import FeatureStore, extract, store_state
+    from emodebias.features.store import FeatureStore, extract, store_state
 
     key = f"{manifest.content_hash()}-{content_hash({'e': encoder, 'o': encoder_opts})}"
     if reuse is not None:
@@ -112,7 +112,7 @@ def stage_features(manifest, encoder: str, encoder_opts: dict, cache: Path, *,
     with file_lock(cache, f"features-{key}"):
         state, why = store_state(path)
         if state != "complete":  # never built, interrupted, or deleted/damaged since
-            from emodebias.encoders import get_encoder
+            from emodebias.features.encoders import get_encoder
 
             if done.is_file():
                 log.warning("feature store %s was marked done but is %s (%s); extracting it "
@@ -127,7 +127,7 @@ def _reused_store(manifest, encoder: str, encoder_opts: dict, path: Path, cache:
                   key: str):
     """A user's store, checked once against the manifest and the encoder (building the encoder
     reads its weights' fingerprint); the check is remembered in ``features/<key>.reuse``."""
-    from emodebias.store import FeatureStore, StoreError
+    from emodebias.features.store import FeatureStore, StoreError
 
     marker = cache / "features" / f"{key}.reuse"
     with file_lock(cache, f"features-{key}"):
@@ -139,7 +139,7 @@ def _reused_store(manifest, encoder: str, encoder_opts: dict, path: Path, cache:
                 raise StoreError(f"{path} keeps the first {store.meta.get('max_seconds')} s of "
                                  f"each file, the grid {MAX_SECONDS:g} s; extract it with "
                                  f"--max-seconds {MAX_SECONDS:g}")
-            from emodebias.encoders import get_encoder
+            from emodebias.features.encoders import get_encoder
 
             store.check(encoder=get_encoder(encoder, **encoder_opts), max_seconds=MAX_SECONDS)
         except StoreError as exc:
@@ -303,7 +303,7 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
     `fit_stream` call, which stacks runs of a method across cells, and each run is scored and
     yielded as soon as its stack finishes (so the runner commits it before the rest finish).
     """
-    from emodebias.splits import group_support_warnings
+    from emodebias.data.splits import group_support_warnings
     from emodebias.training import RunConfig, TrainConfig, TrainData, fit_stream
 
     said: set[str] = set()  # support warnings logged so far (a split is shared by its cells)
@@ -358,7 +358,7 @@ def execute(specs: list[RunSpec], out: Path) -> Iterator[RunResult | RunFailure]
 
                     result.evaluations = evaluate_run(spec, fit, manifest, test_ids, cache,
                                                       result.info)
-                from emodebias.selection import run_block, trial_block
+                from emodebias.bench.selection import run_block, trial_block
 
                 # a search trial keeps its dev scores for trial selection; every run its epoch
                 result.selection = (trial_block(spec, fit, datas[pos], manifest) if spec.search

@@ -90,7 +90,8 @@ class RunResult:
     provenance: dict | None = None  # versions, commit, command line (see emodebias.provenance)
     # scores on shared classes (`bench.cross_corpus.Evaluation`: .file, .record(), .arrays())
     evaluations: list = field(default_factory=list)
-    selection: dict | None = None  # a search trial's dev scores and selection (emodebias.selection)
+    # a search trial's dev scores and selection (emodebias.bench.selection)
+    selection: dict | None = None
 
     @property
     def hash(self) -> str:

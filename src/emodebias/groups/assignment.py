@@ -13,7 +13,7 @@ from emodebias.errors import UserError
 from emodebias.fileio import write_text_atomic
 
 if TYPE_CHECKING:
-    from emodebias.manifest import Manifest
+    from emodebias.data.manifest import Manifest
 
 
 class GroupError(UserError):

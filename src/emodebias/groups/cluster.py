@@ -26,7 +26,7 @@ from emodebias.errors import UserError
 from emodebias.groups.assignment import GroupAssignment
 
 if TYPE_CHECKING:
-    from emodebias.manifest import Manifest
+    from emodebias.data.manifest import Manifest
 
 DEFAULT_KS = (2, 4, 8, 16, 32)
 ALGORITHMS = ("minibatch", "kmeans")
@@ -155,7 +155,7 @@ def cached_cluster_groups(store, k: int, fit_mask: np.ndarray | None = None,
     from emodebias.groups.embeddings import encoder_name, load_embeddings, store_dir
 
     if isinstance(store, (str, Path)):
-        from emodebias.store import FeatureStore
+        from emodebias.features.store import FeatureStore
 
         store = FeatureStore.open(store)
     if manifest is not None:

@@ -21,7 +21,7 @@ import pandas as pd
 from emodebias.groups.assignment import GroupAssignment
 
 if TYPE_CHECKING:
-    from emodebias.manifest import Manifest
+    from emodebias.data.manifest import Manifest
 
 ATTRIBUTES = ("gender", "age_group", "race")
 
@@ -158,7 +158,7 @@ def size_warnings(assignment: GroupAssignment, manifest: Manifest | None = None,
            for g, n in zip(sizes["group"], sizes[col], strict=True) if n < min_size]
     if manifest is None or train_ids is None or not (manifest.has_soft or manifest.has_votes):
         return out
-    from emodebias.labels import strict_majority
+    from emodebias.data.labels import strict_majority
 
     labels = manifest.soft_labels() if manifest.has_soft else manifest.votes()
     rows = manifest.index_of(list(train_ids))

@@ -52,7 +52,7 @@ def load_embeddings(store: Any, layer: int | str = "mean",
     the rows are reordered to those ids (unknown ids raise, naming them).
     """
     if isinstance(store, (str, Path)):
-        from emodebias.store import FeatureStore
+        from emodebias.features.store import FeatureStore
 
         store = FeatureStore.open(store)
     ids = list(store.utt_ids)

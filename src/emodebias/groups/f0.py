@@ -26,7 +26,7 @@ from emodebias.groups.pseudo import (
 )
 
 if TYPE_CHECKING:
-    from emodebias.manifest import Manifest
+    from emodebias.data.manifest import Manifest
 
 FMIN, FMAX = 60.0, 400.0
 FRAME, HOP = 1024, 256

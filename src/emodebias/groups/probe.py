@@ -19,7 +19,7 @@ from emodebias.groups.assignment import GroupAssignment
 from emodebias.groups.pseudo import NAMES, PseudoLabelError, make_assignment
 
 if TYPE_CHECKING:
-    from emodebias.manifest import Manifest
+    from emodebias.data.manifest import Manifest
 
 FORMAT = "emodebias-gender-probe"
 VERSION = 1

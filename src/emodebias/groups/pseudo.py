@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from emodebias.encoders.hf import hub_reachable, refuse_remote_code
 from emodebias.errors import UserError
+from emodebias.features.encoders.hf import hub_reachable, refuse_remote_code
 from emodebias.groups.assignment import GroupAssignment
 
 if TYPE_CHECKING:
-    from emodebias.manifest import Manifest
+    from emodebias.data.manifest import Manifest
 
 NAMES = ["F", "M"]
 DEFAULT_LABEL_MAP = {"female": "F", "f": "F", "woman": "F", "women": "F", "feminine": "F",
@@ -70,7 +70,7 @@ def iter_audio(manifest: Manifest, sample_rate: int = 16_000, max_seconds: float
                progress: bool = False, description: str = "reading audio",
                ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """(row, waveform or None, error or None) for every manifest row; errors never stop the loop."""
-    from emodebias.audio import AudioError, load_audio
+    from emodebias.data.audio import AudioError, load_audio
 
     rows = range(len(manifest))
     if progress:

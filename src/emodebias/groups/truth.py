@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from emodebias.data.manifest import ManifestError
 from emodebias.groups.assignment import GroupAssignment
-from emodebias.manifest import ManifestError
 
 if TYPE_CHECKING:
-    from emodebias.manifest import Manifest
+    from emodebias.data.manifest import Manifest
 
 SEPARATOR = "|"
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from emodebias.labels import binarize
+from emodebias.data.labels import binarize
 from emodebias.metrics import inference, rates
 from emodebias.metrics.attributes import Attribute, MetricsInputError, encode_all
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emodebias.manifest import Manifest
+from emodebias.data.manifest import Manifest
 from emodebias.metrics.attributes import MetricsInputError
 from emodebias.metrics.evaluate import MetricsResult
 from emodebias.metrics.predictions import DEFAULT_ATTRIBUTES, _read_npz, evaluate_predictions

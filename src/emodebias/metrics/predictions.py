@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emodebias.manifest import Manifest
+from emodebias.data.manifest import Manifest
 from emodebias.metrics.attributes import MetricsInputError, bin_attribute
 from emodebias.metrics.evaluate import MetricsResult, evaluate
 

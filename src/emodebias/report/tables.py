@@ -101,7 +101,7 @@ MARKS_NOTE = (f"{READING_MARK} reading-dependent (the source's formula admits mo
 
 def method_marks(method: str) -> str:
     """The registry's marks for a method (unknown names, e.g. from older runs, get none)."""
-    from emodebias.methods import REGISTRY
+    from emodebias.training.methods import REGISTRY
 
     cls = REGISTRY.get(method)
     if cls is None:

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emodebias.data.labels import strict_majority
 from emodebias.errors import UserError
-from emodebias.feature_bank import MemmapRef
-from emodebias.labels import strict_majority
+from emodebias.training.feature_bank import MemmapRef
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,10 @@ class TrainData:
 
         Split utterances whose feature extraction failed (``store.failures``) are left out and
         counted in ``info['missing_features']``; any other unknown id raises. A store, split or
-        group assignment made from another manifest is refused (`emodebias.store.check_inputs`).
+        group assignment made from another manifest is refused
+        (`emodebias.features.store.check_inputs`).
         """
-        from emodebias.store import check_inputs
+        from emodebias.features.store import check_inputs
 
         check_inputs(store, manifest, split, groups)
         utt = [str(u) for u in store.utt_ids]

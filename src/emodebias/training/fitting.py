@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from emodebias.errors import UserError
-from emodebias.feature_bank import FeatureBank, store_id
 from emodebias.training.data import RunConfig, TrainConfig, TrainData
+from emodebias.training.feature_bank import FeatureBank, store_id
 from emodebias.training.loop import train_stack
 from emodebias.training.plan import (
     Pairs,

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from emodebias.errors import UserError
-from emodebias.feature_bank import FeatureBank, RunGroups
-from emodebias.losses import class_weights_for
-from emodebias.methods import Batch, Method, MethodContext
-from emodebias.model import run_slice
-from emodebias.optim import StackedAdam
+from emodebias.training.feature_bank import FeatureBank, RunGroups
+from emodebias.training.losses import class_weights_for
+from emodebias.training.methods import Batch, Method, MethodContext
+from emodebias.training.model import run_slice
+from emodebias.training.optim import StackedAdam
 from emodebias.training.plan import Plan, make_gen, pad, reads_groups
 from emodebias.training.results import FitResult
 from emodebias.training.selection import EvalSet, Selection, convergence, no_selection

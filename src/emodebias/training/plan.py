@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from emodebias.errors import UserError
-from emodebias.feature_bank import store_id
-from emodebias.methods import Method, MethodContext, Prepared, get_method
-from emodebias.methods.base import AuxTrainer
 from emodebias.training.data import PER_RUN_FIELDS, FeatureError, RunConfig, TrainData
+from emodebias.training.feature_bank import store_id
+from emodebias.training.methods import Method, MethodContext, Prepared, get_method
+from emodebias.training.methods.base import AuxTrainer
 from emodebias.training.results import FitResult
 
 

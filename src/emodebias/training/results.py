@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from emodebias.fileio import write_text_atomic
-from emodebias.methods import Method, MethodContext, get_method
+from emodebias.training.methods import Method, MethodContext, get_method
 
 
 @dataclass

@@ -8,10 +8,10 @@ import logging
 import numpy as np
 import torch
 
-from emodebias.feature_bank import FeatureBank, RunGroups
-from emodebias.losses import class_balanced_ce
-from emodebias.methods import Method
 from emodebias.training.data import TrainConfig, TrainingError
+from emodebias.training.feature_bank import FeatureBank, RunGroups
+from emodebias.training.losses import class_balanced_ce
+from emodebias.training.methods import Method
 from emodebias.training.plan import Plan, pad
 
 log = logging.getLogger(__name__)

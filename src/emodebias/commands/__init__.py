@@ -1,1 +1,0 @@
-"""CLI command modules; each imports `app` from emodebias.cli and registers its commands."""

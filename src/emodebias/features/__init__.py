@@ -1,0 +1,1 @@
+"""Features: frozen encoders and the feature store they fill."""
