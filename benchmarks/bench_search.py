@@ -39,7 +39,7 @@ from emodebias.training.search import draw  # noqa: E402
 
 def section_cost(method: str, trials: int, epochs: int) -> dict[str, float]:
     """One run vs an N-trial search of `method`, in one process."""
-    from emodebias.train import RunConfig, TrainConfig, TrainData, fit_many
+    from emodebias.training import RunConfig, TrainConfig, TrainData, fit_many
 
     store, labels = _data.crema_store()
     tr, dv, te = _data.imbalance_idx(labels, 1, 20)

@@ -17,7 +17,7 @@ prediction has no mass on one are left out and counted; a shared class that one 
 reach is an error (it is not shared). A test corpus of the same name as a training corpus is
 refused (its in-corpus test part is scored already), and no test speaker may appear in the
 training corpus (ids compared as ``<corpus>:<speaker>``). Cross-corpus probabilities come from
-the model before any post-processing (`emodebias.train.predict_probs`).
+the model before any post-processing (`emodebias.training.predict_probs`).
 
 Each run's record gains ``evaluations`` (one per scoring: corpus, role, counts, summary, table)
 and its folder ``predictions.<role>.<corpus>.npz``; `results.collect` puts them in the tidy table
