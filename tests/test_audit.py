@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_checks import one_error_line
 from typer.testing import CliRunner
 
 import emodebias as ed
@@ -24,14 +25,6 @@ from emodebias.data.manifest import Manifest
 SR = 16_000
 MODEL_CLASSES = ["ang", "sad", "neutral", "Happy", "surprise"]  # 'ang' needs a map, 'Happy' not
 MAP = {"ang": "angry"}
-
-
-def one_error_line(res) -> str:  # noqa: ANN001 (click Result)
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    assert "Traceback" not in res.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

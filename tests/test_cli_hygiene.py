@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from cli_checks import one_error_line
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -38,14 +39,6 @@ def manifest_path(tmp_path_factory) -> Path:
     return Manifest(pd.DataFrame(rows), classes=["neu", "ang"], corpus="t").save(
         root / "manifest.parquet")
 
-
-def one_error_line(res) -> str:  # noqa: ANN001 (click Result)
-    """The run failed as a user error: exit 2 and exactly one `error:` line, no traceback."""
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    assert "Traceback" not in res.output
-    return lines[0]
 
 
 @pytest.mark.parametrize("args, says", [
