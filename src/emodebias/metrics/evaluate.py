@@ -206,6 +206,75 @@ def evaluate(
     return MetricsResult(table, summary, skipped, info, gaps, per_class)
 
 
+@dataclass
+class HeadlineScorer:
+    """`evaluate`'s headline numbers for many prediction sets on one test set, from count sums.
+
+    Macro-F1, Hamming accuracy and each attribute's `ATTR_METRICS` are functions of confusion
+    counts, and which groups and classes enter each gap depends on the targets only (`_plan`),
+    so the plan is fixed once. A prediction set enters as its design rows (`design`), which add
+    over utterances: summed per speaker they give any re-assembly of speakers (the paired swap
+    test of `emodebias.auditing.compare`) as one matrix product, scored in a batch by the same
+    `plan_metrics` that `evaluate` uses, instead of one `evaluate` call per re-assembly.
+    """
+
+    y: np.ndarray  # bool [N, K] binarised targets
+    threshold: float | None
+    attrs: list[Attribute]
+    offsets: list[int]  # column offset of each attribute's block in the design
+    plans: dict[str, _Plan]  # attribute name -> plan (attributes with >= 2 compared groups)
+
+    @property
+    def keys(self) -> list[str]:
+        """Summary keys scored, in `evaluate`'s naming."""
+        return ["macro_f1", "hamming_acc"] + [f"{a.name}.{m}" for a in self.attrs
+                                              for m in ATTR_METRICS]
+
+    def design(self, probs: np.ndarray) -> np.ndarray:
+        """Per-utterance count indicators ``[N, W]`` of `probs` (overall, then per group)."""
+        _, p = _binarize(self.y.astype(float), probs, self.threshold)
+        return _design(_base(self.y, p), self.attrs)[0]
+
+    def scores(self, sums: np.ndarray) -> dict[str, np.ndarray]:
+        """Headline numbers ``key -> [...]`` of design sums ``[..., W]`` (NaN: undefined)."""
+        sums = np.asarray(sums, float)
+        lead, k = sums.shape[:-1], self.y.shape[1]
+        flat = sums.reshape(-1, sums.shape[-1])
+        out = {m: v for m, v in _overall(_counts(flat, 0, 1, k)).items()}
+        for a, off in zip(self.attrs, self.offsets[1:], strict=True):
+            pl = self.plans.get(a.name)
+            if pl is None:
+                out.update({f"{a.name}.{m}": np.full(len(flat), np.nan) for m in ATTR_METRICS})
+                continue
+            c = _counts(flat, off, len(a.names), k).select(pl.groups)
+            values = plan_metrics(c, pl.classes)[0]
+            out.update({f"{a.name}.{m}": values[m] for m in ATTR_METRICS})
+        return {key: v.reshape(lead) for key, v in out.items()}
+
+
+def headline_scorer(targets: np.ndarray, attributes: Mapping[str, object] | pd.DataFrame | None,
+                    *, threshold: float | None = None, min_support: int = 1,
+                    classes: list[str] | None = None) -> HeadlineScorer:
+    """The `HeadlineScorer` of a test set; its scores equal `evaluate`'s summary values (same
+    `threshold`, `min_support`) wherever those are defined."""
+    targets = np.asarray(targets, float)
+    y, _ = _binarize(targets, targets, None)
+    _check_options(min_support, 2, 0.0, 0.95, 0, 0)
+    classes = _class_names(classes, y.shape[1])
+    attrs = encode_all(attributes, len(y), ())
+    base = _base(y, np.zeros_like(y))  # the plan uses target counts only
+    design, offsets = _design(base, attrs)
+    point = np.ones((1, len(y))) @ design
+    spk, extra = np.arange(len(y)), np.zeros(len(y), dtype=np.int64)
+    plans = {}
+    for a, off in zip(attrs, offsets[1:], strict=True):
+        pl = _plan(a, base, spk, extra, _counts(point, off, len(a.names), y.shape[1]),
+                   min_support, 2, classes, [])
+        if pl is not None:
+            plans[a.name] = pl
+    return HeadlineScorer(y, threshold, attrs, offsets, plans)
+
+
 # ----------------------------------------------------------------------------- inputs
 def _classes_and_arrays(targets: object, probs: object, classes: list[str] | None
                         ) -> tuple[list[str] | None, np.ndarray, np.ndarray]:

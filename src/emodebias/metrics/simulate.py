@@ -1,4 +1,4 @@
-"""Multi-label predictions with a known population gap, for checking intervals by simulation.
+"""Multi-label predictions with a known truth, for checking intervals and tests by simulation.
 
 Speakers belong to groups; each speaker has a random effect on the logit of predicting a class
 (shared across classes, plus a class-specific part), clip counts vary by speaker, and labels are
@@ -6,6 +6,10 @@ independent of the speaker effect. The population TPR of group g and class c is 
 ``E_u[sigmoid(a_gc + u)]`` (computed by Gauss–Hermite quadrature), so the population TPR gap is
 known exactly. Counts are drawn per speaker directly (the sufficient statistics of the speaker
 bootstrap), for many replications at once.
+
+`simulate_model_pair` draws one utterance-level test set scored by two models that are
+exchangeable within each speaker (or with model B planted worse for one gender), for checking
+the paired comparison of `emodebias.auditing.compare`.
 """
 
 from __future__ import annotations
@@ -113,3 +117,52 @@ def tpr_gap_intervals(sim: Simulated, rng: np.random.Generator, *, n_boot: int =
         null, _ = tpr_spread(inference.permuted_group_sums(rng, units, sim.group, g, n_perm))
         out["p_perm"] = inference.permutation_p(point[:, 0], null)
     return out
+
+
+@dataclass
+class ModelPair:
+    """One test set scored by two models: soft targets, both models' probabilities ``[N, K]``,
+    each utterance's speaker and gender (``"female"``/``"male"``)."""
+
+    targets: np.ndarray
+    probs_a: np.ndarray
+    probs_b: np.ndarray
+    speakers: np.ndarray
+    gender: np.ndarray
+
+
+def simulate_model_pair(rng: np.random.Generator, *, speakers_per_group: int = 20,
+                        utterances: int = 15, k: int = K, signal: float = 0.6,
+                        sd_speaker: float = 0.6, sd_model_speaker: float = 0.4,
+                        sd_noise: float = 0.8, worse_female: float = 0.0) -> ModelPair:
+    """Two models' predictions on a multi-label test set with speaker-level effects.
+
+    Soft targets mix a primary emotion (weight 0.6) with a Dirichlet share, so some utterances
+    have two classes above 1/K. Each model's class logits are ``signal·K·y'`` plus a speaker
+    effect shared by both models (a hard speaker is hard for both), a speaker effect of the
+    model's own (the same law for both: a model suits some voices) and utterance noise; the
+    probabilities are a softmax. With `worse_female` = 0 the two models are exchangeable within
+    every speaker (the paired test's null); with `worse_female` = f model B's signal for female
+    speakers is scaled by 1 − f (B is worse for one gender: lower macro-F1, larger TPR gap).
+    """
+    s = 2 * speakers_per_group
+    female = np.arange(s) < speakers_per_group
+    n_utt = rng.integers(max(utterances - 5, 2), utterances + 6, s)
+    spk = np.repeat(np.arange(s), n_utt)
+    n = len(spk)
+    primary = rng.choice(k, size=n, p=PREVALENCE / PREVALENCE.sum() if k == K
+                         else np.full(k, 1.0 / k))
+    soft = 0.6 * np.eye(k)[primary] + 0.4 * rng.dirichlet(np.full(k, 0.3), size=n)
+    shared = rng.normal(0, sd_speaker, (s, k))[spk]
+
+    def model(scale: np.ndarray) -> np.ndarray:
+        own = rng.normal(0, sd_model_speaker, (s, k))[spk]
+        logits = signal * k * soft * scale[:, None] + shared + own + rng.normal(
+            0, sd_noise, (n, k))
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    ones = np.ones(n)
+    probs_a = model(ones)
+    probs_b = model(np.where(female[spk], 1.0 - worse_female, 1.0))
+    return ModelPair(soft, probs_a, probs_b, spk, np.where(female[spk], "female", "male"))

@@ -125,7 +125,7 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
 
 def min_sign_flip_p(n: int) -> float:
     """The smallest two-sided p an exact sign-flip test of n paired differences can give."""
-    return min(1.0, 2.0 / 2 ** n) if n > 0 else 1.0
+    return min(1.0, 2.0 ** (1 - int(n))) if n > 0 else 1.0  # int: numpy ints overflow
 
 
 def pairs_needed(alpha: float = 0.05, comparisons: int = 1) -> int:
