@@ -117,3 +117,16 @@ def test_too_few_speakers_withholds_p_and_says_why() -> None:
     assert any("raise --n-perm to at least 19" in n for n in c.notes), c.notes
     with pytest.raises(CompareError, match="speaker for each"):
         paired_comparison(d.targets, [d.probs_a, d.probs_b], None, d.speakers[:-1])
+
+
+def test_smallest_p_takes_numpy_speaker_counts() -> None:
+    """Speaker counts arrive as numpy ints, whose 2**n wraps to 0 from n = 64: the smallest p
+    then divided by zero and 80 speakers read as "not testable"."""
+    from emodebias.metrics import min_sign_flip_p
+
+    assert min_sign_flip_p(np.int64(70)) == pytest.approx(2.0 ** -69)
+    assert min_sign_flip_p(np.int64(4)) == 0.125 and min_sign_flip_p(0) == 1.0
+    d = simulate_model_pair(np.random.default_rng(1), speakers_per_group=40)
+    c = paired_comparison(d.targets, [d.probs_a, d.probs_b], {"gender": d.gender}, d.speakers,
+                          n_perm=50)
+    assert (c.table.loc[c.table["model"] == c.names[1], "status"] == TESTED).all()
