@@ -193,3 +193,18 @@ def test_select_last_keeps_the_last_epoch_without_a_dev_part() -> None:
     with pytest.raises(TrainingError, match="dev part is empty") as err:
         fit(no_dev, "erm", config=CFG)
     assert "\n" not in str(err.value)
+
+
+def test_a_failed_jtt_identification_model_fails_only_its_run() -> None:
+    """A UserError in JTT's identification training (here a diverging model) is that run's
+    result; the other runs, JTT's included, train."""
+    data = random_data()
+    jtt = {"id_epochs": 2, "up": 2}
+    out = dict(fit_stream(data, [RunConfig("jtt", jtt, 0, replace(CFG, lr=1e30)),
+                                 RunConfig("jtt", jtt, 1, CFG), RunConfig("erm", {}, 0, CFG)]))
+    assert isinstance(out[0], TrainingError) and "identification model" in str(out[0])
+    assert "\n" not in str(out[0])
+    for pos in (1, 2):
+        assert np.isfinite(out[pos].test_probs).all()
+    np.testing.assert_allclose(out[1].test_probs,
+                               fit(data, "jtt", jtt, 1, CFG).test_probs, atol=1e-5)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from emodebias.errors import UserError
+from emodebias.training.data import TrainingError
 from emodebias.training.losses import gce, soft_ce, target_prob
 from emodebias.training.methods.base import AuxTrainer, Batch, Method, Prepared, register
 from emodebias.training.model import HIDDEN, Encoder, SERHead, SharedRows, StackedLinear
@@ -258,10 +260,10 @@ class JTT(Method):
 
     @classmethod
     def prepare_many(cls, items, workers: int = 1, trainer: AuxTrainer | None = None,
-                     ) -> list[Prepared]:
+                     ) -> list[Prepared | UserError]:
         """The identification models (ERM, `id_epochs` epochs, last epoch) of every run in one
         stacked training by `trainer`, then each run's list with its training errors
-        repeated."""
+        repeated; a run whose identification model failed gets its error."""
         if trainer is None:
             raise TypeError("JTT needs the trainer's AuxTrainer to train its identification "
                             "models")
@@ -269,8 +271,12 @@ class JTT(Method):
         runs = [(data, "erm", seed, replace(config, epochs=hp["id_epochs"], select="last"))
                 for (data, hp, _, config), seed in zip(items, seeds, strict=True)]
         probs = trainer.fit_predict(runs, workers=workers)
-        out = []
+        out: list[Prepared | UserError] = []
         for (data, hp, _, _), seed, p in zip(items, seeds, probs, strict=True):
+            if isinstance(p, UserError):
+                out.append(TrainingError(f"the JTT identification model (ERM, {hp['id_epochs']} "
+                                         f"epochs) failed: {p}"))
+                continue
             idx = np.asarray(data.train_idx, dtype=np.int64)
             errors = argmax_errors(p, np.asarray(data.soft)[idx])
             out.append(Prepared(jtt_upsample(idx, errors, hp["up"]), None,
