@@ -148,7 +148,7 @@ MAX_LENGTH_RATIO = 1.5
 _PER_RUN_ATTRS = frozenset({"name", "family", "supervision", "HPARAMS", "PER_RUN_HPARAMS",
                             "prepare", "prepare_many", "postprocess", "check_data", "resolve",
                             "untrained_probs", "run_info", "reading_dependent", "extra",
-                            "SEARCH", "_soft"})
+                            "SEARCH"})
 
 
 @functools.cache

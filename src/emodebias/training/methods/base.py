@@ -87,6 +87,15 @@ class AuxTrainer(Protocol):
         ...
 
 
+def cell_ids(majority: Any, groups: Any, n_groups: int) -> Any:
+    """The class x group cell of each row, majority·G + group (-1 when the row has no strict
+    majority class or no group), for numpy arrays or tensors: the one cell numbering of the
+    DRO groups, the GR loss gaps and the MMD cells, and of their `run_info` labels."""
+    known = (majority >= 0) & (groups >= 0)
+    where = torch.where if isinstance(majority, torch.Tensor) else np.where
+    return where(known, majority * n_groups + groups, -1)
+
+
 @dataclass
 class Batch:
     """One training step's inputs for R stacked runs (every tensor starts with [R, B])."""

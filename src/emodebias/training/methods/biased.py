@@ -165,6 +165,7 @@ class DisEnt(Method):
         self.bias = nn.Parameter(torch.cat([cls_i.bias.detach(), cls_b.bias.detach()], 1))
         self.ema_b = SampleEMA(c.train_majority, c.n_classes)
         self.ema_d = SampleEMA(c.train_majority, c.n_classes)
+        self.curr_step = self.hp_one("curr_step")  # shared by the stack: read once, not per step
 
     def classify(self, z_l: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         """[C_i | C_b]([z_l, z_b]) -> [R, B, 2K] (no detaching)."""
@@ -216,7 +217,7 @@ class DisEnt(Method):
         return out
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        swap = self.step > self.hp_one("curr_step")
+        swap = self.step > self.curr_step
         perm = self.swap_perm(batch.x.shape[1]) if swap else None
         return self.terms(batch, perm)["total"]
 
