@@ -107,7 +107,8 @@ def no_selection(p: Plan, history: list[dict], best: float) -> TrainingError | N
     if cfg.select == "last" and n_dev == 0 and trained:
         return None
     if n_dev == 0:
-        why = "its dev part is empty; make a split with dev utterances"
+        why = ("its dev part is empty; make a split with dev utterances, or keep the last "
+               "epoch (select \"last\")")
     elif cfg.epochs < 1:
         why = f"epochs is {cfg.epochs}; train at least one epoch"
     elif history and not np.isfinite(history[-1]["train_loss"]):
