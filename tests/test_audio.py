@@ -115,3 +115,38 @@ def test_bad_arguments(tmp_path: Path) -> None:
         load_audio(p, target_sr=0)
     with pytest.raises(ValueError, match="max_seconds"):
         load_audio(p, max_seconds=-1)
+
+
+def test_every_crop_default_is_the_one_constant() -> None:
+    """Extraction, grid stores, run folders, pseudo-groups and audits keep the same first
+    DEFAULT_MAX_SECONDS of a file unless told otherwise; naming it costs no audio imports."""
+    import inspect
+    import os
+    import subprocess
+    import sys
+
+    from emodebias import api, runs
+    from emodebias.auditing import models
+    from emodebias.bench import pipeline
+    from emodebias.cli import features as cli_features
+    from emodebias.data.audio import DEFAULT_MAX_SECONDS
+    from emodebias.features import store
+    from emodebias.groups import pseudo
+
+    def default(fn, name: str = "max_seconds"):
+        d = inspect.signature(fn).parameters[name].default
+        return getattr(d, "default", d)  # a typer Option holds its default
+
+    assert DEFAULT_MAX_SECONDS == 10.0
+    for fn in (store.store_dir, store.extract, api.extract, pseudo.hf_gender_groups,
+               cli_features.extract):
+        assert default(fn) == DEFAULT_MAX_SECONDS, fn
+    assert runs.DEFAULT_MAX_SECONDS is models.DEFAULT_MAX_SECONDS is DEFAULT_MAX_SECONDS
+    assert pipeline.MAX_SECONDS is DEFAULT_MAX_SECONDS
+    code = ("import sys; from emodebias.data.audio import DEFAULT_MAX_SECONDS; "
+            "print('soundfile' in sys.modules or 'soxr' in sys.modules)")
+    src = str(Path(inspect.getfile(api)).parents[1])  # wherever this emodebias comes from
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    assert out.stdout.strip() == "False"

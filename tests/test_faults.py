@@ -329,7 +329,8 @@ GOOD_SPLIT = {"fold": "1", "train": ["a", "b"], "dev": ["c"], "test": ["d", "e"]
     ({"test": "d"}, "must be a list"),
     ({"test": [["d"]]}, "non-id"),
     ({"ratio": 0.5}, "r >= 1"),
-    ({"ratio": "1:20"}, "r >= 1"),
+    ({"ratio": "1:0.5"}, "r >= 1"),  # written as make_split, grids and the CLI read it
+    ({"ratio": [20]}, "bad ratio"),
     ({"direction": "up"}, "direction"),
     ({"seed": 1.5}, "seed"),
     ({"fold": None}, "fold"),

@@ -4,6 +4,8 @@ computations."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -231,3 +233,30 @@ def test_trains_with_one_group_per_batch_absent() -> None:
     res = fit(data, "gr", config=TrainConfig(epochs=1, batch_size=4, lr=1e-3))
     assert np.isfinite(res.test_probs).all()
     assert isinstance(data, TrainData)
+
+
+# last-epoch train loss, dev loss and first q entries of a 2-epoch run (seed 1, random_data(3));
+# refactors of the DRO / regulariser code must leave them unchanged
+PINNED = {
+    "gdro": (1.1863374, 1.4099252, [0.1264356, 0.1266633, 0.1272414, 0.1245494]),
+    "gadro": (1.1858475, 1.4099557, [0.1269139, 0.1259099, 0.1292764, 0.1265429]),
+    "pgdro": (1.3851606, 1.3996046, [0.1255578, 0.1252676, 0.1243474, 0.1243913]),
+    "pgdro_groups": (1.3662831, 1.3879154, [0.4999997, 0.5000002]),
+    "gdro_groups": (1.3684897, 1.387907, [0.5005644, 0.4994356]),
+    "gr_loss": (1.5845503, 1.3610485, []),
+    "mmd": (3.1068306, 1.3801602, []),
+    "gr": (1.3958024, 1.4045737, []),
+}
+
+
+@pytest.mark.parametrize("method", sorted(PINNED))
+def test_dro_and_regulariser_numbers_are_pinned(method: str) -> None:
+    data = random_data(3)
+    if method.startswith("pgdro"):
+        probs = np.random.default_rng(0).dirichlet([1, 1], size=len(data.groups))
+        data = replace(data, group_probs=probs.astype(np.float32))
+    hp = {"fpr_weight": 0.5} if method == "gr" else {}
+    last = fit(data, method, hp, 1, TrainConfig(epochs=2, batch_size=16, lr=1e-3)).history[-1]
+    train, dev, q = PINNED[method]
+    np.testing.assert_allclose([last["train_loss"], last["dev_loss"]], [train, dev], atol=2e-6)
+    np.testing.assert_allclose(np.ravel(last.get("q", []))[: len(q)], q, atol=2e-6)

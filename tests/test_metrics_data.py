@@ -146,3 +146,29 @@ def test_random_predictor_gap_is_indistinguishable_from_chance_on_crema_d(
     assert value.min() > 0.01 and bc.mean() < 0.5 * value.mean()
     assert np.mean(low == 0) >= 0.9 and np.mean(p <= 0.05) <= 0.15
     assert np.mean(value < floor) >= 0.85  # the plug-in gap sits under the noise floor
+
+
+def test_class_columns_are_matched_by_name_in_one_place() -> None:
+    """evaluate() and the prediction readers match class columns by name with one function:
+    reordered columns are aligned, different names are refused in the same words."""
+    import importlib
+
+    from emodebias.metrics import predictions
+
+    evaluate_mod = importlib.import_module("emodebias.metrics.evaluate")  # not the function
+    assert predictions.align_classes is evaluate_mod.align_classes
+    rng = np.random.default_rng(0)
+    y = rng.dirichlet(np.ones(3), 40)
+    p = rng.dirichlet(np.ones(3), 40)
+    groups = {"gender": np.repeat(["F", "M"], 20)}
+    targets = pd.DataFrame(y, columns=["label_a", "label_b", "label_c"])
+    shuffled = pd.DataFrame(p[:, [2, 0, 1]], columns=["prob_c", "prob_a", "prob_b"])
+    got = evaluate(targets, shuffled, groups, min_speakers=2)
+    want = evaluate(y[:, [2, 0, 1]], p[:, [2, 0, 1]], groups, classes=["c", "a", "b"],
+                    min_speakers=2)
+    assert got.summary == want.summary
+    other = pd.DataFrame(p, columns=["prob_a", "prob_b", "prob_x"])
+    with pytest.raises(MetricsInputError) as err:
+        evaluate(targets, other, groups, min_speakers=2)
+    assert str(err.value) == ("targets has classes ['a', 'b', 'c'] but probs has "
+                              "['a', 'b', 'x']; the class names must match")

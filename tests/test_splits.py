@@ -229,3 +229,26 @@ def test_saved_split_remembers_its_manifest(crema: Manifest, fold1: Split, tmp_p
     fewer = Manifest(crema.df[~crema.df["utt_id"].isin(loaded.test[:2])], crema.classes)
     with pytest.raises(SplitError, match=r"2 test utterance\(s\) are not in"):
         Split.from_dict({**asdict(loaded), "manifest_hash": None}).check(fewer)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("abc", "bad ratio 'abc'; write 1:r (e.g. '1:20'), r or 'full'"),
+    (True, "bad ratio True; write 1:r (e.g. '1:20'), r or 'full'"),
+    ("1:0.5", "ratio '1:0.5' must be 1:r with a finite r >= 1"),
+    (0.5, "ratio 0.5 must be 1:r with a finite r >= 1"),
+])
+def test_one_ratio_parser_with_one_error_line_everywhere(value, message) -> None:
+    """make_split, a split file and a grid read a ratio alike and refuse it in the same words."""
+    from emodebias.bench.grid import GridError, expand_grid
+
+    with pytest.raises(SplitError) as err:
+        parse_ratio(value)
+    assert str(err.value) == message
+    with pytest.raises(SplitError) as err:
+        Split.from_dict({"fold": "1", "train": [], "test": [], "ratio": value}, "s.json")
+    assert str(err.value) == "s.json: " + message
+    grid = {"corpus": "synthetic", "encoder": "acoustic", "folds": [1], "ratios": [value],
+            "runs": ["erm"]}
+    with pytest.raises(GridError) as err:
+        expand_grid(grid, source="g.yaml")
+    assert str(err.value).startswith("g.yaml: ") and str(err.value).endswith(": " + message)

@@ -484,7 +484,7 @@ def test_postprocessing_and_data_level_methods_stack_with_erm() -> None:
 
 def test_jtt_identification_models_of_a_grid_train_in_one_stack(monkeypatch) -> None:
     """JTT's data-level hook for several runs trains their identification models in one
-    stacked `fit_many`; each run's list equals the one its own `prepare` gives, with each
+    stacked training; each run's list equals the one its own `prepare` gives, with each
     training error 1 + up times."""
     from emodebias.training import fitting as train_mod
 
@@ -498,15 +498,15 @@ def test_jtt_identification_models_of_a_grid_train_in_one_stack(monkeypatch) -> 
                                  (other, {"id_epochs": 2, "up": 3}, 2))]
 
     calls = []
-    original = train_mod.fit_many
+    original = train_mod._stream
 
-    def spy(pairs, runs=None, *, workers=1):
-        out = original(pairs, runs, workers=workers)
-        calls.append([r.info["stack_size"] for r in out])
-        return out
+    def spy(pairs, workers, scan):
+        out = sorted(original(pairs, workers, scan), key=lambda t: t[0])
+        calls.append([r.info["stack_size"] for _, r in out])
+        return iter(out)
 
-    monkeypatch.setattr(train_mod, "fit_many", spy)
-    trainer = train_mod._TRAINER
+    monkeypatch.setattr(train_mod, "_stream", spy)
+    trainer = train_mod._AuxTrainer()
     together = jtt.prepare_many(items(), trainer=trainer)
     assert calls == [[2, 2]]  # one call, one stack of both identification models
     for item, got in zip(items(), together, strict=True):
@@ -536,3 +536,25 @@ def test_compiled_training_equals_eager_training(monkeypatch) -> None:
     np.testing.assert_allclose([h["dev_loss"] for h in compiled.history],
                                [h["dev_loss"] for h in eager.history], rtol=1e-5)
     np.testing.assert_allclose(compiled.test_probs, eager.test_probs, atol=1e-5)
+
+
+def test_non_finite_scan_reads_each_row_once_per_call(tmp_path, monkeypatch) -> None:
+    """One `fit_stream` call scans each used row of a store once for NaN/inf, JTT's
+    identification training included (it reuses the call's scan)."""
+    from emodebias.training import plan as plan_mod
+
+    data = memmap_data(tmp_path)
+    other = replace(data, train_idx=np.arange(10, 80))  # same store, fewer rows
+    scanned = []
+    original = plan_mod.non_finite_rows
+
+    def spy(features, rows, chunk=1024):
+        scanned.append(np.asarray(rows))
+        return original(features, rows, chunk)
+
+    monkeypatch.setattr(plan_mod, "non_finite_rows", spy)
+    runs = [RunConfig("jtt", {"id_epochs": 1}, 0, CFG), RunConfig("erm", {}, 0, CFG)]
+    out = dict(fit_stream([(data, runs), (other, runs)]))
+    assert all(np.isfinite(r.test_probs).all() for r in out.values())
+    rows = np.concatenate(scanned)
+    assert len(scanned) == 1 and len(rows) == len(np.unique(rows)) == 120

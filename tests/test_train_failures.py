@@ -181,3 +181,30 @@ def test_grid_records_a_failed_training_and_the_run_facts(tmp_path) -> None:
         assert isinstance(r["info"]["warnings"], list)
     q = recs["gdro"]["info"]["q_trajectory"]
     assert len(q) == 3 and len(q[0]) == 6 * 2 == len(recs["gdro"]["info"]["q_groups"])
+
+
+def test_select_last_keeps_the_last_epoch_without_a_dev_part() -> None:
+    data = random_data()
+    no_dev = replace(data, dev_idx=np.zeros(0, dtype=np.int64))
+    res = fit(no_dev, "erm", config=replace(CFG, select="last"))
+    assert res.best_epoch == CFG.epochs and res.dev_probs.shape == (0, data.n_classes)
+    assert np.isfinite(res.test_probs).all()
+    # dev-loss selection has nothing to select on: one line naming the empty dev part
+    with pytest.raises(TrainingError, match="dev part is empty") as err:
+        fit(no_dev, "erm", config=CFG)
+    assert "\n" not in str(err.value)
+
+
+def test_a_failed_jtt_identification_model_fails_only_its_run() -> None:
+    """A UserError in JTT's identification training (here a diverging model) is that run's
+    result; the other runs, JTT's included, train."""
+    data = random_data()
+    jtt = {"id_epochs": 2, "up": 2}
+    out = dict(fit_stream(data, [RunConfig("jtt", jtt, 0, replace(CFG, lr=1e30)),
+                                 RunConfig("jtt", jtt, 1, CFG), RunConfig("erm", {}, 0, CFG)]))
+    assert isinstance(out[0], TrainingError) and "identification model" in str(out[0])
+    assert "\n" not in str(out[0])
+    for pos in (1, 2):
+        assert np.isfinite(out[pos].test_probs).all()
+    np.testing.assert_allclose(out[1].test_probs,
+                               fit(data, "jtt", jtt, 1, CFG).test_probs, atol=1e-5)

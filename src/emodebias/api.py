@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from emodebias.data.audio import DEFAULT_MAX_SECONDS
 from emodebias.errors import UserError
 from emodebias.runs import Run, RunRequest, load_run, load_runs
 
@@ -94,8 +95,8 @@ def make_split(manifest: Manifest, fold: str | int, *, ratio: str | float | None
 
 
 def extract(manifest: Manifest, encoder: Encoder | str, out: str | Path, *,
-            device: str | None = None, max_seconds: float | None = 10.0, progress: bool = True,
-            **options: Any) -> FeatureStore:
+            device: str | None = None, max_seconds: float | None = DEFAULT_MAX_SECONDS,
+            progress: bool = True, **options: Any) -> FeatureStore:
     """Encode every utterance once into a FeatureStore at `out` (`emodebias extract`);
     `encoder` is an Encoder or a `get_encoder` name; other options go to `store.extract`."""
     from emodebias.features.encoders import get_encoder

@@ -30,6 +30,7 @@ from emodebias.bench.results import (
     make_record,
     read_record,
 )
+from emodebias.data.audio import DEFAULT_MAX_SECONDS
 from emodebias.errors import UserError
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_SECONDS = 10.0  # what `extract` and grid stores keep of each file
 # TrainConfig fields that change a run's numbers (device and speed settings do not)
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "select")
 # encoder config keys that rebuild the encoder (`get_encoder` options) per encoder kind

@@ -24,9 +24,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from emodebias.data.audio import DEFAULT_MAX_SECONDS
 from emodebias.errors import UserError
-
-DEFAULT_MAX_SECONDS = 10.0  # what `extract` keeps of each file
 
 
 class AuditModelError(UserError):

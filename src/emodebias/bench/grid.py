@@ -59,6 +59,7 @@ from typing import Any
 import yaml
 
 from emodebias.bench.selection import SelectionConfig, check_selection
+from emodebias.data.splits import parse_ratio as parse_split_ratio
 from emodebias.errors import UserError
 from emodebias.training.search import check_search
 
@@ -213,23 +214,9 @@ def content_hash(obj: Any, n: int = 12) -> str:
 
 # ----------------------------------------------------------------------------- parsing helpers
 def parse_ratio(value: Any, where: str = "") -> float | None:
-    """'1:20' | 20 | 'full' | None -> r (finite float >= 1) or None."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in {"full", "none"}):
-        return None
-    bad = f"{where}bad ratio {value!r}; write '1:20', 20 or 'full'"
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise GridError(bad)
-    try:
-        if isinstance(value, str) and ":" in value:
-            a, b = (float(x) for x in value.split(":"))
-            r = b / a if a > 0 else math.nan
-        else:
-            r = float(value)
-    except ValueError:
-        raise GridError(bad) from None
-    if not (math.isfinite(r) and r >= 1):
-        raise GridError(f"{where}ratio {value!r} must be 1:r with a finite r >= 1")
-    return r
+    """'1:20' | 20 | 'full' | None -> r (finite float >= 1) or None: the split reader's
+    parser (`emodebias.data.splits.parse_ratio`) raising GridError."""
+    return parse_split_ratio(value, where, GridError)
 
 
 def parse_directions(value: Any, where: str = "") -> list[str]:

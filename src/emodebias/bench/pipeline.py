@@ -38,9 +38,9 @@ from emodebias import progress
 from emodebias.bench.grid import GridError, RunSpec, cluster_k, content_hash
 from emodebias.bench.results import RunResult
 from emodebias.bench.runner import RunFailure
+from emodebias.data.audio import DEFAULT_MAX_SECONDS as MAX_SECONDS  # grid stores' crop
 
 DEFAULT_ATTRIBUTES = ("gender", "age_group", "race")
-MAX_SECONDS = 10.0  # audio kept per file by grid extraction (EMO-SUPERB's crop)
 log = logging.getLogger(__name__)
 
 

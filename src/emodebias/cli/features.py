@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from emodebias.cli import app
+from emodebias.data.audio import DEFAULT_MAX_SECONDS
 
 
 @app.command()
@@ -20,7 +21,7 @@ def extract(
     device: str = typer.Option("cpu", "--device", "-d",
                                help="cpu, cuda, cuda:N or mps (never part of the store key)."),
     batch_seconds: float = typer.Option(60.0, help="Padded audio seconds per batch (> 0)."),
-    max_seconds: float = typer.Option(10.0, min=0.0,
+    max_seconds: float = typer.Option(DEFAULT_MAX_SECONDS, min=0.0,
                                       help="Keep the first N seconds (0 = whole file)."),
     layers: str = typer.Option("all", help="SSL hidden states to keep: all | i,j,... (0 = CNN)."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 (autocast)."),

@@ -1,37 +1,46 @@
 """Read audio for the encoders: any soundfile-readable file -> mono float32 at 16 kHz (soxr).
 
 Policy (EMO-SUPERB, PAPERS.md §1.5): multi-channel audio is averaged to mono, any other rate is
-resampled with soxr ("HQ"), and long files are cropped to their first `max_seconds` (10 s in the
-benchmark). Padding is the batching code's job, not this module's. Anything unusable (missing,
-unreadable, empty, NaN/Inf, shorter than 0.1 s) raises `AudioError` naming the file, so callers
+resampled with soxr ("HQ"), and long files are cropped to their first `max_seconds`
+(`DEFAULT_MAX_SECONDS`, 10 s, wherever a caller does not say). Padding is the batching code's
+job, not this module's. Anything unusable (missing, unreadable, empty, NaN/Inf, shorter than
+0.1 s) raises `AudioError` naming the file, so callers
 can record the failure per file instead of crashing a whole extraction.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 
 from emodebias.errors import UserError
 
 TARGET_SR = 16_000
 MIN_SECONDS = 0.1
-# File-name extensions of the container formats this soundfile (libsndfile) build reads; RAW is
-# left out (it has no header to read), and common aliases of the readable ones are added.
+# The crop every default keeps of a file (extraction, grid stores, run folders, pseudo-group
+# embeddings, audits): EMO-SUPERB's first 10 s. soundfile and soxr are imported where audio is
+# read, so modules that only need this default stay light to import.
+DEFAULT_MAX_SECONDS = 10.0
+# common extension aliases of the formats soundfile reads
 _ALIASES = {"AIFF": (".aif", ".aifc"), "NIST": (".sph",), "OGG": (".oga", ".opus"),
             "WAV": (".wave",)}
-AUDIO_EXTENSIONS = frozenset(
-    ext for fmt in sf.available_formats() if fmt != "RAW"
-    for ext in (f".{fmt.lower()}", *_ALIASES.get(fmt, ()))
-)
+
+
+@functools.cache
+def audio_extensions() -> frozenset[str]:
+    """Extensions of the container formats this soundfile (libsndfile) build reads, asked
+    once, with common aliases; RAW is left out (it has no header to read)."""
+    import soundfile as sf
+
+    return frozenset(ext for fmt in sf.available_formats() if fmt != "RAW"
+                     for ext in (f".{fmt.lower()}", *_ALIASES.get(fmt, ())))
 
 
 def is_audio_name(path: str | Path) -> bool:
     """Whether `path` has an extension of a format soundfile can read (case-insensitive)."""
-    return Path(path).suffix.lower() in AUDIO_EXTENSIONS
+    return Path(path).suffix.lower() in audio_extensions()
 
 
 class AudioError(UserError):
@@ -40,6 +49,8 @@ class AudioError(UserError):
 
 def _header(path: Path) -> tuple[int, int]:
     """(frames, sample rate) from the header; AudioError if missing or not audio."""
+    import soundfile as sf
+
     if not path.is_file():
         raise AudioError(f"{path}: file not found")
     try:
@@ -70,6 +81,9 @@ def load_audio(
         raise ValueError(f"target_sr must be positive, got {target_sr}")
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
+    import soundfile as sf
+    import soxr
+
     path = Path(path)
     _, header_sr = _header(path)
     # Read only what is kept: a long file costs no more than its first `max_seconds`.

@@ -106,13 +106,7 @@ class Split:
         d["fold"] = str(d["fold"])
         for part in PARTS:
             d[part] = _id_list(d.get(part, []), part, where)
-        if d.get("ratio") is not None:
-            r = d["ratio"]
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) \
-                    or r < 1:
-                raise SplitError(f"{where}'ratio' must be null or a number r >= 1 (1:r), "
-                                 f"got {r!r}")
-            d["ratio"] = float(r)
+        d["ratio"] = parse_ratio(d.get("ratio"), where)
         if d.get("direction", "natural") not in DIRECTIONS:
             raise SplitError(f"{where}'direction' {d['direction']!r} not in {DIRECTIONS}")
         seed = d.get("seed", 0)
@@ -172,23 +166,33 @@ def _id_list(value: object, part: str, where: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- helpers
-def parse_ratio(value: str | float | int | None) -> float | None:
-    """'1:20', '1/20', '20' or 20 -> 20.0; None, 'none', 'full' -> None (no subsampling)."""
+def parse_ratio(value: object, where: str = "",
+                error: type[UserError] = SplitError) -> float | None:
+    """'1:20', '1/20', '20' or 20 -> 20.0; None, 'none', 'full' -> None (no subsampling).
+
+    The one reader of an imbalance ratio (make_split, split files, grids), so each refuses a
+    bad one in the same words; `error` is the caller's UserError class, `where` its prefix."""
     if value is None:
         return None
-    if isinstance(value, (int, float)):
-        r = float(value)
-    else:
-        text = str(value).strip().lower()
+    bad = error(f"{where}bad ratio {value!r}; write 1:r (e.g. '1:20'), r or 'full'")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise bad
+    if isinstance(value, str):
+        text = value.strip().lower()
         if text in {"", "none", "full"}:
             return None
         m = re.fullmatch(r"(?:([0-9.]+)\s*[:/-]\s*)?([0-9.]+)", text)
+        try:
+            a = float(m.group(1)) if m and m.group(1) else 1.0
+            r = float(m.group(2)) / a if m and a else float("nan")
+        except ValueError:
+            raise bad from None
         if not m:
-            raise SplitError(f"ratio {value!r} is not of the form 1:r (e.g. 1:20)")
-        a = float(m.group(1)) if m.group(1) else 1.0
-        r = float(m.group(2)) / a if a else float("nan")
+            raise bad
+    else:
+        r = float(value)
     if not math.isfinite(r) or r < 1:
-        raise SplitError(f"ratio 1:{r:g} must have r >= 1")
+        raise error(f"{where}ratio {value!r} must be 1:r with a finite r >= 1")
     return r
 
 

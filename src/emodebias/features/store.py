@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from emodebias.data.audio import TARGET_SR, AudioError, load_audio
+from emodebias.data.audio import DEFAULT_MAX_SECONDS, TARGET_SR, AudioError, load_audio
 from emodebias.data.manifest import Manifest
 from emodebias.errors import UserError
 from emodebias.features.encoders.base import Encoder, thread_limits
@@ -83,7 +83,7 @@ def store_key(manifest_hash: str, encoder: Encoder, max_seconds: float | None) -
 
 
 def store_dir(root: str | Path, manifest: Manifest, encoder: Encoder,
-              max_seconds: float | None = 10.0) -> Path:
+              max_seconds: float | None = DEFAULT_MAX_SECONDS) -> Path:
     """A keyed subdirectory of `root` for (manifest, encoder, max_seconds): a cache location."""
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in encoder.id)
     return Path(root) / f"{slug}-{store_key(manifest.content_hash(), encoder, max_seconds)}"
@@ -452,7 +452,7 @@ def extract(
     encoder: Encoder,
     out_dir: str | Path,
     batch_seconds: float = 60.0,
-    max_seconds: float | None = 10.0,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
     device: str | None = None,
     progress: bool = True,
     skip_bad: bool = True,

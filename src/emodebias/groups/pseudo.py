@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from emodebias.data.audio import DEFAULT_MAX_SECONDS
 from emodebias.errors import UserError
 from emodebias.features.encoders.hf import hub_reachable, refuse_remote_code
 from emodebias.groups.assignment import GroupAssignment
@@ -157,7 +158,8 @@ def load_audio_classifier(model: str | Path):
 
 
 def hf_gender_groups(manifest: Manifest, model: str | Path, label_map: dict[str, str] | None = None,
-                     device: str = "cpu", batch_size: int = 8, max_seconds: float | None = 10.0,
+                     device: str = "cpu", batch_size: int = 8,
+                     max_seconds: float | None = DEFAULT_MAX_SECONDS,
                      progress: bool = False) -> GroupAssignment:
     """Pseudo-gender from an audio-classification checkpoint: P(F) = sum of its female labels'
     softmax mass over the mass of all its gender labels (other labels, e.g. 'child', ignored).

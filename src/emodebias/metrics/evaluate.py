@@ -285,17 +285,29 @@ def _classes_and_arrays(targets: object, probs: object, classes: list[str] | Non
             named[what] = [str(c)[len(prefix):] if str(c).startswith(prefix) else str(c)
                            for c in arr.columns]
     if "probs" in named and "targets" in named:
-        if sorted(named["probs"]) != sorted(named["targets"]):
-            raise MetricsInputError(f"probs classes {named['probs']} differ from targets "
-                                    f"classes {named['targets']}")
-        order = [named["targets"].index(c) for c in named["probs"]]
-        targets = np.asarray(targets, dtype=np.float64)[:, order]
+        order = align_classes(named["targets"], named["probs"], "targets", "probs")
+        targets = np.asarray(targets, dtype=np.float64)
+        if order is not None:
+            targets = targets[:, order]
     found = named.get("probs", named.get("targets"))
     if classes is None:
         classes = found
     elif found is not None and list(map(str, classes)) != found:
         raise MetricsInputError(f"classes {list(classes)} differ from the columns' {found}")
     return classes, np.asarray(targets), np.asarray(probs)
+
+
+def align_classes(have: list[str] | None, classes: list[str], where: str,
+                  other: str = "the manifest") -> np.ndarray | None:
+    """Column order that puts `have` (the class names of `where`'s columns) into `classes`
+    order (None: already aligned); the one name matching of scores, targets, prediction files
+    and audits, so a mismatch reads the same everywhere."""
+    if have is None or list(have) == list(classes):
+        return None
+    if sorted(have) != sorted(classes):
+        raise MetricsInputError(f"{where} has classes {list(have)} but {other} has "
+                                f"{list(classes)}; the class names must match")
+    return np.array([list(have).index(c) for c in classes])
 
 
 def _check_options(min_support: int, min_speakers: int, max_unusable: float, ci: float,

@@ -31,7 +31,7 @@ import pandas as pd
 
 from emodebias.data.manifest import Manifest
 from emodebias.metrics.attributes import MetricsInputError, bin_attribute
-from emodebias.metrics.evaluate import MetricsResult, evaluate
+from emodebias.metrics.evaluate import MetricsResult, align_classes, evaluate
 
 PREDICTIONS_FILE = "predictions.npz"
 DEFAULT_ATTRIBUTES = ("gender", "age_group", "race")
@@ -197,17 +197,6 @@ def load_predictions(source: str | Path | Mapping) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- scoring
-def align_classes(pred_classes: list[str] | None, classes: list[str], where: str,
-                  other: str = "the manifest") -> np.ndarray | None:
-    """Column order that puts `pred_classes` into `classes` order (None: already aligned)."""
-    if pred_classes is None or list(pred_classes) == list(classes):
-        return None
-    if sorted(pred_classes) != sorted(classes):
-        raise MetricsInputError(f"{where} has classes {list(pred_classes)} but {other} has "
-                                f"{list(classes)}; the class names must match")
-    return np.array([list(pred_classes).index(c) for c in classes])
-
-
 def evaluate_predictions(
     source: str | Path | Mapping | Predictions,
     *,

@@ -22,8 +22,8 @@ PER_RUN_FIELDS = frozenset({"epochs", "lr", "weight_decay"})
 
 class TrainingError(UserError):
     """A run learned nothing that can be selected: no epoch had a finite dev loss (empty dev
-    part, non-finite inputs, divergence, zero epochs). Training never saves the untrained
-    initial weights as if they were a result."""
+    part under dev-loss selection, non-finite inputs, divergence, zero epochs). Training never
+    saves the untrained initial weights as if they were a result."""
 
 
 class FeatureError(UserError):

@@ -21,6 +21,7 @@ from emodebias.training.data import RunConfig, TrainConfig, TrainData
 from emodebias.training.feature_bank import FeatureBank, store_id
 from emodebias.training.loop import train_stack
 from emodebias.training.plan import (
+    FeatureScan,
     Pairs,
     Plan,
     chunks,
@@ -37,19 +38,23 @@ log = logging.getLogger(__name__)
 
 
 class _AuxTrainer:
-    """The `AuxTrainer` data-level hooks get (JTT's identification models): `fit_many`, then
-    each model's probabilities on its training rows."""
+    """The `AuxTrainer` data-level hooks get (JTT's identification models): the runs trained
+    as one grid, then each model's probabilities on its training rows (or the run's error).
+    It shares its call's `FeatureScan`, so the rows are not scanned for non-finite features
+    twice."""
+
+    def __init__(self, scan: FeatureScan | None = None) -> None:
+        self.scan = scan or FeatureScan()
 
     def fit_predict(self, runs: Sequence[tuple[TrainData, str, int, TrainConfig]],
-                    workers: int = 1) -> list[np.ndarray]:
+                    workers: int = 1) -> list[np.ndarray | UserError]:
         pairs = [(data, [RunConfig(method, {}, seed, config)])
                  for data, method, seed, config in runs]
-        results = fit_many(pairs, workers=workers)
-        return [predict_probs(res, data.features, data.train_idx, device=config.device)
-                for (data, _, _, config), res in zip(runs, results, strict=True)]
-
-
-_TRAINER = _AuxTrainer()
+        done = dict(_stream(pairs, workers, self.scan))
+        return [res if isinstance(res, UserError) else
+                predict_probs(res, data.features, data.train_idx, device=config.device)
+                for (data, _, _, config), res in zip(runs, (done[i] for i in range(len(runs))),
+                                                      strict=True)]
 
 
 def fit_many(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None, *,
@@ -85,7 +90,13 @@ def fit_stream(data: TrainData | Pairs, runs: Sequence[RunConfig] | None = None,
     `workers`.
     """
     pairs = [(data, runs or [])] if isinstance(data, TrainData) else list(data)
-    plans = make_plans(pairs, workers, _TRAINER)
+    return _stream(pairs, workers, FeatureScan())
+
+
+def _stream(pairs: Pairs, workers: int,
+            scan: FeatureScan) -> Iterator[tuple[int, FitResult | UserError]]:
+    """`fit_stream` with the call's `FeatureScan` (shared with its auxiliary trainings)."""
+    plans = make_plans(pairs, workers, _AuxTrainer(scan), scan)
     stacks: dict[tuple, list[Plan]] = defaultdict(list)
     for p in plans:
         if p.error is not None:

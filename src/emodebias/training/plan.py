@@ -45,11 +45,15 @@ class Plan:
     error: UserError | None = None  # the run cannot train (bad input): reported, not trained
 
 
-def make_plans(pairs: Pairs, workers: int, trainer: AuxTrainer) -> list[Plan]:
+def make_plans(pairs: Pairs, workers: int, trainer: AuxTrainer,
+               scan: FeatureScan | None = None) -> list[Plan]:
     """A plan per run, in order; each method's data-level hook runs once for all its runs
-    (`Method.prepare_many`: JTT trains its identification models as one stacked grid)."""
+    (`Method.prepare_many`: JTT trains its identification models as one stacked grid). A run
+    whose hook fails with a UserError gets that error; the others still train. `scan` holds
+    the rows already checked for non-finite features (a call's auxiliary trainings share
+    it)."""
     plans = []
-    bad_rows = non_finite_rows([d for d, _ in pairs])
+    bad_rows = (scan or FeatureScan()).update([d for d, _ in pairs])
     for data, runs in pairs:
         data_error = feature_error(data, bad_rows)
         for run in runs:
@@ -70,27 +74,51 @@ def make_plans(pairs: Pairs, workers: int, trainer: AuxTrainer) -> list[Plan]:
     for cls, members in by_class.items():
         items = [(p.data, p.hp, make_gen(p.seeds[1]), p.run.config) for p in members]
         for p, prep in zip(members, cls.prepare_many(items, workers, trainer), strict=True):
-            p.prep = prep
+            if isinstance(prep, UserError):
+                p.error = prep
+            else:
+                p.prep = prep
     return plans
 
 
-def non_finite_rows(datas: list[TrainData], chunk: int = 1024) -> dict[tuple, np.ndarray]:
-    """Rows (sorted) whose features hold a NaN or inf, among the rows the runs read, per store;
-    each store is read once however many TrainData objects share it."""
-    rows: dict[tuple, list[np.ndarray]] = defaultdict(list)
-    arrays: dict[tuple, Any] = {}
-    for d in datas:
-        key = store_id(d.features)
-        arrays[key] = d.features
-        rows[key].append(np.concatenate([d.train_idx, d.dev_idx, d.test_idx]))
-    out = {}
-    for key, parts in rows.items():
-        used = np.unique(np.concatenate(parts))
-        bad = [used[s : s + chunk][~np.isfinite(np.asarray(arrays[key][used[s : s + chunk]])
-                                                ).reshape(len(used[s : s + chunk]), -1).all(1)]
-               for s in range(0, len(used), chunk)]
-        out[key] = np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
-    return out
+def non_finite_rows(features: Any, rows: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """The rows (sorted, from sorted `rows`) whose features hold a NaN or inf, read in
+    chunks."""
+    bad = []
+    for s in range(0, len(rows), chunk):
+        part = rows[s : s + chunk]
+        finite = np.isfinite(np.asarray(features[part])).reshape(len(part), -1).all(1)
+        bad.append(part[~finite])
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
+class FeatureScan:
+    """Non-finite feature rows per store among the rows runs read, each row read at most once
+    per scan: a `fit_stream` call's auxiliary trainings (JTT's identification models) read the
+    same rows again, so they reuse its scan instead of reading the store once more."""
+
+    def __init__(self) -> None:
+        self.scanned: dict[tuple, np.ndarray] = {}
+        self.bad: dict[tuple, np.ndarray] = {}
+
+    def update(self, datas: list[TrainData]) -> dict[tuple, np.ndarray]:
+        """Scan the rows of `datas` not scanned yet -> every store's bad rows so far."""
+        rows: dict[tuple, list[np.ndarray]] = defaultdict(list)
+        arrays: dict[tuple, Any] = {}
+        for d in datas:
+            key = store_id(d.features)
+            arrays[key] = d.features
+            rows[key].append(np.concatenate([d.train_idx, d.dev_idx, d.test_idx]))
+        empty = np.zeros(0, dtype=np.int64)
+        for key, parts in rows.items():
+            done = self.scanned.get(key, empty)
+            new = np.setdiff1d(np.concatenate(parts), done)
+            if key in self.scanned and not len(new):
+                continue
+            self.scanned[key] = np.union1d(done, new)
+            self.bad[key] = np.union1d(self.bad.get(key, empty),
+                                       non_finite_rows(arrays[key], new))
+        return self.bad
 
 
 def feature_error(data: TrainData, bad_rows: dict[tuple, np.ndarray]) -> FeatureError | None:
@@ -120,7 +148,7 @@ MAX_LENGTH_RATIO = 1.5
 _PER_RUN_ATTRS = frozenset({"name", "family", "supervision", "HPARAMS", "PER_RUN_HPARAMS",
                             "prepare", "prepare_many", "postprocess", "check_data", "resolve",
                             "untrained_probs", "run_info", "reading_dependent", "extra",
-                            "SEARCH", "_soft"})
+                            "SEARCH"})
 
 
 @functools.cache

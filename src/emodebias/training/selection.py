@@ -94,14 +94,21 @@ class Selection:
 
 
 def no_selection(p: Plan, history: list[dict], best: float) -> TrainingError | None:
-    """The error of a run whose training selected nothing finite (None when it did)."""
+    """The error of a run whose training selected nothing finite (None when it did).
+
+    With select="last" an empty dev part is no failure: there is nothing to select on, and
+    the last epoch is kept as long as training itself stayed finite."""
     if np.isfinite(best):
         return None
     cfg = p.run.config
     what = f"run {p.cls.name} (seed {p.run.seed})"
     n_dev = len(p.data.dev_idx)
+    trained = bool(history) and np.isfinite(history[-1]["train_loss"])
+    if cfg.select == "last" and n_dev == 0 and trained:
+        return None
     if n_dev == 0:
-        why = "its dev part is empty; make a split with dev utterances"
+        why = ("its dev part is empty; make a split with dev utterances, or keep the last "
+               "epoch (select \"last\")")
     elif cfg.epochs < 1:
         why = f"epochs is {cfg.epochs}; train at least one epoch"
     elif history and not np.isfinite(history[-1]["train_loss"]):

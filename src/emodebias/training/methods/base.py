@@ -80,10 +80,20 @@ class AuxTrainer(Protocol):
     identification models), so methods never import the trainer."""
 
     def fit_predict(self, runs: Sequence[tuple[TrainData, str, int, TrainConfig]],
-                    workers: int = 1) -> list[np.ndarray]:
+                    workers: int = 1) -> list[np.ndarray | UserError]:
         """Train each (data, method, seed, config), stacked as a grid; each run's softmax
-        probabilities [n_train, K] on its data's `train_idx` rows."""
+        probabilities [n_train, K] on its data's `train_idx` rows, or the UserError of a run
+        that failed (the others still train)."""
         ...
+
+
+def cell_ids(majority: Any, groups: Any, n_groups: int) -> Any:
+    """The class x group cell of each row, majority·G + group (-1 when the row has no strict
+    majority class or no group), for numpy arrays or tensors: the one cell numbering of the
+    DRO groups, the GR loss gaps and the MMD cells, and of their `run_info` labels."""
+    known = (majority >= 0) & (groups >= 0)
+    where = torch.where if isinstance(majority, torch.Tensor) else np.where
+    return where(known, majority * n_groups + groups, -1)
 
 
 @dataclass
@@ -207,11 +217,18 @@ class Method(nn.Module):
     @classmethod
     def prepare_many(cls, items: list[tuple[TrainData, dict[str, Any], torch.Generator,
                                             TrainConfig]], workers: int = 1,
-                     trainer: AuxTrainer | None = None) -> list[Prepared]:
+                     trainer: AuxTrainer | None = None) -> list[Prepared | UserError]:
         """`prepare` for several runs of this class, (data, hp, gen, config) each: one call per
         grid, so a hook that trains models (JTT) trains them as one stacked grid through
-        `trainer` in `workers` processes."""
-        return [cls.prepare(*item) for item in items]
+        `trainer` in `workers` processes. A run whose preparation fails with a UserError gets
+        that error in its place, so it does not stop the other runs."""
+        out: list[Prepared | UserError] = []
+        for item in items:
+            try:
+                out.append(cls.prepare(*item))
+            except UserError as exc:
+                out.append(exc)
+        return out
 
     # ------------------------------------------------------------------ instance API
     def __init__(self, hps: list[dict[str, Any]], ctx: MethodContext) -> None:

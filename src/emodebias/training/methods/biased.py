@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from emodebias.errors import UserError
+from emodebias.training.data import TrainingError
 from emodebias.training.losses import gce, soft_ce, target_prob
 from emodebias.training.methods.base import AuxTrainer, Batch, Method, Prepared, register
 from emodebias.training.model import HIDDEN, Encoder, SERHead, SharedRows, StackedLinear
@@ -163,6 +165,7 @@ class DisEnt(Method):
         self.bias = nn.Parameter(torch.cat([cls_i.bias.detach(), cls_b.bias.detach()], 1))
         self.ema_b = SampleEMA(c.train_majority, c.n_classes)
         self.ema_d = SampleEMA(c.train_majority, c.n_classes)
+        self.curr_step = self.hp_one("curr_step")  # shared by the stack: read once, not per step
 
     def classify(self, z_l: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         """[C_i | C_b]([z_l, z_b]) -> [R, B, 2K] (no detaching)."""
@@ -214,7 +217,7 @@ class DisEnt(Method):
         return out
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        swap = self.step > self.hp_one("curr_step")
+        swap = self.step > self.curr_step
         perm = self.swap_perm(batch.x.shape[1]) if swap else None
         return self.terms(batch, perm)["total"]
 
@@ -258,10 +261,10 @@ class JTT(Method):
 
     @classmethod
     def prepare_many(cls, items, workers: int = 1, trainer: AuxTrainer | None = None,
-                     ) -> list[Prepared]:
+                     ) -> list[Prepared | UserError]:
         """The identification models (ERM, `id_epochs` epochs, last epoch) of every run in one
         stacked training by `trainer`, then each run's list with its training errors
-        repeated."""
+        repeated; a run whose identification model failed gets its error."""
         if trainer is None:
             raise TypeError("JTT needs the trainer's AuxTrainer to train its identification "
                             "models")
@@ -269,8 +272,12 @@ class JTT(Method):
         runs = [(data, "erm", seed, replace(config, epochs=hp["id_epochs"], select="last"))
                 for (data, hp, _, config), seed in zip(items, seeds, strict=True)]
         probs = trainer.fit_predict(runs, workers=workers)
-        out = []
+        out: list[Prepared | UserError] = []
         for (data, hp, _, _), seed, p in zip(items, seeds, probs, strict=True):
+            if isinstance(p, UserError):
+                out.append(TrainingError(f"the JTT identification model (ERM, {hp['id_epochs']} "
+                                         f"epochs) failed: {p}"))
+                continue
             idx = np.asarray(data.train_idx, dtype=np.int64)
             errors = argmax_errors(p, np.asarray(data.soft)[idx])
             out.append(Prepared(jtt_upsample(idx, errors, hp["up"]), None,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from emodebias.training.losses import group_reduce, membership
-from emodebias.training.methods.base import Batch, Method, Prepared, register
+from emodebias.training.methods.base import Batch, Method, Prepared, cell_ids, register
 from emodebias.training.search import LogUniform, SearchSpace, Uniform
 
 GROUP_BY = ("class_group", "group")
@@ -41,11 +41,12 @@ def dro_members(majority: torch.Tensor, groups: torch.Tensor, n_classes: int, n_
                 group_by: str, probs: torch.Tensor | None = None) -> torch.Tensor:
     """DRO-group memberships [..., G'] (G' = K·G for class_group, G for group): one-hot or soft
     (π_i spread over its class's cells); rows without a group or class get all zeros."""
-    member = membership(groups, n_groups, probs)
     if group_by == "group":
-        return member
+        return membership(groups, n_groups, probs)
+    if probs is None:
+        return membership(cell_ids(majority, groups, n_groups), n_classes * n_groups)
     cls = membership(majority, n_classes)  # -1 (no strict majority) -> all zeros
-    return (cls.unsqueeze(-1) * member.unsqueeze(-2)).flatten(-2)
+    return (cls.unsqueeze(-1) * probs.float().unsqueeze(-2)).flatten(-2)
 
 
 def dro_hard_ids(majority: np.ndarray, groups: np.ndarray, n_groups: int, group_by: str,
@@ -58,8 +59,7 @@ def dro_hard_ids(majority: np.ndarray, groups: np.ndarray, n_groups: int, group_
         g = np.where(p.sum(-1) > 0, p.argmax(-1), -1)
     if group_by == "group":
         return g
-    maj = np.asarray(majority, dtype=np.int64)
-    return np.where((g >= 0) & (maj >= 0), maj * n_groups + g, -1)
+    return cell_ids(np.asarray(majority, dtype=np.int64), g, n_groups)
 
 
 def balanced_weights(ids: np.ndarray) -> np.ndarray:
@@ -72,7 +72,8 @@ def balanced_weights(ids: np.ndarray) -> np.ndarray:
 @register("gdro")
 class GDRO(Method):
     """Group DRO as its authors run it: (class, group) cells, group-balanced sampler, q uniform
-    at start, η_q = 0.01 (the reference's robust_step_size)."""
+    at start, η_q = 0.01 (the reference's robust_step_size). With ``supervision = "soft"``
+    (PGDRO) the memberships are the group probabilities where the data has them."""
 
     family = "dro"
     supervision = "hard"
@@ -90,14 +91,9 @@ class GDRO(Method):
         return hp
 
     @classmethod
-    def _soft(cls, data) -> np.ndarray | None:
-        """The training rows' soft memberships when this class reads them (PGDRO)."""
-        return None
-
-    @classmethod
     def prepare(cls, data, hp, gen, config) -> Prepared:
         idx = np.asarray(data.train_idx, dtype=np.int64)
-        probs = cls._soft(data)
+        probs = data.group_probs if cls.supervision == "soft" else None
         ids = dro_hard_ids(data.majority[idx], data.groups[idx], data.n_groups, hp["group_by"],
                            None if probs is None else probs[idx])
         info = {"group_by": hp["group_by"], "sampler": hp["sampler"],
@@ -108,9 +104,10 @@ class GDRO(Method):
     @property
     def n_dro(self) -> int:
         g = self.ctx.n_groups
-        return g if self.hp_one("group_by") == "group" else self.ctx.n_classes * g
+        return g if self.group_by == "group" else self.ctx.n_classes * g
 
     def build(self) -> None:
+        self.group_by = self.hp_one("group_by")  # structural: read once, not every step
         super().build()
         n = self.n_dro
         self.register_buffer("q", torch.full((self.n_runs, n), 1.0 / n))
@@ -125,8 +122,9 @@ class GDRO(Method):
 
     def _members(self, majority: torch.Tensor, groups: torch.Tensor,
                  probs: torch.Tensor | None) -> torch.Tensor:
+        """DRO-group memberships; hard unless the class reads soft groups (PGDRO)."""
         return dro_members(majority, groups, self.ctx.n_classes, self.ctx.n_groups,
-                           self.hp_one("group_by"), None)
+                           self.group_by, probs if self.supervision == "soft" else None)
 
     def robust(self, group_loss: torch.Tensor) -> torch.Tensor:
         """Exponentiated-gradient q update from L̂_g [R, G'], then Σ_g q_g L̂_g -> [R]."""
@@ -173,15 +171,6 @@ class PGDRO(GDRO):
     """
 
     supervision = "soft"
-
-    @classmethod
-    def _soft(cls, data) -> np.ndarray | None:
-        return data.group_probs
-
-    def _members(self, majority: torch.Tensor, groups: torch.Tensor,
-                 probs: torch.Tensor | None) -> torch.Tensor:
-        return dro_members(majority, groups, self.ctx.n_classes, self.ctx.n_groups,
-                           self.hp_one("group_by"), probs)
 
 
 _GROUPS_ONLY = {"group_by": "group", "sampler": "shuffle"}

@@ -14,15 +14,14 @@ import torch
 
 from emodebias.data.labels import TIE_TOL
 from emodebias.training.losses import group_reduce, membership, soft_rate_gap
-from emodebias.training.methods.base import Batch, Method, register
+from emodebias.training.methods.base import Batch, Method, cell_ids, register
 from emodebias.training.search import LogUniform, SearchSpace
 
 
 def cell_members(batch: Batch, n_classes: int, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One-hot memberships of class × group cells [R, B, C·G] and of classes [R, B, C]."""
-    known = (batch.majority >= 0) & (batch.group >= 0)
-    cell = torch.where(known, batch.majority * n_groups + batch.group, -1)
-    cls = torch.where(known, batch.majority, -1)
+    cell = cell_ids(batch.majority, batch.group, n_groups)
+    cls = torch.where(cell >= 0, batch.majority, -1)
     return membership(cell, n_classes * n_groups), membership(cls, n_classes)
 
 
@@ -76,6 +75,11 @@ class GR(Method):
     HPARAMS = {"lambda_gr": 1.0, "fpr_weight": 0.0}
     SEARCH = SearchSpace({"lambda_gr": LogUniform(0.01, 10.0)})
 
+    def build(self) -> None:
+        super().build()
+        # whether any run of the stack has the FPR term: fixed for the stack, so decided once
+        self.fpr_term = any(h["fpr_weight"] != 0 for h in self.hps)
+
     def penalty(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """TPRgap~ + β·FPRgap~ per run [R]."""
         probs = torch.softmax(logits, -1)
@@ -83,9 +87,8 @@ class GR(Method):
         pos = (batch.soft > 1.0 / k - TIE_TOL).to(probs.dtype)
         member = membership(batch.group, self.ctx.n_groups).to(probs.dtype)
         gap = soft_rate_gap(probs, pos, member)
-        beta = self.hp_vec("fpr_weight")
-        if any(h["fpr_weight"] != 0 for h in self.hps):
-            gap = gap + beta * soft_rate_gap(probs, 1.0 - pos, member)
+        if self.fpr_term:
+            gap = gap + self.hp_vec("fpr_weight") * soft_rate_gap(probs, 1.0 - pos, member)
         return gap
 
     def loss(self, batch: Batch) -> torch.Tensor:
