@@ -182,6 +182,26 @@ def test_library_lock_timeout(tmp_path):
         pass
 
 
+def test_a_grid_stage_lock_makes_another_process_wait(tmp_path):
+    """Two grids sharing a cache build a stage once: the second waits for the first's lock."""
+    from emodebias.bench.pipeline import file_lock
+
+    script = ("import sys, time; from pathlib import Path\n"
+              "from emodebias.bench.pipeline import file_lock\n"
+              "t = time.monotonic()\n"
+              "with file_lock(Path(sys.argv[1]), 'features-x'): print(time.monotonic() - t)")
+    with file_lock(tmp_path, "features-x"):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                                stdout=subprocess.PIPE, text=True, env=env())
+        time.sleep(1.5)
+        assert proc.poll() is None  # still waiting while the lock is held
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and float(out) >= 1.0
+    other = subprocess.run([sys.executable, "-c", script.replace("features-x", "split-y"),
+                            str(tmp_path)], capture_output=True, text=True, env=env(), timeout=60)
+    assert other.returncode == 0 and float(other.stdout) < 1.0  # another stage: no wait
+
+
 # ----------------------------------------------------------------------- store <-> manifest
 def test_store_from_another_manifest_with_the_same_ids_is_refused(wavs, tmp_path):
     man = manifest_of(wavs)

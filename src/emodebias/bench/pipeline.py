@@ -27,7 +27,6 @@ stages in the calling process first (with progress bars), so workers only train.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,15 +45,14 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def file_lock(cache: Path, key: str) -> Iterator[None]:
-    """Exclusive lock shared by every process that sees `cache` (flock on a lock file)."""
+    """Exclusive lock on one cached stage, shared by every process that sees `cache` (an OS
+    file lock through `filelock`, as `fileio.folder_lock`: a killed holder releases it)."""
+    from filelock import FileLock
+
     path = cache / "locks" / f"{key}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield
 
 
 # ----------------------------------------------------------------------------- stages
