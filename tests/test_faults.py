@@ -188,18 +188,19 @@ def test_a_grid_stage_lock_makes_another_process_wait(tmp_path):
 
     script = ("import sys, time; from pathlib import Path\n"
               "from emodebias.bench.pipeline import file_lock\n"
-              "t = time.monotonic()\n"
-              "with file_lock(Path(sys.argv[1]), 'features-x'): print(time.monotonic() - t)")
+              "print('ready', flush=True); t = time.monotonic()\n"
+              "with file_lock(Path(sys.argv[1]), sys.argv[2]): print(time.monotonic() - t)")
     with file_lock(tmp_path, "features-x"):
-        proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+        proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), "features-x"],
                                 stdout=subprocess.PIPE, text=True, env=env())
-        time.sleep(1.5)
+        assert proc.stdout.readline().strip() == "ready"  # imported; now asking for the lock
+        time.sleep(1.0)
         assert proc.poll() is None  # still waiting while the lock is held
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and float(out) >= 1.0
-    other = subprocess.run([sys.executable, "-c", script.replace("features-x", "split-y"),
-                            str(tmp_path)], capture_output=True, text=True, env=env(), timeout=60)
-    assert other.returncode == 0 and float(other.stdout) < 1.0  # another stage: no wait
+    assert proc.returncode == 0 and float(out) >= 0.9
+    other = subprocess.run([sys.executable, "-c", script, str(tmp_path), "split-y"],
+                           capture_output=True, text=True, env=env(), timeout=60)
+    assert other.returncode == 0 and float(other.stdout.split()[-1]) < 0.9  # no wait
 
 
 # ----------------------------------------------------------------------- store <-> manifest
