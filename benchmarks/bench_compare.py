@@ -27,11 +27,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 from scipy import stats
 
-from emodebias.auditing.compare import NOT_TESTABLE, paired_comparison
-from emodebias.metrics.simulate import simulate_model_pair
+from emodebias.auditing.compare import NOT_TESTABLE, simulated_comparisons
 
 ALPHA = 0.05
 KEYS = ("macro_f1", "gender.tpr_gap")
@@ -58,14 +56,8 @@ def interval(hits: int, n: int) -> tuple[float, float]:
 
 def run_setting(sim: dict, unit: str, reps: int, n_perm: int, seed: int) -> dict:
     """Rejections of each key, family-wise Holm rejections and withheld p over `reps` sets."""
-    rng = np.random.default_rng(seed)
     out = {k: 0 for k in KEYS} | {"holm_any": 0, "withheld": 0, "exact": 0, "diff": 0.0}
-    for r in range(reps):
-        d = simulate_model_pair(rng, **sim)
-        spk = np.arange(len(d.speakers)) if unit == "utterance" else d.speakers
-        c = paired_comparison(d.targets, [d.probs_a, d.probs_b], {"gender": d.gender}, spk,
-                              n_perm=n_perm, seed=r)
-        t = c.table[c.table["model"] == c.names[1]].set_index("metric")
+    for c, t in simulated_comparisons(reps, seed=seed, unit=unit, n_perm=n_perm, **sim):
         for k in KEYS:
             out[k] += int(t.loc[k, "p"] <= ALPHA)
         out["holm_any"] += int((t["p_holm"] <= ALPHA).any())

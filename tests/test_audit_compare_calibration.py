@@ -13,7 +13,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from emodebias.auditing.compare import NOT_TESTABLE, TESTED, CompareError, paired_comparison
+from emodebias.auditing.compare import (
+    NOT_TESTABLE,
+    TESTED,
+    CompareError,
+    paired_comparison,
+    simulated_comparisons,
+)
 from emodebias.metrics import evaluate
 from emodebias.metrics.evaluate import headline_scorer
 from emodebias.metrics.simulate import simulate_model_pair
@@ -24,16 +30,8 @@ KEYS = ["macro_f1", "gender.tpr_gap"]
 def _rejections(reps: int, *, seed: int, unit: str = "speaker", n_perm: int = 99,
                 **sim: float) -> np.ndarray:
     """Per replication and key of KEYS: p <= 0.05."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for r in range(reps):
-        d = simulate_model_pair(rng, **sim)
-        spk = np.arange(len(d.speakers)) if unit == "utterance" else d.speakers
-        c = paired_comparison(d.targets, [d.probs_a, d.probs_b], {"gender": d.gender}, spk,
-                              n_perm=n_perm, seed=r)
-        t = c.table[c.table["model"] == c.names[1]].set_index("metric")
-        out.append(t.loc[KEYS, "p"].to_numpy() <= 0.05)
-    return np.array(out)
+    return np.array([t.loc[KEYS, "p"].to_numpy() <= 0.05 for _, t in
+                     simulated_comparisons(reps, seed=seed, unit=unit, n_perm=n_perm, **sim)])
 
 
 def test_cheap_scoring_path_gives_evaluates_numbers() -> None:

@@ -19,7 +19,7 @@ so swaps are scored in batches from per-speaker count sums (`evaluate.HeadlineSc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -289,6 +289,23 @@ def _notes(table: pd.DataFrame, names: list[str], keys: list[str], n_units: np.n
                          f"first threshold α/{m} = {alpha / m:.3g} < smallest p {smallest:.3g}; "
                          f"{fix})")
     return notes
+
+
+def simulated_comparisons(reps: int, *, seed: int, unit: str = "speaker", n_perm: int = 99,
+                          **sim: float) -> Iterator[tuple[Comparison, pd.DataFrame]]:
+    """The calibration check's data: `paired_comparison` of `reps` model pairs drawn by
+    `metrics.simulate.simulate_model_pair(**sim)`, with each comparison and model B's rows by
+    metric. `unit="utterance"` swaps single utterances, the design the speaker swap is
+    checked against."""
+    from emodebias.metrics.simulate import simulate_model_pair
+
+    rng = np.random.default_rng(seed)
+    for r in range(reps):
+        d = simulate_model_pair(rng, **sim)
+        spk = np.arange(len(d.speakers)) if unit == "utterance" else d.speakers
+        c = paired_comparison(d.targets, [d.probs_a, d.probs_b], {"gender": d.gender}, spk,
+                              n_perm=n_perm, seed=r)
+        yield c, c.table[c.table["model"] == c.names[1]].set_index("metric")
 
 
 def _unique(names: list[str]) -> list[str]:
